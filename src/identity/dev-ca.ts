@@ -74,7 +74,13 @@ export class DevCa {
   static async load(dir: string): Promise<DevCa> {
     const certificate = new X509Certificate(await readFile(join(dir, CA_CERT_FILE)));
     const keyPem = await readFile(join(dir, CA_KEY_FILE), 'utf8');
-    const pkcs8 = createPrivateKey(keyPem).export({ type: 'pkcs8', format: 'der' });
+    const privateKey = createPrivateKey(keyPem);
+    // A key from another CA (say, two nodes initialising a shared directory at once) would sign
+    // leaves that chain to nothing; refuse it here with a clear message instead.
+    if (!certificate.checkPrivateKey(privateKey)) {
+      throw new Error(`${join(dir, CA_KEY_FILE)} does not belong to the certificate in ${join(dir, CA_CERT_FILE)}`);
+    }
+    const pkcs8 = privateKey.export({ type: 'pkcs8', format: 'der' });
     const signingKey = await webcrypto.subtle.importKey('pkcs8', pkcs8, KEY_ALGORITHMS['ec-p256'].generate, false, ['sign']);
     const uri = /URI:(spiffe:\/\/[^,\s]+)/.exec(certificate.subjectAltName ?? '')?.[1];
     if (!uri) throw new Error(`${join(dir, CA_CERT_FILE)} has no SPIFFE trust-domain URI SAN`);

@@ -51,8 +51,13 @@ export class SpiffeId {
     }
     const rest = input.slice(prefix.length);
     // Query and fragment are checked before splitting so that "?" in the authority is named correctly.
-    if (rest.includes('?')) throw new SpiffeIdError('query', 'SPIFFE ID must not contain a query ("?")');
-    if (rest.includes('#')) throw new SpiffeIdError('fragment', 'SPIFFE ID must not contain a fragment ("#")');
+    // Whichever delimiter comes first decides (RFC 3986): in "/a#b?c" the "?" is part of the fragment.
+    const query = rest.indexOf('?');
+    const fragment = rest.indexOf('#');
+    if (fragment !== -1 && (query === -1 || fragment < query)) {
+      throw new SpiffeIdError('fragment', 'SPIFFE ID must not contain a fragment ("#")');
+    }
+    if (query !== -1) throw new SpiffeIdError('query', 'SPIFFE ID must not contain a query ("?")');
     const slash = rest.indexOf('/');
     const trustDomain = slash === -1 ? rest : rest.slice(0, slash);
     const path = slash === -1 ? '' : rest.slice(slash);

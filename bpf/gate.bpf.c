@@ -1,0 +1,321 @@
+// SPDX-License-Identifier: Apache-2.0
+/*
+ * meshauth datapath gate: tc (clsact) programs for the host side of each
+ * workload's interface.
+ *
+ *   from_workload  tc ingress of the host-side veth (the workload's egress)
+ *   to_workload    tc egress of the host-side veth (the workload's ingress)
+ *
+ * For every IPv4/IPv6 packet, whatever its protocol (TCP, UDP, ICMP, ICMPv6,
+ * SCTP, ESP, anything), the gate resolves both addresses to identities through
+ * the ipcache, asks the policy whether the pair needs authentication, and if
+ * so requires an unexpired entry in the auth map. A missing or expired entry
+ * drops the packet and queues an "authentication required" signal for the
+ * agent, at most one per key per signal interval (the rate limit lives here, in
+ * an LRU map, so a flood of drops cannot flood the agent). Expiry is enforced
+ * here too: an entry stops passing traffic on time even if the agent is dead.
+ *
+ * ARP and IPv6 neighbour discovery (ICMPv6 133-137 with hop limit 255) pass
+ * ungated; every other non-IP frame is dropped. Passing packets return
+ * TC_ACT_UNSPEC so that a CNI filter at a later preference still runs.
+ *
+ * Layouts: meshauth.h.
+ */
+#include <linux/bpf.h>
+#include <linux/if_ether.h>
+#include <linux/in.h>
+#include <linux/in6.h>
+#include <linux/ip.h>
+#include <linux/ipv6.h>
+#include <linux/pkt_cls.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
+
+#include "meshauth.h"
+
+/* Capacities used when the loader creates the maps; it may override them. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, 65536);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct ipcache_key);
+	__type(value, struct ipcache_value);
+} ipcache SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct policy_key);
+	__type(value, struct policy_value);
+} policy SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 524288);
+	__type(key, struct auth_key);
+	__type(value, struct auth_value);
+} auth SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct auth_key);
+	__type(value, __u64);
+} ratelimit SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_QUEUE);
+	__uint(max_entries, 4096);
+	__type(value, struct signal_event);
+} signals SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 32);
+	__type(key, enum meshauth_counter); /* puts the counter names into BTF */
+	__type(value, __u64);
+} counters SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct config_value);
+} config SEC(".maps");
+
+/* IPv6 extension headers walked before the upper-layer protocol. */
+#define MAX_IPV6_EXT_HEADERS 8
+#define IPPROTO_ICMPV6_ 58
+#define ND_FIRST_TYPE 133 /* router solicitation */
+#define ND_LAST_TYPE 137  /* redirect */
+#define ND_HOP_LIMIT 255
+
+struct packet {
+	struct ipcache_key local;  /* the workload's address */
+	struct ipcache_key remote; /* the other end */
+	__u8 protocol;
+};
+
+static __always_inline void count(__u32 counter)
+{
+	__u64 *value = bpf_map_lookup_elem(&counters, &counter);
+
+	if (value)
+		*value += 1; /* per-CPU slot; tc programs do not migrate mid-run */
+}
+
+static __always_inline int pass(__u32 counter)
+{
+	count(counter);
+	return TC_ACT_UNSPEC;
+}
+
+static __always_inline int drop(__u32 counter)
+{
+	count(counter);
+	return TC_ACT_SHOT;
+}
+
+static __always_inline void set_address(struct ipcache_key *key, __u8 family, const void *addr,
+					__u32 len)
+{
+	key->prefixlen = MESHAUTH_IPCACHE_PREFIX_BASE + len * 8;
+	key->family = family;
+	__builtin_memcpy(key->addr, addr, 16); /* caller zero-fills for IPv4 */
+}
+
+/* Fills pkt from an IPv4 header; returns 0, or -1 if the header is truncated. */
+static __always_inline int parse_ipv4(struct __sk_buff *skb, struct packet *pkt, int egress)
+{
+	struct iphdr ip;
+	__u8 saddr[16] = {}, daddr[16] = {};
+
+	if (bpf_skb_load_bytes(skb, ETH_HLEN, &ip, sizeof(ip)) < 0)
+		return -1;
+	__builtin_memcpy(saddr, &ip.saddr, 4);
+	__builtin_memcpy(daddr, &ip.daddr, 4);
+	set_address(&pkt->local, MESHAUTH_FAMILY_IPV4, egress ? saddr : daddr, 4);
+	set_address(&pkt->remote, MESHAUTH_FAMILY_IPV4, egress ? daddr : saddr, 4);
+	pkt->protocol = ip.protocol;
+	return 0;
+}
+
+/*
+ * Fills pkt from an IPv6 header, following extension headers to the
+ * upper-layer protocol. Returns 1 for neighbour discovery (exempt), 0 to
+ * gate, -1 if the fixed header is truncated. A chain that is too long or
+ * truncated is gated under the last header type seen: fail closed.
+ */
+static __always_inline int parse_ipv6(struct __sk_buff *skb, struct packet *pkt, int egress)
+{
+	struct ipv6hdr ip;
+	__u32 offset = ETH_HLEN + sizeof(ip);
+	__u8 nexthdr;
+	int first_fragment = 1;
+
+	if (bpf_skb_load_bytes(skb, ETH_HLEN, &ip, sizeof(ip)) < 0)
+		return -1;
+	set_address(&pkt->local, MESHAUTH_FAMILY_IPV6, egress ? &ip.saddr : &ip.daddr, 16);
+	set_address(&pkt->remote, MESHAUTH_FAMILY_IPV6, egress ? &ip.daddr : &ip.saddr, 16);
+	nexthdr = ip.nexthdr;
+
+#pragma unroll
+	for (int i = 0; i < MAX_IPV6_EXT_HEADERS; i++) {
+		__u8 ext[2]; /* next header, length */
+
+		if (nexthdr != IPPROTO_HOPOPTS && nexthdr != IPPROTO_ROUTING &&
+		    nexthdr != IPPROTO_DSTOPTS && nexthdr != IPPROTO_FRAGMENT &&
+		    nexthdr != IPPROTO_AH)
+			break;
+		if (bpf_skb_load_bytes(skb, offset, ext, sizeof(ext)) < 0)
+			break;
+		if (nexthdr == IPPROTO_FRAGMENT) {
+			__be16 frag_off;
+
+			if (bpf_skb_load_bytes(skb, offset + 2, &frag_off, sizeof(frag_off)) < 0)
+				break;
+			/* Only the first fragment carries the upper-layer header. */
+			if (bpf_ntohs(frag_off) & 0xfff8)
+				first_fragment = 0;
+			offset += 8;
+		} else if (nexthdr == IPPROTO_AH) {
+			offset += ((__u32)ext[1] + 2) * 4;
+		} else {
+			offset += ((__u32)ext[1] + 1) * 8;
+		}
+		nexthdr = ext[0];
+	}
+	pkt->protocol = nexthdr;
+
+	if (nexthdr == IPPROTO_ICMPV6_ && first_fragment && ip.hop_limit == ND_HOP_LIMIT) {
+		__u8 type;
+
+		if (bpf_skb_load_bytes(skb, offset, &type, sizeof(type)) == 0 &&
+		    type >= ND_FIRST_TYPE && type <= ND_LAST_TYPE)
+			return 1;
+	}
+	return 0;
+}
+
+/* Queues an "authentication required" signal unless one for the key is recent. */
+static __always_inline void signal(const struct auth_key *key, const struct packet *pkt,
+				   __u8 direction, __u8 reason, __u64 now,
+				   const struct config_value *cfg)
+{
+	__u64 interval = cfg->signal_interval_ns ? cfg->signal_interval_ns
+						 : MESHAUTH_DEFAULT_SIGNAL_INTERVAL_NS;
+	__u64 *last = bpf_map_lookup_elem(&ratelimit, key);
+
+	if (last) {
+		__u64 seen = *last;
+
+		/* The compare-and-swap makes exactly one CPU win a new interval. */
+		if (now - seen < interval ||
+		    __sync_val_compare_and_swap(last, seen, now) != seen) {
+			count(MESHAUTH_CTR_SIGNALS_SUPPRESSED);
+			return;
+		}
+	} else if (bpf_map_update_elem(&ratelimit, key, &now, BPF_NOEXIST) != 0) {
+		count(MESHAUTH_CTR_SIGNALS_SUPPRESSED);
+		return;
+	}
+
+	struct signal_event event = {
+		.local_identity = key->local_identity,
+		.remote_identity = key->remote_identity,
+		.remote_node = key->remote_node,
+		.auth_type = key->auth_type,
+		.protocol = pkt->protocol,
+		.direction = direction,
+		.reason = reason,
+		.family = pkt->local.family,
+		.ktime_ns = now,
+	};
+
+	if (bpf_map_push_elem(&signals, &event, 0) != 0)
+		count(MESHAUTH_CTR_SIGNALS_LOST);
+	else
+		count(MESHAUTH_CTR_SIGNALS_SENT);
+}
+
+static __always_inline int gate(struct __sk_buff *skb, __u8 direction)
+{
+	int egress = direction == MESHAUTH_DIR_EGRESS;
+	struct packet pkt = {};
+	__u32 zero = 0;
+	int parsed;
+
+	switch (skb->protocol) {
+	case bpf_htons(ETH_P_IP):
+		parsed = parse_ipv4(skb, &pkt, egress);
+		break;
+	case bpf_htons(ETH_P_IPV6):
+		parsed = parse_ipv6(skb, &pkt, egress);
+		break;
+	case bpf_htons(ETH_P_ARP):
+		return pass(MESHAUTH_CTR_EXEMPT);
+	default:
+		return drop(MESHAUTH_CTR_DROPPED_NOT_IP);
+	}
+	if (parsed < 0)
+		return drop(MESHAUTH_CTR_DROPPED_MALFORMED);
+	if (parsed > 0)
+		return pass(MESHAUTH_CTR_EXEMPT);
+
+	const struct config_value *cfg = bpf_map_lookup_elem(&config, &zero);
+	if (!cfg)
+		return drop(MESHAUTH_CTR_DROPPED_MALFORMED); /* cannot happen: array slot 0 */
+	int allow_by_default = cfg->default_mode == MESHAUTH_DEFAULT_ALLOW;
+
+	const struct ipcache_value *local = bpf_map_lookup_elem(&ipcache, &pkt.local);
+	const struct ipcache_value *remote = bpf_map_lookup_elem(&ipcache, &pkt.remote);
+	if (!local || !remote) {
+		count(MESHAUTH_CTR_UNKNOWN_IDENTITY);
+		return allow_by_default ? TC_ACT_UNSPEC : TC_ACT_SHOT;
+	}
+
+	struct policy_key pkey = {
+		.local_identity = local->identity,
+		.remote_identity = remote->identity,
+		.direction = direction,
+	};
+	const struct policy_value *rule = bpf_map_lookup_elem(&policy, &pkey);
+	__u8 auth_type;
+	if (rule)
+		auth_type = rule->auth_type;
+	else if (allow_by_default)
+		auth_type = MESHAUTH_AUTH_NONE;
+	else
+		auth_type = cfg->default_auth_type ? cfg->default_auth_type : MESHAUTH_AUTH_MTLS;
+	if (auth_type == MESHAUTH_AUTH_NONE)
+		return pass(MESHAUTH_CTR_NOT_REQUIRED);
+
+	struct auth_key akey = {
+		.local_identity = local->identity,
+		.remote_identity = remote->identity,
+		.remote_node = remote->node,
+		.auth_type = auth_type,
+	};
+	const struct auth_value *entry = bpf_map_lookup_elem(&auth, &akey);
+	__u64 now = bpf_ktime_get_ns();
+	if (entry && now < entry->expiry_ns)
+		return pass(MESHAUTH_CTR_ALLOWED);
+
+	__u8 reason = entry ? MESHAUTH_REASON_EXPIRED : MESHAUTH_REASON_NO_ENTRY;
+	signal(&akey, &pkt, direction, reason, now, cfg);
+	return drop(entry ? MESHAUTH_CTR_DROPPED_EXPIRED : MESHAUTH_CTR_DROPPED_NO_ENTRY);
+}
+
+SEC("tc")
+int from_workload(struct __sk_buff *skb)
+{
+	return gate(skb, MESHAUTH_DIR_EGRESS);
+}
+
+SEC("tc")
+int to_workload(struct __sk_buff *skb)
+{
+	return gate(skb, MESHAUTH_DIR_INGRESS);
+}
+
+char LICENSE[] SEC("license") = "Apache-2.0";

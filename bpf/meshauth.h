@@ -1,0 +1,131 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/*
+ * meshauth datapath: the one place where the layouts shared by the BPF gate
+ * (bpf/gate.bpf.c) and the agent (src/datapath/layout.ts) are defined.
+ *
+ * Every struct below is mirrored byte for byte in TypeScript;
+ * test/datapath-layout.test.ts compares the TypeScript sizes and offsets with
+ * the BTF of the compiled object, so change both sides together.
+ *
+ * All multi-byte integers are host byte order, except IP addresses, which are
+ * network byte order (as they appear in the packet).
+ *
+ * Maps (pinned as <pin dir>/maps/<name>; default pin dir /sys/fs/bpf/meshauth):
+ *   ipcache    LPM trie   ipcache_key     -> ipcache_value
+ *   policy     hash       policy_key      -> policy_value
+ *   auth       hash       auth_key        -> auth_value
+ *   ratelimit  LRU hash   auth_key        -> __u64 (monotonic ns of the last signal)
+ *   signals    queue                      -> signal_event
+ *   counters   per-CPU array  __u32 (enum meshauth_counter) -> __u64
+ *   config     array      __u32 (always 0) -> config_value
+ */
+#ifndef MESHAUTH_H
+#define MESHAUTH_H
+
+#include <linux/types.h>
+
+/* Family tags inside ipcache_key. */
+#define MESHAUTH_FAMILY_IPV4 4
+#define MESHAUTH_FAMILY_IPV6 6
+
+/* The LPM prefix length counts the 32 bits of family + pad before the address. */
+#define MESHAUTH_IPCACHE_PREFIX_BASE 32
+
+/* Direction, seen from the workload whose host-side interface the gate sits on. */
+#define MESHAUTH_DIR_EGRESS 0  /* workload -> elsewhere: tc ingress of the host-side veth */
+#define MESHAUTH_DIR_INGRESS 1 /* elsewhere -> workload: tc egress of the host-side veth */
+
+/* auth_type 0 in a policy value means "no authentication required". */
+#define MESHAUTH_AUTH_NONE 0
+/* The meshauth TLS 1.3 mutual handshake; what a zero default_auth_type stands for. */
+#define MESHAUTH_AUTH_MTLS 1
+
+/* config_value.default_mode; zero is the fail-closed choice. */
+#define MESHAUTH_DEFAULT_REQUIRE 0
+#define MESHAUTH_DEFAULT_ALLOW 1
+
+/* Signal interval used while config_value.signal_interval_ns is 0. */
+#define MESHAUTH_DEFAULT_SIGNAL_INTERVAL_NS 250000000ULL
+
+/* signal_event.reason */
+#define MESHAUTH_REASON_NO_ENTRY 1
+#define MESHAUTH_REASON_EXPIRED 2
+
+/*
+ * Per-CPU counters. Every packet seen by the gate increments exactly one of
+ * the first eight (its verdict); the signal counters are counted on top.
+ */
+enum meshauth_counter {
+	MESHAUTH_CTR_ALLOWED = 0,          /* authenticated, unexpired entry: pass */
+	MESHAUTH_CTR_NOT_REQUIRED = 1,     /* policy says no authentication: pass */
+	MESHAUTH_CTR_EXEMPT = 2,           /* ARP or IPv6 neighbour discovery: pass */
+	MESHAUTH_CTR_DROPPED_NO_ENTRY = 3, /* authentication required, no entry: drop */
+	MESHAUTH_CTR_DROPPED_EXPIRED = 4,  /* authentication required, entry expired: drop */
+	MESHAUTH_CTR_UNKNOWN_IDENTITY = 5, /* an address not in ipcache: drop (pass if default allows) */
+	MESHAUTH_CTR_DROPPED_MALFORMED = 6,/* truncated IP header: drop */
+	MESHAUTH_CTR_DROPPED_NOT_IP = 7,   /* neither IPv4, IPv6 nor ARP: drop */
+	MESHAUTH_CTR_SIGNALS_SENT = 8,     /* "authentication required" events queued */
+	MESHAUTH_CTR_SIGNALS_SUPPRESSED = 9, /* rate-limited: a signal for the key is recent */
+	MESHAUTH_CTR_SIGNALS_LOST = 10,    /* the signal queue was full */
+	MESHAUTH_CTR_MAX = 11,
+};
+
+struct ipcache_key {
+	__u32 prefixlen; /* MESHAUTH_IPCACHE_PREFIX_BASE + IP prefix length */
+	__u8 family;     /* MESHAUTH_FAMILY_IPV4 or _IPV6 */
+	__u8 pad[3];
+	__u8 addr[16];   /* IPv4 uses the first 4 bytes, the rest is zero */
+};
+
+struct ipcache_value {
+	__u32 identity; /* node-local numeric identity, never 0 */
+	__u16 node;     /* node id of the host that owns the address */
+	__u16 pad;
+};
+
+struct policy_key {
+	__u32 local_identity;
+	__u32 remote_identity;
+	__u8 direction; /* MESHAUTH_DIR_* */
+	__u8 pad[3];
+};
+
+struct policy_value {
+	__u8 auth_type; /* MESHAUTH_AUTH_NONE: pass without an auth entry */
+	__u8 pad[3];
+};
+
+/* Same layout as Cilium's auth map key. */
+struct auth_key {
+	__u32 local_identity;
+	__u32 remote_identity;
+	__u16 remote_node;
+	__u8 auth_type;
+	__u8 pad;
+};
+
+struct auth_value {
+	__u64 expiry_ns; /* bpf_ktime_get_ns() (CLOCK_MONOTONIC) after which the entry is void */
+};
+
+struct signal_event {
+	__u32 local_identity;
+	__u32 remote_identity;
+	__u16 remote_node;
+	__u8 auth_type;
+	__u8 protocol;  /* IP protocol / IPv6 upper-layer header */
+	__u8 direction; /* MESHAUTH_DIR_* */
+	__u8 reason;    /* MESHAUTH_REASON_* */
+	__u8 family;    /* MESHAUTH_FAMILY_* */
+	__u8 pad;
+	__u64 ktime_ns; /* when the gate queued it: lets the agent measure delivery delay */
+};
+
+struct config_value {
+	__u64 signal_interval_ns; /* per-key signal rate limit; 0 = the default */
+	__u8 default_mode;        /* MESHAUTH_DEFAULT_*: pairs without a policy entry, unknown addresses */
+	__u8 default_auth_type;   /* auth type required by default; 0 = MESHAUTH_AUTH_MTLS */
+	__u8 pad[6];
+};
+
+#endif /* MESHAUTH_H */

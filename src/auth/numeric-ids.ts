@@ -1,0 +1,117 @@
+import { readFile, rename, writeFile } from 'node:fs/promises';
+
+// The BPF maps key on small numbers, not on SPIFFE IDs or node names. Those numbers are local to
+// this node and must survive an agent restart, because the pinned auth map outlives the agent
+// and is restored from: so the allocation is persisted next to the other agent state. Numbers
+// are never derived from a hash, since a collision would let one identity pass as another.
+
+interface Persisted {
+  identities: Record<string, number>;
+  nodes: Record<string, number>;
+}
+
+/** 0 means "unknown" in the BPF maps, so allocation starts at 1. */
+const FIRST = 1;
+const MAX_IDENTITY = 0xffff_ffff;
+const MAX_NODE = 0xffff;
+
+/** Names ↔ numbers with O(1) lookups both ways; released numbers are reused. */
+class Allocator {
+  private readonly byName = new Map<string, number>();
+  private readonly byNumber = new Map<number, string>();
+  private readonly released: number[] = [];
+  private highest = FIRST - 1;
+
+  constructor(
+    private readonly max: number,
+    entries: Record<string, number>,
+  ) {
+    for (const [name, num] of Object.entries(entries)) {
+      this.byName.set(name, num);
+      this.byNumber.set(num, name);
+      this.highest = Math.max(this.highest, num);
+    }
+  }
+
+  number(name: string): number {
+    const existing = this.byName.get(name);
+    if (existing !== undefined) return existing;
+    const num = this.released.pop() ?? ++this.highest;
+    if (num > this.max) throw new Error(`no free number left (max ${this.max})`);
+    this.byName.set(name, num);
+    this.byNumber.set(num, name);
+    return num;
+  }
+
+  name(num: number): string | undefined {
+    return this.byNumber.get(num);
+  }
+
+  release(name: string): void {
+    const num = this.byName.get(name);
+    if (num === undefined) return;
+    this.byName.delete(name);
+    this.byNumber.delete(num);
+    this.released.push(num);
+  }
+
+  toJSON(): Record<string, number> {
+    return Object.fromEntries(this.byName);
+  }
+}
+
+export class NumericIds {
+  private constructor(
+    private readonly path: string | undefined,
+    private readonly identities: Allocator,
+    private readonly nodes: Allocator,
+  ) {}
+
+  /** Loads the allocation from path (a missing file is an empty allocation). */
+  static async load(path?: string): Promise<NumericIds> {
+    let persisted: Persisted = { identities: {}, nodes: {} };
+    if (path) {
+      try {
+        persisted = JSON.parse(await readFile(path, 'utf8')) as Persisted;
+      } catch (err) {
+        if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw new Error(`cannot read ${path}: ${(err as Error).message}`);
+      }
+    }
+    return new NumericIds(path, new Allocator(MAX_IDENTITY, persisted.identities), new Allocator(MAX_NODE, persisted.nodes));
+  }
+
+  /** The number of a SPIFFE ID, allocated on first use. */
+  identity(spiffeId: string): number {
+    return this.identities.number(spiffeId);
+  }
+
+  node(name: string): number {
+    return this.nodes.number(name);
+  }
+
+  identityName(num: number): string | undefined {
+    return this.identities.name(num);
+  }
+
+  nodeName(num: number): string | undefined {
+    return this.nodes.name(num);
+  }
+
+  /** Frees a number; the caller has removed every datapath entry that used it. */
+  releaseIdentity(spiffeId: string): void {
+    this.identities.release(spiffeId);
+  }
+
+  releaseNode(name: string): void {
+    this.nodes.release(name);
+  }
+
+  /** Writes the allocation atomically (write + rename), so a crash leaves the old or the new one. */
+  async save(): Promise<void> {
+    if (!this.path) return;
+    const data: Persisted = { identities: this.identities.toJSON(), nodes: this.nodes.toJSON() };
+    const temporary = `${this.path}.${process.pid}.tmp`;
+    await writeFile(temporary, JSON.stringify(data), { mode: 0o600 });
+    await rename(temporary, this.path);
+  }
+}

@@ -1,0 +1,126 @@
+// Pure conversions from Kubernetes objects to the agent's cluster types. Objects come from list
+// responses (deserialised models) and from watch events (plain JSON) alike, so every field is
+// treated as possibly missing; what cannot be converted is reported, never guessed.
+import { isIP } from 'node:net';
+import { z } from 'zod';
+import type { V1Node, V1Pod } from '@kubernetes/client-node';
+import { SpiffeId } from '../../identity/spiffe-id.js';
+import type { EndpointInfo, NodeInfo, PolicyRule, WorkloadSelector } from '../types.js';
+
+export class ConversionError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = 'ConversionError';
+  }
+}
+
+/** "ns/name" for namespaced objects, "name" for cluster-scoped ones. */
+export function objectKey(metadata: { namespace?: string; name?: string } | undefined): string {
+  const name = metadata?.name ?? '';
+  return metadata?.namespace ? `${metadata.namespace}/${name}` : name;
+}
+
+/** The SPIFFE ID Kubernetes workloads get: spiffe://<td>/ns/<namespace>/sa/<service account>. */
+export function workloadSpiffeId(trustDomain: string, namespace: string, serviceAccount: string): string {
+  const id = `spiffe://${trustDomain}/ns/${namespace}/sa/${serviceAccount}`;
+  SpiffeId.parse(id);
+  return id;
+}
+
+/**
+ * The endpoints of a pod: one per pod IP (IPv4 and IPv6). Only running pods count: a pod that
+ * has not started or has finished may hold an IP that the CNI is about to give to another pod.
+ * Host-network pods share the node's address and are not workload endpoints.
+ */
+export function podEndpoints(pod: V1Pod, trustDomain: string): EndpointInfo[] {
+  const namespace = pod.metadata?.namespace;
+  const name = pod.metadata?.name;
+  if (!namespace || !name) throw new ConversionError('pod without metadata.namespace/name');
+  if (pod.spec?.hostNetwork === true || pod.status?.phase !== 'Running') return [];
+  const node = pod.spec?.nodeName;
+  if (!node) throw new ConversionError(`running pod ${namespace}/${name} has no spec.nodeName`);
+  const serviceAccount = pod.spec?.serviceAccountName || 'default';
+  const spiffeId = workloadSpiffeId(trustDomain, namespace, serviceAccount);
+  const listed = pod.status?.podIPs?.map((entry) => entry.ip) ?? [];
+  const ips = listed.length > 0 ? listed : pod.status?.podIP ? [pod.status.podIP] : [];
+  const bad = ips.find((ip) => isIP(ip) === 0);
+  if (bad !== undefined) throw new ConversionError(`pod ${namespace}/${name} has an invalid IP "${bad}"`);
+  return [...new Set(ips)].map((ip) => ({
+    ip,
+    spiffeId,
+    node,
+    namespace,
+    serviceAccount,
+    labels: { ...(pod.metadata?.labels ?? {}) },
+    owner: `${namespace}/${name}`,
+  }));
+}
+
+/**
+ * A node and the address peers reach it at: its first InternalIP (the primary address family on
+ * dual-stack nodes). A node without one is refused rather than reached at some other address.
+ */
+export function nodeInfo(node: V1Node): NodeInfo {
+  const name = node.metadata?.name;
+  if (!name) throw new ConversionError('node without metadata.name');
+  const address = node.status?.addresses?.find((entry) => entry.type === 'InternalIP')?.address;
+  if (!address) throw new ConversionError(`node ${name} has no InternalIP address`);
+  if (isIP(address) === 0) throw new ConversionError(`node ${name} has an invalid InternalIP "${address}"`);
+  const cidrs = node.spec?.podCIDRs ?? (node.spec?.podCIDR ? [node.spec.podCIDR] : []);
+  return { name, address, podCidrs: [...new Set(cidrs)] };
+}
+
+const labels = z.record(z.string(), z.string());
+const policySchema = z.object({
+  metadata: z.object({ name: z.string().min(1), namespace: z.string().min(1) }),
+  spec: z.object({
+    mode: z.enum(['required', 'disabled']),
+    source: z
+      .object({
+        namespace: z.string().min(1).optional(),
+        serviceAccount: z.string().min(1).optional(),
+        /** A SPIFFE ID or pattern ("*" within a segment, "**" across), e.g. for federated sources. */
+        spiffeId: z.string().regex(/^spiffe:\/\/[^/]+/, 'must start with spiffe://<trust domain>').optional(),
+        matchLabels: labels.optional(),
+      })
+      .optional(),
+    destination: z
+      .object({
+        namespace: z.string().min(1).optional(),
+        serviceAccount: z.string().min(1).optional(),
+        matchLabels: labels.optional(),
+      })
+      .optional(),
+  }),
+});
+
+/**
+ * A MutualAuthPolicy as a rule. A policy governs traffic *to* workloads in its own namespace:
+ * the destination's namespace is the policy's namespace (naming another one is refused), so whoever
+ * may write policies in a namespace decides only about that namespace's inbound traffic. The source
+ * may be any namespace; an omitted source field matches everything.
+ */
+export function policyRule(object: unknown): PolicyRule {
+  const parsed = policySchema.safeParse(object);
+  if (!parsed.success) {
+    const issue = parsed.error.issues[0];
+    throw new ConversionError(`invalid MutualAuthPolicy: ${issue ? `${issue.path.join('.')}: ${issue.message}` : 'unreadable'}`);
+  }
+  const { metadata, spec } = parsed.data;
+  const name = `${metadata.namespace}/${metadata.name}`;
+  const destinationNamespace = spec.destination?.namespace ?? metadata.namespace;
+  if (destinationNamespace !== metadata.namespace) {
+    throw new ConversionError(
+      `MutualAuthPolicy ${name}: spec.destination.namespace "${destinationNamespace}" differs from the policy's own namespace`,
+    );
+  }
+  const source: WorkloadSelector = {};
+  if (spec.source?.namespace !== undefined) source.namespace = spec.source.namespace;
+  if (spec.source?.serviceAccount !== undefined) source.serviceAccount = spec.source.serviceAccount;
+  if (spec.source?.spiffeId !== undefined) source.spiffeId = spec.source.spiffeId;
+  if (spec.source?.matchLabels !== undefined) source.labels = { ...spec.source.matchLabels };
+  const destination: WorkloadSelector = { namespace: destinationNamespace };
+  if (spec.destination?.serviceAccount !== undefined) destination.serviceAccount = spec.destination.serviceAccount;
+  if (spec.destination?.matchLabels !== undefined) destination.labels = { ...spec.destination.matchLabels };
+  return { name, source, destination, mode: spec.mode };
+}

@@ -1,0 +1,60 @@
+import { isIP } from 'node:net';
+import { z } from 'zod';
+import { spiffeIdString } from '../config/zod-helpers.js';
+
+const ipAddress = z.string().refine((text) => isIP(text) !== 0, 'expected an IPv4 or IPv6 address');
+const cidr = z.string().refine((text) => {
+  const [address, bits, extra] = text.split('/');
+  const family = isIP(address ?? '');
+  const prefix = Number(bits);
+  return extra === undefined && family !== 0 && Number.isInteger(prefix) && prefix >= 0 && prefix <= (family === 4 ? 32 : 128);
+}, 'expected a CIDR such as 10.0.1.0/24 or fd00:1::/64');
+
+const selector = z.strictObject({
+  /** Exact SPIFFE ID or a pattern: "*" within one path segment, "**" across segments. */
+  spiffeId: z.string().optional(),
+  namespace: z.string().optional(),
+  serviceAccount: z.string().optional(),
+  labels: z.record(z.string(), z.string()).optional(),
+});
+
+/** cluster: the static description of nodes, endpoints and policy (used without Kubernetes). */
+export const staticClusterSchema = z.strictObject({
+  nodes: z
+    .array(
+      z.strictObject({
+        name: z.string().min(1),
+        address: ipAddress,
+        podCidrs: z.array(cidr).default([]),
+        port: z.number().int().min(1).max(65535).optional(),
+      }),
+    )
+    .default([]),
+  endpoints: z
+    .array(
+      z.strictObject({
+        ip: ipAddress,
+        spiffeId: spiffeIdString,
+        node: z.string().min(1),
+        interface: z.string().optional(),
+      }),
+    )
+    .default([]),
+  policy: z
+    .strictObject({
+      /** What applies to pairs no rule matches. */
+      default: z.enum(['required', 'disabled']).default('required'),
+      rules: z
+        .array(
+          z.strictObject({
+            name: z.string().min(1),
+            source: selector.default({}),
+            destination: selector.default({}),
+            mode: z.enum(['required', 'disabled']).default('required'),
+          }),
+        )
+        .default([]),
+    })
+    .prefault({}),
+});
+export type StaticCluster = z.output<typeof staticClusterSchema>;

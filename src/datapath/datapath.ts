@@ -1,0 +1,315 @@
+/**
+ * The agent's handle on the eBPF datapath gate (bpf/gate.bpf.c).
+ *
+ *   const dp = await Datapath.open({ pinDir: '/sys/fs/bpf/meshauth' }); // create or reuse the pinned maps
+ *   await dp.install({ interfaces: [{ name: 'lxc1a2b' }, { name: 'veth9', netns: 'node1' }] });
+ *   dp.setIpcache('10.0.1.5/32', { identity: 1001, node: 1 });            // and '::/0', 'fd00::/64', ...
+ *   dp.setPolicy({ localIdentity: 1001, remoteIdentity: 2002, direction: 'egress' }, AUTH_TYPE.mtls);
+ *   dp.setConfig({ defaultMode: 'require' });                           // pairs without a policy entry
+ *   dp.setAuth({ localIdentity: 1001, remoteIdentity: 2002, remoteNode: 2 }, monotonicNowNs() + 3_600_000_000_000n);
+ *   dp.batchSetAuth(entries);                                           // bulk restore, one syscall per chunk
+ *   dp.onSignal((signal) => authenticate(signal));                      // or: for await (const s of dp.signals())
+ *   dp.counters();                                                      // { allowed: 12n, droppedNoEntry: 3n, ... }
+ *   dp.close();   // closes fds only: the gate stays attached and the maps pinned (fail closed)
+ *   await Datapath.uninstall({ pinDir }); // detach from every interface, unpin everything
+ *
+ * Semantics (enforced in BPF, so they hold while the agent is down):
+ * - a packet needs authentication when the policy entry for (local identity, remote identity,
+ *   direction) says so, or, without an entry, when the config's defaultMode is 'require';
+ * - it then passes only while an auth entry {local, remote, remote node, auth type} exists with
+ *   an expiry (monotonic ns, the clock of process.hrtime.bigint()) in the future;
+ * - an address not in the ipcache is an unknown identity: dropped under defaultMode 'require'
+ *   (the default, fail closed), passed under 'allow'; counted either way. Add '0.0.0.0/0' and
+ *   '::/0' entries for a "world" identity to give the rest of the world a policy;
+ * - ARP and IPv6 neighbour discovery always pass; other non-IP frames are dropped.
+ *
+ * Map updates are in-process syscalls through the `bpf` package (no process per update);
+ * install/uninstall use bpftool and tc. All of it needs root (CAP_BPF + CAP_NET_ADMIN).
+ */
+import { RawArrayMap, RawMap, RawQueueMap, type MapRef } from 'bpf';
+import { openPinnedMap } from './bpf-maps.js';
+import { DatapathError } from './errors.js';
+import { parseIpPrefix, type IpPrefix } from './ip-prefix.js';
+import {
+  COUNTER_NAMES,
+  MAP_SPECS,
+  STRUCTS,
+  decodeAuthKey,
+  decodeAuthValue,
+  decodeConfig,
+  encodeAuthKey,
+  encodeAuthValue,
+  encodeConfig,
+  encodeIpcacheKey,
+  encodeIpcacheValue,
+  encodePolicyKey,
+  encodePolicyValue,
+  type AuthKey,
+  type Counters,
+  type DatapathConfig,
+  type IpcacheEntry,
+  type MapName,
+  type PolicyKey,
+  type Signal,
+} from './layout.js';
+import {
+  DEFAULT_PIN_DIR,
+  PinLayout,
+  attach,
+  defaultObjectPath,
+  describeInterface,
+  detach,
+  ensureBpffs,
+  ensureMaps,
+  interfaceExists,
+  loadPrograms,
+  pruneGenerations,
+  registeredInterfaces,
+  uninstall,
+  validateInterface,
+  type MapCapacities,
+  type WorkloadInterface,
+} from './loader.js';
+import { SignalPoller, type SignalListener, type SignalPollerOptions } from './signals.js';
+
+export interface DatapathOptions {
+  /** bpffs directory for all pins; default /sys/fs/bpf/meshauth. One per agent. */
+  pinDir?: string;
+  /** Compiled gate; default bpf/gate.bpf.o of this package. */
+  objectPath?: string;
+  /** Capacities used only when a map is created (existing maps keep theirs). */
+  capacities?: MapCapacities;
+  signalPolling?: SignalPollerOptions;
+}
+
+export interface AuthEntry {
+  key: AuthKey;
+  /** Monotonic ns (process.hrtime.bigint() clock) after which the gate stops passing traffic. */
+  expiryNs: bigint;
+}
+
+/** The kernel's CLOCK_MONOTONIC in ns: the clock of auth expiries and signal timestamps. */
+export function monotonicNowNs(): bigint {
+  return process.hrtime.bigint();
+}
+
+const BATCH_CHUNK = 65_536;
+
+export class Datapath {
+  private closed = false;
+  private readonly authKeyScratch = Buffer.alloc(STRUCTS.auth_key.size);
+  private readonly authValueScratch = Buffer.alloc(STRUCTS.auth_value.size);
+  private readonly counterKeys = COUNTER_NAMES.map((_, index) => {
+    const key = Buffer.alloc(4);
+    key.writeUInt32LE(index);
+    return key;
+  });
+
+  private constructor(
+    readonly layout: PinLayout,
+    private readonly objectPath: string,
+    private readonly refs: Record<MapName, MapRef>,
+    private readonly ipcache: RawMap,
+    private readonly policy: RawMap,
+    private readonly auth: RawMap,
+    private readonly countersMap: RawMap,
+    private readonly configMap: RawArrayMap,
+    private readonly poller: SignalPoller,
+  ) {}
+
+  /** Ensures bpffs and the pinned maps (creating missing ones, reusing existing ones) and opens them. */
+  static async open(options: DatapathOptions = {}): Promise<Datapath> {
+    const layout = new PinLayout(options.pinDir ?? DEFAULT_PIN_DIR);
+    await ensureBpffs(layout);
+    await ensureMaps(layout, options.capacities);
+    const refs = {} as Record<MapName, MapRef>;
+    try {
+      for (const name of Object.keys(MAP_SPECS) as MapName[]) refs[name] = openPinnedMap(layout.mapPath(name), MAP_SPECS[name]);
+    } catch (err) {
+      for (const ref of Object.values(refs)) ref.close();
+      throw err;
+    }
+    return new Datapath(
+      layout,
+      options.objectPath ?? defaultObjectPath(),
+      refs,
+      new RawMap(refs.ipcache),
+      new RawMap(refs.policy),
+      new RawMap(refs.auth),
+      new RawMap(refs.counters),
+      new RawArrayMap(refs.config),
+      new SignalPoller(new RawQueueMap(refs.signals), options.signalPolling),
+    );
+  }
+
+  /** Detaches the gate from every interface it was attached to and removes the pin directory. */
+  static async uninstall(options: Pick<DatapathOptions, 'pinDir'> = {}): Promise<void> {
+    await uninstall(new PinLayout(options.pinDir ?? DEFAULT_PIN_DIR));
+  }
+
+  get pinDir(): string {
+    return this.layout.root;
+  }
+
+  /**
+   * Loads the gate and attaches it to the given interfaces and to every interface it was attached
+   * to before that still exists (so a restart moves them all to the new programs). Each hook is
+   * swapped with `tc filter replace` on the same pref/handle: atomic, no ungated window.
+   * Idempotent. Throws after trying every interface if any could not be attached.
+   */
+  async install(request: { interfaces: WorkloadInterface[] }): Promise<void> {
+    this.checkOpen();
+    request.interfaces.forEach(validateInterface);
+    const requested = new Set(request.interfaces.map(describeInterface));
+    const all = new Map<string, WorkloadInterface>();
+    for (const iface of [...(await registeredInterfaces(this.layout)), ...request.interfaces]) {
+      all.set(describeInterface(iface), iface);
+    }
+    const generation = await loadPrograms(this.layout, this.objectPath);
+    const failures: string[] = [];
+    for (const [label, iface] of all) {
+      try {
+        await attach(this.layout, generation, iface);
+      } catch (err) {
+        if (!requested.has(label) && !(await interfaceExists(iface))) await detach(this.layout, iface);
+        else failures.push(`${label}: ${(err as Error).message}`);
+      }
+    }
+    await pruneGenerations(this.layout, generation);
+    if (failures.length > 0) throw new DatapathError(`could not attach the gate to ${failures.join('; ')}`);
+  }
+
+  /** Removes the gate from these interfaces (a workload went away). */
+  async detach(interfaces: WorkloadInterface[]): Promise<void> {
+    this.checkOpen();
+    for (const iface of interfaces) await detach(this.layout, iface);
+  }
+
+  /** Interfaces the gate is registered on (attached, unless the interface vanished since). */
+  attachedInterfaces(): Promise<WorkloadInterface[]> {
+    return registeredInterfaces(this.layout);
+  }
+
+  // ---- ipcache ----
+
+  /** Maps an address or prefix ('10.0.0.0/8', 'fd00::1') to an identity and its node. */
+  setIpcache(prefix: string | IpPrefix, entry: IpcacheEntry): void {
+    this.checkOpen();
+    this.ipcache.set(encodeIpcacheKey(toPrefix(prefix)), encodeIpcacheValue(entry));
+  }
+
+  deleteIpcache(prefix: string | IpPrefix): boolean {
+    this.checkOpen();
+    return this.ipcache.delete(encodeIpcacheKey(toPrefix(prefix)));
+  }
+
+  // ---- policy and config ----
+
+  /** Which auth type the pair needs in that direction; AUTH_TYPE.none = no authentication. */
+  setPolicy(key: PolicyKey, authType: number): void {
+    this.checkOpen();
+    this.policy.set(encodePolicyKey(key), encodePolicyValue(authType));
+  }
+
+  deletePolicy(key: PolicyKey): boolean {
+    this.checkOpen();
+    return this.policy.delete(encodePolicyKey(key));
+  }
+
+  config(): DatapathConfig {
+    this.checkOpen();
+    return decodeConfig(this.configMap.get(0));
+  }
+
+  setConfig(update: Partial<DatapathConfig>): void {
+    this.checkOpen();
+    this.configMap.set(0, encodeConfig({ ...this.config(), ...update }));
+  }
+
+  // ---- auth ----
+
+  setAuth(key: AuthKey, expiryNs: bigint): void {
+    this.checkOpen();
+    this.auth.set(encodeAuthKey(key, this.authKeyScratch), encodeAuthValue(expiryNs, this.authValueScratch));
+  }
+
+  /** The expiry of the pair's entry, or undefined. */
+  getAuth(key: AuthKey): bigint | undefined {
+    this.checkOpen();
+    const value = this.auth.get(encodeAuthKey(key, this.authKeyScratch));
+    return value === undefined ? undefined : decodeAuthValue(value);
+  }
+
+  deleteAuth(key: AuthKey): boolean {
+    this.checkOpen();
+    return this.auth.delete(encodeAuthKey(key, this.authKeyScratch));
+  }
+
+  /** Sets many entries with one syscall per chunk (bulk restore after a restart). */
+  batchSetAuth(entries: readonly AuthEntry[]): void {
+    this.checkOpen();
+    for (let start = 0; start < entries.length; start += BATCH_CHUNK) {
+      const chunk = entries.slice(start, start + BATCH_CHUNK);
+      this.auth.setBatch(chunk.map((entry) => [encodeAuthKey(entry.key), encodeAuthValue(entry.expiryNs)]));
+    }
+  }
+
+  /** Every auth entry, expired ones included (the gate ignores those; the agent collects them). */
+  dumpAuth(): AuthEntry[] {
+    this.checkOpen();
+    const entries: AuthEntry[] = [];
+    for (const batch of this.auth.getBatch(4096)) {
+      for (const [key, value] of batch) entries.push({ key: decodeAuthKey(key), expiryNs: decodeAuthValue(value) });
+    }
+    return entries;
+  }
+
+  // ---- counters and signals ----
+
+  /** Counters summed over CPUs, by verdict (see enum meshauth_counter). */
+  counters(): Counters {
+    this.checkOpen();
+    const result = {} as Counters;
+    COUNTER_NAMES.forEach((name, index) => {
+      const perCpu = this.countersMap.get(this.counterKeys[index]!);
+      let sum = 0n;
+      for (let offset = 0; perCpu && offset < perCpu.length; offset += 8) sum += perCpu.readBigUInt64LE(offset);
+      result[name] = sum;
+    });
+    return result;
+  }
+
+  /** Calls `listener` for each "authentication required" signal; returns the unsubscribe function. */
+  onSignal(listener: SignalListener): () => void {
+    this.checkOpen();
+    return this.poller.subscribe(listener);
+  }
+
+  /** The same signals as an async iterator; `break` unsubscribes. */
+  signals(): AsyncIterableIterator<Signal> {
+    this.checkOpen();
+    return this.poller.iterate();
+  }
+
+  /** Stops signal delivery and closes the map fds. The gate keeps enforcing; pins stay. */
+  close(): void {
+    if (this.closed) return;
+    this.closed = true;
+    this.poller.stop();
+    for (const ref of Object.values(this.refs)) ref.close();
+  }
+
+  /** close() and then Datapath.uninstall() for this pin dir. */
+  async uninstall(): Promise<void> {
+    this.close();
+    await uninstall(this.layout);
+  }
+
+  private checkOpen(): void {
+    if (this.closed) throw new DatapathError('the datapath handle is closed');
+  }
+}
+
+function toPrefix(prefix: string | IpPrefix): IpPrefix {
+  return typeof prefix === 'string' ? parseIpPrefix(prefix) : prefix;
+}

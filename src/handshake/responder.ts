@@ -1,0 +1,282 @@
+import { createServer as createNetServer, type AddressInfo, type Server as NetServer, type Socket } from 'node:net';
+import { createServer as createTlsServer, type Server as TlsServer, type TLSSocket } from 'node:tls';
+import type { ValidatedSvid } from '../identity/svid-validator.js';
+import type { HandshakeKindLabel, HandshakeMetrics } from '../metrics/handshake-metrics.js';
+import type { Logger } from '../util/logger.js';
+import { buildAuthResult, exportSecrets } from './auth-result.js';
+import { HandshakeFailure, classifySocketError } from './failure.js';
+import { acceptedPeerFrame, checkedOwnFrame, decodeVerdict, encodeVerdict, readFrame, type NodeFrame } from './frames.js';
+import type { HandshakeOptions } from './handshake-options.js';
+import { TLS_BASE_OPTIONS, type LocalIdentities, type LocalIdentity } from './local-identities.js';
+import type { NodeIdentityScheme } from './node-identity.js';
+import type { PeerValidator } from './peer-validator.js';
+import { ALPN, kindOfAlpn, type HandshakeKind } from './protocol.js';
+import { SourceAdmission, normalizeAddress } from './source-admission.js';
+import type { AuthResult, AuthSink, AuthorizeRequest } from './types.js';
+
+export interface ResponderOptions {
+  identities: LocalIdentities;
+  validator: PeerValidator;
+  nodeIds: NodeIdentityScheme;
+  /** The node a source address belongs to (node InternalIP → node name); undefined → refused. */
+  resolveNode: (address: string) => string | undefined;
+  /** May this remote identity authenticate to this local identity? Fails closed if it throws. */
+  authorize: (request: AuthorizeRequest) => boolean;
+  /** This node's frame for node handshakes. */
+  localNodeFrame: () => NodeFrame;
+  onAuthenticated: AuthSink;
+  settings: HandshakeOptions;
+  logger: Logger;
+  metrics?: HandshakeMetrics;
+  now?: () => Date;
+}
+
+interface Connection {
+  readonly raw: Socket;
+  readonly source: string;
+  readonly acceptedAt: number;
+  readonly deadline: NodeJS.Timeout;
+  kind: HandshakeKindLabel;
+  secured: boolean;
+  settled: boolean;
+}
+
+// How often connections still in the TLS handshake are checked against the byte cap.
+const BYTE_CAP_SWEEP_MS = 100;
+
+/**
+ * The responder: one TCP listener for both kinds of handshake. Connections are admitted per
+ * source address before any TLS work, handed to a TLS server that presents the SVID the SNI
+ * names, and then run the post-handshake exchange of docs/protocol.md. Every admitted connection
+ * ends in exactly one outcome (metrics, logs, and on success the sink) and is closed by the
+ * deadline at the latest.
+ */
+export class HandshakeResponder {
+  private readonly listener: NetServer;
+  private readonly tls: TlsServer;
+  private readonly admission: SourceAdmission;
+  private readonly connections = new Map<string, Connection>();
+  private readonly now: () => Date;
+  private sweepTimer?: NodeJS.Timeout;
+
+  constructor(private readonly options: ResponderOptions) {
+    const { settings } = options;
+    this.now = options.now ?? (() => new Date());
+    this.admission = new SourceAdmission({
+      ratePerSecond: settings.rateLimit.perSecond,
+      burst: settings.rateLimit.burst,
+      maxConcurrentPerSource: settings.rateLimit.maxOpenPerSource,
+    });
+    // Never listens itself: it gets the connections the admission step lets through.
+    this.tls = createTlsServer({
+      ...TLS_BASE_OPTIONS,
+      requestCert: true,
+      // Chains are checked by validateX509Svid after the handshake; OpenSSL only proves key possession.
+      rejectUnauthorized: false,
+      ALPNProtocols: [ALPN.pair, ALPN.node],
+      // No context for an unknown name: the default context has no certificate, so OpenSSL aborts
+      // with a handshake_failure alert, which initiators read as unknown_identity.
+      SNICallback: (servername, callback) => callback(null, options.identities.contextForSni(servername)),
+      handshakeTimeout: settings.handshakeTimeout,
+    });
+    this.tls.on('secureConnection', (socket) => this.onSecure(socket));
+    this.tls.on('tlsClientError', (err, socket) => this.onTlsError(err, socket));
+    this.listener = createNetServer({ noDelay: true }, (raw) => this.onConnection(raw));
+    this.listener.maxConnections = settings.maxConnections;
+    this.listener.on('drop', () => options.metrics?.rejectedConnections.inc({ limit: 'max_connections' }));
+  }
+
+  /** Starts listening on settings.listenAddress:settings.port (port 0 picks a free one). */
+  async listen(): Promise<AddressInfo> {
+    await new Promise<void>((resolve, reject) => {
+      this.listener.once('error', reject);
+      this.listener.listen(this.options.settings.port, this.options.settings.listenAddress, () => {
+        this.listener.off('error', reject);
+        resolve();
+      });
+    });
+    this.listener.on('error', (err) => this.options.logger.error({ err }, 'handshake listener error'));
+    this.sweepTimer = setInterval(() => this.enforceByteCap(), BYTE_CAP_SWEEP_MS);
+    this.sweepTimer.unref();
+    const address = this.listener.address() as AddressInfo;
+    this.options.logger.info({ address: address.address, port: address.port }, 'handshake responder listening');
+    return address;
+  }
+
+  /** Stops listening and closes every open connection. */
+  async close(): Promise<void> {
+    clearInterval(this.sweepTimer);
+    const closed = new Promise<void>((resolve) => this.listener.close(() => resolve()));
+    for (const connection of this.connections.values()) connection.raw.destroy();
+    if (this.listener.listening) await closed;
+  }
+
+  private onConnection(raw: Socket): void {
+    const source = normalizeAddress(raw.remoteAddress);
+    const decision = this.admission.admit(source);
+    if (decision !== 'admit') {
+      this.options.metrics?.rejectedConnections.inc({ limit: decision === 'rate' ? 'rate' : 'per_source' });
+      raw.destroy();
+      return;
+    }
+    const key = connectionKey(raw);
+    const connection: Connection = {
+      raw,
+      source,
+      acceptedAt: performance.now(),
+      deadline: setTimeout(() => {
+        this.settle(connection, new HandshakeFailure('timeout', `no outcome within ${this.options.settings.handshakeTimeout} ms`));
+        raw.destroy();
+      }, this.options.settings.handshakeTimeout),
+      kind: 'unknown',
+      secured: false,
+      settled: false,
+    };
+    this.connections.set(key, connection);
+    this.options.metrics?.inFlight.inc({ role: 'responder' });
+    // Errors surface on the TLS socket; the raw one only needs a listener so none is unhandled.
+    raw.on('error', () => {});
+    raw.once('close', () => {
+      clearTimeout(connection.deadline);
+      this.connections.delete(key);
+      this.admission.release(source);
+      this.options.metrics?.inFlight.dec({ role: 'responder' });
+      this.settle(connection, new HandshakeFailure(connection.secured ? 'protocol' : 'refused', 'connection closed before an outcome'));
+    });
+    this.tls.emit('connection', raw);
+  }
+
+  private onTlsError(err: Error, socket: TLSSocket): void {
+    const connection = this.connections.get(connectionKey(socket));
+    if (!connection) return;
+    const failure = classifySocketError(err, false);
+    // Our only certificate-less context is the default one, served for SNI names we hold no SVID for.
+    const unknownName = (err as NodeJS.ErrnoException).code === 'ERR_SSL_NO_SUITABLE_SIGNATURE_ALGORITHM';
+    this.settle(connection, unknownName ? new HandshakeFailure('unknown_identity', 'no local identity for the requested SNI', { cause: err }) : failure);
+  }
+
+  private onSecure(socket: TLSSocket): void {
+    const connection = this.connections.get(connectionKey(socket));
+    socket.on('error', () => {}); // read through readFrame and the close handler
+    if (!connection || connection.settled) {
+      socket.destroy();
+      return;
+    }
+    connection.secured = true;
+    this.respond(connection, socket).then(
+      (result) => {
+        this.settle(connection, result);
+        try {
+          this.options.onAuthenticated(result);
+        } catch (err) {
+          this.options.logger.error({ err }, 'authentication sink failed');
+        }
+      },
+      (err: unknown) => {
+        const failure = err instanceof HandshakeFailure ? err : new HandshakeFailure('protocol', (err as Error).message, { cause: err });
+        // Tell the initiator why, unless it is the one who refused.
+        if (!failure.peerReported && socket.writable) socket.end(encodeVerdict({ verdict: 'reject', reason: failure.failureClass }));
+        else socket.destroy();
+        this.settle(connection, failure);
+      },
+    );
+  }
+
+  /** Checks the initiator, reads its verdict, answers with ours. Resolves with this side's result. */
+  private async respond(connection: Connection, socket: TLSSocket): Promise<AuthResult> {
+    const kind = kindOfAlpn(socket.alpnProtocol);
+    if (!kind) throw new HandshakeFailure('protocol', 'no meshauth ALPN protocol was negotiated');
+    connection.kind = kind;
+    if (socket.isSessionReused()) throw new HandshakeFailure('protocol', 'resumed TLS session');
+    if (connection.raw.bytesRead > this.options.settings.maxPreHandshakeBytes) throw this.byteCapFailure();
+    const local = this.presentedIdentity(socket, kind);
+    const peer = this.options.validator.validatePeer(socket, 'initiator');
+    const remoteNode = this.authorizePeer(kind, local, peer, connection.source);
+    const secrets = exportSecrets(socket, kind, 'responder');
+
+    const peerFrame = acceptedPeerFrame(kind, decodeVerdict(await readFrame(socket)), remoteNode, 'initiator');
+    const ownFrame = kind === 'node' ? checkedOwnFrame(this.options.localNodeFrame, this.options.nodeIds.nodeNameOf(local.id)) : undefined;
+    const result = buildAuthResult({
+      kind,
+      role: 'responder',
+      local,
+      peer,
+      remoteNode,
+      secrets,
+      ...(peerFrame && { peerFrame }),
+      now: this.now(),
+      maxTtlMs: this.options.settings.maxTtl,
+    });
+    socket.end(encodeVerdict({ verdict: 'accept', ...(ownFrame && { node: ownFrame }) }));
+    return result;
+  }
+
+  /** The local identity whose certificate this handshake presented, if it may serve this kind. */
+  private presentedIdentity(socket: TLSSocket, kind: HandshakeKind): LocalIdentity {
+    const presented = socket.getX509Certificate();
+    const local = presented && this.options.identities.byPresentedLeaf(presented.fingerprint256);
+    if (!local) throw new HandshakeFailure('unknown_identity', 'the presented local identity is no longer held');
+    if (local.isNode !== (kind === 'node')) {
+      throw new HandshakeFailure('unknown_identity', `${local.id.toString()} is ${local.isNode ? 'the node identity' : 'a workload identity'}, not usable for ${kind} handshakes`);
+    }
+    return local;
+  }
+
+  /** The initiator's node, once its source address, certificate and the policy agree. */
+  private authorizePeer(kind: HandshakeKind, local: LocalIdentity, peer: ValidatedSvid, source: string): string {
+    const remoteNode = this.options.resolveNode(source);
+    if (remoteNode === undefined) throw new HandshakeFailure('unauthorized', `source address ${source} belongs to no known node`);
+    if (kind === 'node') {
+      const certNode = this.options.nodeIds.nodeNameOf(peer.id);
+      if (certNode !== remoteNode) {
+        throw new HandshakeFailure('unauthorized', `${peer.id.toString()} is not the node identity of ${remoteNode} (source ${source})`);
+      }
+    }
+    let allowed = false;
+    try {
+      allowed = this.options.authorize({ kind, remoteId: peer.id, localId: local.id, remoteNode });
+    } catch (err) {
+      this.options.logger.error({ err }, 'authorization hook failed; refusing');
+    }
+    if (!allowed) throw new HandshakeFailure('unauthorized', `${peer.id.toString()} may not authenticate to ${local.id.toString()}`);
+    return remoteNode;
+  }
+
+  private enforceByteCap(): void {
+    for (const connection of this.connections.values()) {
+      if (connection.secured || connection.settled) continue;
+      if (connection.raw.bytesRead > this.options.settings.maxPreHandshakeBytes) {
+        this.settle(connection, this.byteCapFailure());
+        connection.raw.destroy();
+      }
+    }
+  }
+
+  private byteCapFailure(): HandshakeFailure {
+    return new HandshakeFailure('protocol', `more than ${this.options.settings.maxPreHandshakeBytes} bytes before the handshake completed`);
+  }
+
+  /** Records the one outcome of a connection; later outcomes of the same connection are ignored. */
+  private settle(connection: Connection, outcome: AuthResult | HandshakeFailure): void {
+    if (connection.settled) return;
+    connection.settled = true;
+    const { metrics, logger } = this.options;
+    if (outcome instanceof HandshakeFailure) {
+      metrics?.failure(connection.kind, 'responder', outcome.failureClass);
+      // Failures before TLS completes are what scanners and floods produce: keep them out of info logs.
+      const level = connection.secured ? 'info' : 'debug';
+      logger[level]({ kind: connection.kind, source: connection.source, failure: outcome.failureClass, detail: outcome.detail, peerReported: outcome.peerReported }, 'handshake refused');
+      return;
+    }
+    metrics?.success(outcome.kind, 'responder', (performance.now() - connection.acceptedAt) / 1000);
+    logger.debug(
+      { kind: outcome.kind, localId: outcome.localId.toString(), remoteId: outcome.remoteId.toString(), remoteNode: outcome.remoteNode, expiresAt: outcome.expiresAt.toISOString() },
+      'handshake authenticated',
+    );
+  }
+}
+
+/** The TCP 4-tuple: the same for the raw socket and the TLS socket wrapping it. */
+function connectionKey(socket: Socket): string {
+  return `${socket.remoteAddress}|${socket.remotePort}|${socket.localAddress}|${socket.localPort}`;
+}

@@ -1,0 +1,101 @@
+// Privileged: the gate on a real kernel, two nodes × two workloads in network namespaces.
+// Every protocol family is gated alike: dropped without an entry, passed with one, dropped
+// again after the entry expires (the BPF program enforces expiry) and after it is deleted.
+import test from 'ava';
+import { monotonicNowNs } from '../src/datapath/datapath.js';
+import { sleep } from '../src/util/backoff.js';
+import { Cluster, isRoot } from './helpers/datapath-fixture.js';
+import type { Family, Protocol } from './helpers/netns.js';
+
+const privileged = isRoot() ? test.serial : test.skip;
+const PROTOCOLS: Protocol[] = ['tcp', 'udp', 'icmp', 'raw'];
+
+async function reachability(cluster: Cluster, from: string, to: string, family: Family) {
+  const results = await Promise.all(
+    PROTOCOLS.map((protocol) => cluster.topology.reaches(cluster.w(from), cluster.w(to), protocol, family)),
+  );
+  return Object.fromEntries(PROTOCOLS.map((protocol, i) => [protocol, results[i]]));
+}
+
+const everyProtocol = (value: boolean) => Object.fromEntries(PROTOCOLS.map((protocol) => [protocol, value]));
+
+for (const family of [4, 6] as const) {
+  privileged(`IPv${family}: TCP, UDP, ICMP and raw protocol 253 need an unexpired entry`, async (t) => {
+    const cluster = await Cluster.start(t);
+    const [a, b] = [cluster.w('w1a'), cluster.w('w2a')];
+
+    t.deepEqual(await reachability(cluster, 'w1a', 'w2a', family), everyProtocol(false), 'no entry: dropped');
+
+    const expiry = monotonicNowNs() + 1_500_000_000n;
+    cluster.authorize(a, b, expiry);
+    t.deepEqual(await reachability(cluster, 'w1a', 'w2a', family), everyProtocol(true), 'entry: passes');
+    t.deepEqual(await reachability(cluster, 'w2a', 'w1a', family), everyProtocol(true), 'both directions');
+
+    await sleep(Number((expiry - monotonicNowNs()) / 1_000_000n) + 20);
+    t.deepEqual(await reachability(cluster, 'w1a', 'w2a', family), everyProtocol(false), 'expired: dropped');
+
+    cluster.authorize(a, b);
+    t.deepEqual(await reachability(cluster, 'w1a', 'w2a', family), everyProtocol(true), 're-authenticated');
+    cluster.revoke(a, b);
+    t.deepEqual(await reachability(cluster, 'w1a', 'w2a', family), everyProtocol(false), 'deleted: dropped');
+  });
+}
+
+privileged('traffic between two workloads on the same node is gated at both ends', async (t) => {
+  const cluster = await Cluster.start(t);
+  const [a, b] = [cluster.w('w1a'), cluster.w('w1b')];
+  const agent = cluster.agent(1);
+
+  t.false(await cluster.topology.reaches(a, b, 'udp', 4));
+  t.false(await cluster.topology.reaches(a, b, 'udp', 6));
+
+  // Only the sender's side is authenticated: the receiver's gate (to_workload on hw1b) drops.
+  agent.setAuth(cluster.key(a, b), monotonicNowNs() + 60_000_000_000n);
+  const before = agent.counters();
+  t.false(await cluster.topology.reaches(a, b, 'udp', 4));
+  const after = agent.counters();
+  t.is(after.allowed - before.allowed, 1n);
+  t.is(after.droppedNoEntry - before.droppedNoEntry, 1n);
+
+  cluster.authorize(a, b);
+  t.deepEqual(await reachability(cluster, 'w1a', 'w1b', 4), everyProtocol(true));
+  t.deepEqual(await reachability(cluster, 'w1b', 'w1a', 6), everyProtocol(true));
+  t.false(await cluster.topology.reaches(a, cluster.w('w2b'), 'udp', 4), 'other pairs stay gated');
+});
+
+privileged('policy decides which pairs need authentication; unknown addresses follow the default', async (t) => {
+  const cluster = await Cluster.start(t);
+  const [a, b] = [cluster.w('w1a'), cluster.w('w2b')];
+  const [agent1, agent2] = cluster.agents;
+
+  agent1.setPolicy({ localIdentity: 101, remoteIdentity: 202, direction: 'egress' }, 0);
+  agent2.setPolicy({ localIdentity: 202, remoteIdentity: 101, direction: 'ingress' }, 0);
+  const before = agent1.counters();
+  t.true(await cluster.topology.reaches(a, b, 'udp', 4), 'auth type none: passes without an entry');
+  t.is(agent1.counters().notRequired - before.notRequired, 1n);
+  t.false(await cluster.topology.reaches(b, a, 'udp', 4), 'the reverse direction is still required');
+
+  agent1.deletePolicy({ localIdentity: 101, remoteIdentity: 202, direction: 'egress' });
+  t.false(await cluster.topology.reaches(a, b, 'udp', 4));
+
+  // w2b's addresses leave the ipcache: an unknown identity, dropped under the default...
+  for (const agent of cluster.agents) {
+    t.true(agent.deleteIpcache(b.ipv4));
+    agent.setConfig({ defaultMode: 'require' });
+  }
+  const unknownBefore = agent1.counters().unknownIdentity;
+  t.false(await cluster.topology.reaches(a, b, 'udp', 4));
+  t.is(agent1.counters().unknownIdentity - unknownBefore, 1n);
+  // ...and passed when the default allows.
+  for (const agent of cluster.agents) agent.setConfig({ defaultMode: 'allow' });
+  t.true(await cluster.topology.reaches(a, b, 'udp', 4));
+  t.is(agent1.counters().unknownIdentity - unknownBefore, 2n);
+  // A wider prefix gives the address an identity again (LPM): gated as that identity.
+  for (const agent of cluster.agents) {
+    agent.setConfig({ defaultMode: 'require' });
+    agent.setIpcache('10.2.0.0/16', { identity: 202, node: 2 });
+  }
+  t.false(await cluster.topology.reaches(a, b, 'udp', 4));
+  cluster.authorize(a, b);
+  t.true(await cluster.topology.reaches(a, b, 'udp', 4));
+});

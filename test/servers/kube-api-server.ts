@@ -1,0 +1,418 @@
+// A Kubernetes API server stand-in for tests, faithful to the list/watch protocol for pods, nodes
+// and mutualauthpolicies (cluster-wide and per namespace):
+// - list: `{kind: <Kind>List, apiVersion, metadata: {resourceVersion, continue?}, items}`, items
+//   sorted by key; built-in kinds' items carry no kind/apiVersion (as the real server sends them),
+//   custom resources' items do; `limit`/`continue` paging over a snapshot, whose continue token
+//   expires (410) once history past its resourceVersion has been compacted;
+// - watch (`?watch=true`): a chunked stream of newline-delimited `{type, object}` events starting
+//   after the requested resourceVersion; no/"0" resourceVersion starts with synthetic ADDED events
+//   for the current state; BOOKMARK events only with allowWatchBookmarks=true; a resourceVersion
+//   older than the bounded history gets an ERROR event with a 410/Expired Status and the stream
+//   ends; timeoutSeconds ends the stream cleanly;
+// - resourceVersions are one global counter, as in etcd, and history is one bounded log, so
+//   changes to one kind can make another kind's watch position too old;
+// - test controls: create/update/remove objects, send bookmarks, compact history, expire open
+//   watches (410), end or drop open watches, end the next watches at once, fail the next
+//   requests with a status.
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { randomUUID } from 'node:crypto';
+
+export type KubeResource = 'pods' | 'nodes' | 'mutualauthpolicies';
+export type Verb = 'list' | 'watch';
+
+interface ResourceType {
+  kind: string;
+  apiVersion: string;
+  prefix: string;
+  namespaced: boolean;
+  /** Built-in kinds' list items come without kind/apiVersion. */
+  builtIn: boolean;
+}
+
+const TYPES: Record<KubeResource, ResourceType> = {
+  pods: { kind: 'Pod', apiVersion: 'v1', prefix: '/api/v1', namespaced: true, builtIn: true },
+  nodes: { kind: 'Node', apiVersion: 'v1', prefix: '/api/v1', namespaced: false, builtIn: true },
+  mutualauthpolicies: {
+    kind: 'MutualAuthPolicy',
+    apiVersion: 'meshauth.io/v1alpha1',
+    prefix: '/apis/meshauth.io/v1alpha1',
+    namespaced: true,
+    builtIn: false,
+  },
+};
+
+/** A Kubernetes object as the tests write it: anything with metadata.name (and namespace if namespaced). */
+export interface KubeObject {
+  metadata: { name: string; namespace?: string; resourceVersion?: string; [key: string]: unknown };
+  [key: string]: unknown;
+}
+
+export interface RequestRecord {
+  verb: Verb;
+  resource: KubeResource;
+  namespace?: string;
+  query: Record<string, string>;
+  /** performance.now() when the request arrived. */
+  at: number;
+}
+
+interface HistoryEntry {
+  resource: KubeResource;
+  type: 'ADDED' | 'MODIFIED' | 'DELETED';
+  object: KubeObject;
+  rv: number;
+}
+
+interface OpenWatch {
+  resource: KubeResource;
+  namespace?: string;
+  bookmarks: boolean;
+  response: ServerResponse;
+  timer?: NodeJS.Timeout;
+}
+
+interface Snapshot {
+  rv: number;
+  items: KubeObject[];
+}
+
+export interface KubeApiServerOptions {
+  /** Events kept for watches that resume from a resourceVersion (default 100). */
+  historyLimit?: number;
+}
+
+export class KubeApiServer {
+  readonly requests: RequestRecord[] = [];
+  private readonly objects = new Map<KubeResource, Map<string, KubeObject>>(
+    (Object.keys(TYPES) as KubeResource[]).map((resource) => [resource, new Map()]),
+  );
+  private history: HistoryEntry[] = [];
+  private rv = 1;
+  /** Watches from a resourceVersion below this have lost events: 410. */
+  private horizon = 1;
+  private readonly watches = new Set<OpenWatch>();
+  private readonly snapshots = new Map<string, Snapshot>();
+  private readonly failures: { verb: Verb; resource: KubeResource; status: number; remaining: number }[] = [];
+  private readonly emptyWatches = new Map<KubeResource, number>();
+  private readonly historyLimit: number;
+
+  private constructor(
+    private readonly server: Server,
+    options: KubeApiServerOptions,
+  ) {
+    this.historyLimit = options.historyLimit ?? 100;
+  }
+
+  static async start(options: KubeApiServerOptions = {}): Promise<KubeApiServer> {
+    const server = createServer((req, res) => instance.handle(req, res));
+    const instance = new KubeApiServer(server, options);
+    await new Promise<void>((resolve, reject) => {
+      server.once('error', reject);
+      server.listen(0, '127.0.0.1', resolve);
+    });
+    return instance;
+  }
+
+  get url(): string {
+    return `http://127.0.0.1:${(this.server.address() as AddressInfo).port}`;
+  }
+
+  get resourceVersion(): string {
+    return String(this.rv);
+  }
+
+  // ---- test controls ----
+
+  create(resource: KubeResource, object: KubeObject): KubeObject {
+    const key = this.key(resource, object);
+    const store = this.store(resource);
+    if (store.has(key)) throw new Error(`${resource} ${key} already exists`);
+    const stored = this.stamp(resource, {
+      ...structuredClone(object),
+      metadata: { ...structuredClone(object.metadata), uid: randomUUID(), creationTimestamp: new Date().toISOString() },
+    });
+    store.set(key, stored);
+    this.record(resource, 'ADDED', stored);
+    return structuredClone(stored);
+  }
+
+  /** Replaces an object (keeping uid and creationTimestamp), like a PUT. */
+  update(resource: KubeResource, object: KubeObject): KubeObject {
+    const key = this.key(resource, object);
+    const store = this.store(resource);
+    const old = store.get(key);
+    if (!old) throw new Error(`${resource} ${key} does not exist`);
+    const stored = this.stamp(resource, {
+      ...structuredClone(object),
+      metadata: { ...structuredClone(object.metadata), uid: old.metadata.uid, creationTimestamp: old.metadata.creationTimestamp },
+    });
+    store.set(key, stored);
+    this.record(resource, 'MODIFIED', stored);
+    return structuredClone(stored);
+  }
+
+  remove(resource: KubeResource, name: string, namespace?: string): void {
+    const key = namespace ? `${namespace}/${name}` : name;
+    const store = this.store(resource);
+    const old = store.get(key);
+    if (!old) throw new Error(`${resource} ${key} does not exist`);
+    store.delete(key);
+    // The DELETED event carries the last state at the deletion's resourceVersion.
+    this.record(resource, 'DELETED', this.stamp(resource, structuredClone(old)));
+  }
+
+  get(resource: KubeResource, name: string, namespace?: string): KubeObject | undefined {
+    const object = this.store(resource).get(namespace ? `${namespace}/${name}` : name);
+    return object && structuredClone(object);
+  }
+
+  /** A BOOKMARK at the current resourceVersion on every open watch that asked for bookmarks. */
+  bookmark(): void {
+    for (const watch of this.watches) {
+      if (!watch.bookmarks) continue;
+      const type = TYPES[watch.resource];
+      this.send(watch, { type: 'BOOKMARK', object: { kind: type.kind, apiVersion: type.apiVersion, metadata: { resourceVersion: this.resourceVersion } } });
+    }
+  }
+
+  /** Forgets all history, like an etcd compaction: resuming from any older resourceVersion is 410. */
+  compact(): void {
+    this.history = [];
+    this.horizon = this.rv;
+  }
+
+  /** What the watch cache does when a watcher falls behind: ERROR 410 Expired, then the stream ends. */
+  expireWatches(resource?: KubeResource): void {
+    for (const watch of [...this.watches]) {
+      if (resource && watch.resource !== resource) continue;
+      this.send(watch, { type: 'ERROR', object: expiredStatus(`too old resource version (current ${this.rv})`) });
+      this.finish(watch);
+    }
+  }
+
+  /** Ends every open watch cleanly (as the server's watch timeout does). */
+  endWatches(resource?: KubeResource): void {
+    for (const watch of [...this.watches]) if (!resource || watch.resource === resource) this.finish(watch);
+  }
+
+  /** Cuts every open watch's connection without ending the response. */
+  dropWatches(resource?: KubeResource): void {
+    for (const watch of [...this.watches]) {
+      if (resource && watch.resource !== resource) continue;
+      this.watches.delete(watch);
+      clearTimeout(watch.timer);
+      watch.response.socket?.destroy();
+    }
+  }
+
+  /** The next `count` requests of this verb and resource fail with `status`. */
+  failNext(verb: Verb, resource: KubeResource, status: number, count = 1): void {
+    this.failures.push({ verb, resource, status, remaining: count });
+  }
+
+  /** The next `count` watches of this resource are accepted and ended at once, without an event. */
+  endNextWatchesAtOnce(resource: KubeResource, count: number): void {
+    this.emptyWatches.set(resource, count);
+  }
+
+  clearFailures(): void {
+    this.failures.length = 0;
+  }
+
+  openWatches(resource?: KubeResource): number {
+    return [...this.watches].filter((watch) => !resource || watch.resource === resource).length;
+  }
+
+  requestCount(verb: Verb, resource?: KubeResource): number {
+    return this.requests.filter((request) => request.verb === verb && (!resource || request.resource === resource)).length;
+  }
+
+  async close(): Promise<void> {
+    for (const watch of [...this.watches]) this.finish(watch);
+    this.server.closeAllConnections();
+    await new Promise<void>((resolve) => this.server.close(() => resolve()));
+  }
+
+  // ---- protocol ----
+
+  private handle(req: IncomingMessage, res: ServerResponse): void {
+    const url = new URL(req.url ?? '/', 'http://localhost');
+    const route = this.route(url.pathname);
+    if (!route) return this.status(res, 404, 'NotFound', `the server could not find the requested resource (${url.pathname})`);
+    if (req.method !== 'GET') return this.status(res, 405, 'MethodNotAllowed', `${req.method} is not supported by the test server`);
+    const query = Object.fromEntries(url.searchParams);
+    const watching = query.watch === 'true' || query.watch === '1';
+    const verb: Verb = watching ? 'watch' : 'list';
+    this.requests.push({ verb, resource: route.resource, ...(route.namespace ? { namespace: route.namespace } : {}), query, at: performance.now() });
+    const failure = this.failures.find((entry) => entry.verb === verb && entry.resource === route.resource && entry.remaining > 0);
+    if (failure) {
+      failure.remaining -= 1;
+      return this.status(res, failure.status, reasonFor(failure.status), `injected failure ${failure.status}`);
+    }
+    if (query.labelSelector || query.fieldSelector) {
+      return this.status(res, 400, 'BadRequest', 'label and field selectors are not implemented by the test server');
+    }
+    const empty = this.emptyWatches.get(route.resource) ?? 0;
+    if (watching && empty > 0) {
+      this.emptyWatches.set(route.resource, empty - 1);
+      res.writeHead(200, { 'Content-Type': 'application/json' });
+      res.end();
+      return;
+    }
+    if (watching) this.watch(res, route.resource, route.namespace, query);
+    else this.list(res, route.resource, route.namespace, query);
+  }
+
+  private route(path: string): { resource: KubeResource; namespace?: string } | undefined {
+    for (const [resource, type] of Object.entries(TYPES) as [KubeResource, ResourceType][]) {
+      if (!path.startsWith(`${type.prefix}/`)) continue;
+      const rest = path.slice(type.prefix.length + 1).split('/');
+      if (rest.length === 1 && rest[0] === resource) return { resource };
+      if (type.namespaced && rest.length === 3 && rest[0] === 'namespaces' && rest[2] === resource && rest[1]) {
+        return { resource, namespace: rest[1] };
+      }
+    }
+    return undefined;
+  }
+
+  private list(res: ServerResponse, resource: KubeResource, namespace: string | undefined, query: Record<string, string>): void {
+    const type = TYPES[resource];
+    let snapshot: Snapshot;
+    let offset = 0;
+    if (query.continue) {
+      const token = this.snapshots.get(query.continue);
+      if (!token) return this.status(res, 400, 'BadRequest', 'invalid continue token');
+      if (token.rv < this.horizon) {
+        return this.status(res, 410, 'Expired', 'The provided continue parameter is too old to display a consistent list result.');
+      }
+      snapshot = token;
+      offset = Number(query.continue.split(':')[1]);
+    } else {
+      const items = [...this.store(resource).entries()]
+        .filter(([, object]) => !namespace || object.metadata.namespace === namespace)
+        .sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0))
+        .map(([, object]) => structuredClone(object));
+      snapshot = { rv: this.rv, items };
+    }
+    const limit = query.limit ? Number(query.limit) : 0;
+    const end = limit > 0 ? Math.min(snapshot.items.length, offset + limit) : snapshot.items.length;
+    const metadata: Record<string, unknown> = { resourceVersion: String(snapshot.rv) };
+    if (end < snapshot.items.length) {
+      const token = `${randomUUID()}:${end}`;
+      this.snapshots.set(token, snapshot);
+      metadata.continue = token;
+      metadata.remainingItemCount = snapshot.items.length - end;
+    }
+    const items = snapshot.items.slice(offset, end).map((object) => {
+      if (!type.builtIn) return object;
+      const { kind: _kind, apiVersion: _apiVersion, ...rest } = object;
+      return rest;
+    });
+    this.json(res, 200, { kind: `${type.kind}List`, apiVersion: type.apiVersion, metadata, items });
+  }
+
+  private watch(res: ServerResponse, resource: KubeResource, namespace: string | undefined, query: Record<string, string>): void {
+    const requested = query.resourceVersion ?? '';
+    const from = requested === '' || requested === '0' ? undefined : Number(requested);
+    if (from !== undefined && (!Number.isInteger(from) || from < 0)) {
+      return this.status(res, 400, 'BadRequest', `invalid resourceVersion "${requested}"`);
+    }
+    res.writeHead(200, { 'Content-Type': 'application/json', 'Cache-Control': 'no-cache, private' });
+    res.flushHeaders();
+    const watch: OpenWatch = { resource, namespace, bookmarks: query.allowWatchBookmarks === 'true', response: res };
+    if (from !== undefined && from < this.horizon) {
+      this.send(watch, { type: 'ERROR', object: expiredStatus(`too old resource version: ${from} (${this.horizon})`) });
+      res.end();
+      return;
+    }
+    if (from === undefined) {
+      for (const object of this.store(resource).values()) {
+        if (!namespace || object.metadata.namespace === namespace) this.send(watch, { type: 'ADDED', object: structuredClone(object) });
+      }
+    } else {
+      for (const entry of this.history) {
+        if (entry.rv > from && this.matches(watch, entry)) this.send(watch, { type: entry.type, object: structuredClone(entry.object) });
+      }
+    }
+    this.watches.add(watch);
+    res.on('close', () => {
+      this.watches.delete(watch);
+      clearTimeout(watch.timer);
+    });
+    const timeoutSeconds = Number(query.timeoutSeconds ?? 0);
+    if (timeoutSeconds > 0) watch.timer = setTimeout(() => this.finish(watch), timeoutSeconds * 1000);
+  }
+
+  private record(resource: KubeResource, type: HistoryEntry['type'], object: KubeObject): void {
+    const entry: HistoryEntry = { resource, type, object: structuredClone(object), rv: this.rv };
+    this.history.push(entry);
+    while (this.history.length > this.historyLimit) {
+      const evicted = this.history.shift();
+      if (evicted) this.horizon = evicted.rv;
+    }
+    for (const watch of this.watches) if (this.matches(watch, entry)) this.send(watch, { type, object: structuredClone(object) });
+  }
+
+  private matches(watch: OpenWatch, entry: HistoryEntry): boolean {
+    return entry.resource === watch.resource && (!watch.namespace || entry.object.metadata.namespace === watch.namespace);
+  }
+
+  /** Sets kind, apiVersion and a fresh resourceVersion. */
+  private stamp(resource: KubeResource, object: KubeObject): KubeObject {
+    this.rv += 1;
+    const type = TYPES[resource];
+    return { ...object, kind: type.kind, apiVersion: type.apiVersion, metadata: { ...object.metadata, resourceVersion: String(this.rv) } };
+  }
+
+  private key(resource: KubeResource, object: KubeObject): string {
+    const { name, namespace } = object.metadata;
+    if (!name) throw new Error('object without metadata.name');
+    if (TYPES[resource].namespaced !== Boolean(namespace)) {
+      throw new Error(`${resource} ${TYPES[resource].namespaced ? 'need' : 'must not have'} metadata.namespace`);
+    }
+    return namespace ? `${namespace}/${name}` : name;
+  }
+
+  private store(resource: KubeResource): Map<string, KubeObject> {
+    const store = this.objects.get(resource);
+    if (!store) throw new Error(`unknown resource ${resource}`);
+    return store;
+  }
+
+  private send(watch: OpenWatch, event: { type: string; object: unknown }): void {
+    if (!watch.response.writableEnded && !watch.response.destroyed) watch.response.write(`${JSON.stringify(event)}\n`);
+  }
+
+  private finish(watch: OpenWatch): void {
+    this.watches.delete(watch);
+    clearTimeout(watch.timer);
+    if (!watch.response.writableEnded) watch.response.end();
+  }
+
+  private status(res: ServerResponse, code: number, reason: string, message: string): void {
+    this.json(res, code, { kind: 'Status', apiVersion: 'v1', metadata: {}, status: 'Failure', message, reason, code });
+  }
+
+  private json(res: ServerResponse, code: number, body: unknown): void {
+    res.writeHead(code, { 'Content-Type': 'application/json' });
+    res.end(JSON.stringify(body));
+  }
+}
+
+function expiredStatus(message: string): Record<string, unknown> {
+  return { kind: 'Status', apiVersion: 'v1', metadata: {}, status: 'Failure', message, reason: 'Expired', code: 410 };
+}
+
+function reasonFor(status: number): string {
+  const reasons: Record<number, string> = {
+    401: 'Unauthorized',
+    403: 'Forbidden',
+    404: 'NotFound',
+    410: 'Expired',
+    429: 'TooManyRequests',
+    500: 'InternalError',
+    503: 'ServiceUnavailable',
+  };
+  return reasons[status] ?? 'Unknown';
+}
