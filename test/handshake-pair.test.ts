@@ -1,5 +1,6 @@
 import test, { type ExecutionContext } from 'ava';
 import { HandshakeFailure } from '../src/handshake/failure.js';
+import type { FailureClass } from '../src/handshake/protocol.js';
 import type { NodeAuthResult } from '../src/handshake/types.js';
 import { NodeDirectory, TestCa, metricValue, nodeIdOf, responderSettled, startAgent, workloadId, type AgentOptions, type TestAgent } from './helpers/handshake-fixtures.js';
 
@@ -22,10 +23,9 @@ function pairRequest(to: TestAgent, localId = WEB, remoteId = DB) {
   return { localId, remoteId, remoteNode: to.nodeName, address: { host: to.address, port: to.port } };
 }
 
-async function expectFailure(t: ExecutionContext, promise: Promise<unknown>, failureClass: string): Promise<HandshakeFailure> {
+async function expectFailure(t: ExecutionContext, promise: Promise<unknown>, failureClass: FailureClass): Promise<void> {
   const err = await t.throwsAsync(promise, { instanceOf: HandshakeFailure });
   t.is(err?.failureClass, failureClass, err?.message);
-  return err!;
 }
 
 test('pair: one handshake records both directions with mirrored identities and equal key material', async (t) => {

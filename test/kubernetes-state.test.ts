@@ -261,6 +261,7 @@ test('policyRule: invalid policies are refused with the reason', (t) => {
     message: /differs from the policy's own namespace/,
   });
   t.throws(() => policyRule(policy('shop', 'p', { mode: 'required', source: { spiffeId: 'ns/x' } })), { message: /spiffe:\/\// });
+  t.throws(() => policyRule(policy('shop', 'p', { mode: 'required', source: { spiffeId: 'spiffe://td/a//b' } })), { message: /spiffeId/ });
   t.throws(() => policyRule({ metadata: { name: 'p' }, spec: { mode: 'required' } }), { message: /metadata\.namespace/ });
 });
 

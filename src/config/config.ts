@@ -8,6 +8,7 @@ import { fileOptionsSchema } from '../identity/providers/file-options.js';
 import { spiffeOptionsSchema } from '../identity/providers/spiffe-options.js';
 import { spireDelegatedOptionsSchema } from '../identity/providers/spire-delegated-options.js';
 import { vaultOptionsSchema } from '../identity/providers/vault-options.js';
+import { staticClusterSchema } from '../cluster/static-options.js';
 
 const identitySchema = z
   .strictObject({
@@ -45,6 +46,8 @@ export const configSchema = z.strictObject({
     maxChainDepth: 5,
     dev: { ttl: '1h' },
   }),
+  /** Nodes, endpoints and policy when they are not learned from Kubernetes. */
+  cluster: staticClusterSchema.prefault({}),
 });
 
 /** The input form (durations as strings) and the parsed form (milliseconds). */

@@ -4,7 +4,7 @@
 import { statSync } from 'node:fs';
 import { join } from 'node:path';
 import { Datapath, monotonicNowNs } from '../../src/datapath/datapath.js';
-import { defaultObjectPath } from '../../src/datapath/loader.js';
+import { defaultObjectPath, type MapCapacities } from '../../src/datapath/loader.js';
 import type { AuthKey } from '../../src/datapath/layout.js';
 import { Topology, type Workload } from './netns.js';
 
@@ -39,13 +39,16 @@ export class Cluster {
     readonly agents: [Datapath, Datapath],
   ) {}
 
-  static async start(t: { teardown(fn: () => void | Promise<void>): void }): Promise<Cluster> {
+  static async start(
+    t: { teardown(fn: () => void | Promise<void>): void },
+    capacities: MapCapacities = TEST_CAPACITIES,
+  ): Promise<Cluster> {
     assertGateBuilt();
     const topology = await Topology.create(t);
     const agents: Datapath[] = [];
     t.teardown(() => agents.forEach((agent) => agent.close()));
     for (const node of topology.nodes) {
-      const agent = await Datapath.open({ pinDir: node.pinDir, capacities: TEST_CAPACITIES });
+      const agent = await Datapath.open({ pinDir: node.pinDir, capacities });
       agents.push(agent);
       for (const w of topology.workloads) {
         agent.setIpcache(w.ipv4, { identity: IDENTITY[w.name]!, node: w.node });

@@ -78,8 +78,9 @@ export function unvalidatedSvid(id: SpiffeId, leaf: Forged): Svid {
 export class ManualProvider implements IdentityProvider {
   readonly name = 'file' as const;
   sink?: ProviderSink;
-  async start(sink: ProviderSink): Promise<void> {
+  start(sink: ProviderSink): Promise<void> {
     this.sink = sink;
+    return Promise.resolve();
   }
   setWanted(): void {}
   async stop(): Promise<void> {}

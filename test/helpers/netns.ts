@@ -220,21 +220,17 @@ export class Topology {
   }
 }
 
+const PROBE_OPTIONS = { buffer: false, reject: false, stdin: 'pipe', stdout: 'pipe', stderr: 'inherit' } as const;
+
 /** The python traffic probe (netns-probe.py) inside one workload namespace. */
 export class Probe {
   private nextId = 0;
   private readonly pending = new Map<number, { resolve: (reply: unknown) => void; reject: (err: Error) => void }>();
 
-  private constructor(private readonly process: ResultPromise<{ buffer: false; reject: false }>) {}
+  private constructor(private readonly process: ResultPromise<typeof PROBE_OPTIONS>) {}
 
   static async start(netns: string): Promise<Probe> {
-    const child = execa('nsenter', [`--net=/run/netns/${netns}`, 'python3', '-u', PROBE_SCRIPT], {
-      buffer: false,
-      reject: false,
-      stdin: 'pipe',
-      stdout: 'pipe',
-      stderr: 'inherit',
-    });
+    const child = execa('nsenter', [`--net=/run/netns/${netns}`, 'python3', '-u', PROBE_SCRIPT], PROBE_OPTIONS);
     const probe = new Probe(child);
     const lines = createInterface({ input: child.stdout });
     const ready = new Promise<void>((resolve, reject) => {

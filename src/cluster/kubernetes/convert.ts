@@ -70,6 +70,9 @@ export function nodeInfo(node: V1Node): NodeInfo {
   return { name, address, podCidrs: [...new Set(cidrs)] };
 }
 
+/** A SPIFFE ID or pattern ("*" within a segment, "**" across); the CRD's schema uses the same. */
+export const SPIFFE_ID_PATTERN = /^spiffe:\/\/[a-z0-9._-]+(\/[A-Za-z0-9._*-]+)*$/;
+
 const labels = z.record(z.string(), z.string());
 const policySchema = z.object({
   metadata: z.object({ name: z.string().min(1), namespace: z.string().min(1) }),
@@ -79,8 +82,7 @@ const policySchema = z.object({
       .object({
         namespace: z.string().min(1).optional(),
         serviceAccount: z.string().min(1).optional(),
-        /** A SPIFFE ID or pattern ("*" within a segment, "**" across), e.g. for federated sources. */
-        spiffeId: z.string().regex(/^spiffe:\/\/[^/]+/, 'must start with spiffe://<trust domain>').optional(),
+        spiffeId: z.string().regex(SPIFFE_ID_PATTERN, 'must be spiffe://<trust domain>[/path], "*" and "**" as wildcards').optional(),
         matchLabels: labels.optional(),
       })
       .optional(),

@@ -45,7 +45,6 @@ interface HeldSvid {
 export class DevProvider implements IdentityProvider {
   readonly name = 'dev' as const;
   private readonly logger: Logger;
-  private readonly backoff = new Backoff({ initialMs: 500, maxMs: 30_000 });
   private wanted = new Map<string, SpiffeId>();
   private readonly held = new Map<string, HeldSvid>();
   private sink?: ProviderSink;
@@ -54,8 +53,8 @@ export class DevProvider implements IdentityProvider {
   private timer?: NodeJS.Timeout;
   private inFlight?: Promise<void>;
   private runAgain = false;
-  /** When the last failed issuance may be retried; undefined while nothing failed. */
-  private retryAt?: number;
+  /** IDs whose last issuance failed: each retries on its own backoff, so one bad ID delays no other. */
+  private readonly failing = new Map<string, { backoff: Backoff; retryAt: number }>();
 
   constructor(private readonly options: DevProviderOptions) {
     this.logger = (options.logger ?? silentLogger()).child({ provider: 'dev' });
@@ -109,13 +108,16 @@ export class DevProvider implements IdentityProvider {
     });
   }
 
+  /** When an ID is next due: its retry after a failure, else its renewal, else now. */
+  private dueAt(key: string): number {
+    return this.failing.get(key)?.retryAt ?? this.held.get(key)?.renewAt ?? 0;
+  }
+
   /** Sleeps until the earliest renewal or retry. */
   private armTimer(): void {
-    if (this.stopped) return;
-    const times = [...this.held.values()].map((held) => held.renewAt);
-    if (this.retryAt !== undefined) times.push(this.retryAt);
-    if (times.length === 0) return;
-    this.timer = setTimeout(() => this.wake(), Math.min(MAX_TIMER_MS, Math.max(0, Math.min(...times) - Date.now())));
+    if (this.stopped || this.wanted.size === 0) return;
+    const next = Math.min(...[...this.wanted.keys()].map((key) => this.dueAt(key)));
+    this.timer = setTimeout(() => this.wake(), Math.min(MAX_TIMER_MS, Math.max(0, next - Date.now())));
   }
 
   /** Issues what is missing or due, drops what is no longer wanted, pushes the full state if it
@@ -131,28 +133,24 @@ export class DevProvider implements IdentityProvider {
         changed = true;
       }
     }
-    let failed = false;
+    for (const key of this.failing.keys()) if (!this.wanted.has(key)) this.failing.delete(key);
     const now = Date.now();
-    const dueRetry = this.retryAt === undefined || this.retryAt <= now;
     for (const [key, id] of this.wanted) {
-      const held = this.held.get(key);
-      if (held ? held.renewAt > now : !dueRetry) continue;
+      if (this.dueAt(key) > now) continue;
       try {
         const issued = await this.issue(ca, id);
         if (this.stopped) return;
         this.held.set(key, issued);
+        this.failing.delete(key);
         changed = true;
       } catch (err) {
         if (this.stopped) return;
-        failed = true;
+        // A failed renewal keeps the held SVID: it stays valid until its notAfter.
+        const failing = this.failing.get(key) ?? { backoff: new Backoff({ initialMs: 500, maxMs: 30_000 }), retryAt: 0 };
+        failing.retryAt = Date.now() + failing.backoff.next();
+        this.failing.set(key, failing);
         sink.error(new ProviderError('issue', `dev CA cannot issue ${key}: ${(err as Error).message}`, { cause: err }));
       }
-    }
-    if (failed) {
-      this.retryAt = Date.now() + this.backoff.next();
-    } else {
-      this.retryAt = undefined;
-      this.backoff.reset();
     }
     if (changed && !this.stopped) sink.svids([...this.held.values()].map((held) => held.svid));
   }

@@ -1,0 +1,247 @@
+// Datapath gate benchmark (root): `npm run bench:datapath [-- --json]`.
+//
+//   per-packet cost   run_time_ns / run_cnt of the gate programs (kernel.bpf_stats_enabled=1)
+//                     under iperf3 traffic, with 1 and with 100,000 auth entries
+//   throughput        iperf3 TCP between two workloads on two nodes, gate vs no gate, alternated
+//                     in the same run; the ratio of the medians
+//   map updates/s     setAuth one by one, and batchSetAuth, from Node (encoding included)
+//   signal delay      gate queued -> agent callback, p99: while signals flow, and for a first
+//                     signal after a quiet period (the poller at its idle interval)
+//   idle CPU          the agent process with a signal subscription and nothing to deliver
+//
+// Topology: test/helpers (two nodes × two workloads in network namespaces, removed at the end).
+import { readFile, writeFile } from 'node:fs/promises';
+import { randomBytes } from 'node:crypto';
+import { execa, type ResultPromise } from 'execa';
+import { monotonicNowNs, type AuthEntry, type Datapath } from '../src/datapath/datapath.js';
+import { attachedProgram } from '../src/datapath/loader.js';
+import { sleep } from '../src/util/backoff.js';
+import { Cluster } from '../test/helpers/datapath-fixture.js';
+import type { Workload } from '../test/helpers/netns.js';
+
+const json = process.argv.includes('--json');
+const TARGETS = {
+  nsPerPacket: 80,
+  throughputRatio: 0.97,
+  updatesPerS: 400_000,
+  batchUpdatesPerS: 1_000_000,
+  signalP99Ms: 5,
+  idleCpuPercent: 1,
+};
+const BPF_STATS = '/proc/sys/kernel/bpf_stats_enabled';
+const IPERF_SECONDS = 2;
+const THROUGHPUT_ROUNDS = 3;
+
+function report(label: string, value: number, unit: string, target: number, better: 'lower' | 'higher'): void {
+  const ratio = value / target;
+  const ok = better === 'lower' ? value <= target : value >= target;
+  const fmt = (n: number) => (Math.abs(n) >= 1000 ? Math.round(n).toLocaleString('en-US') : n.toFixed(n < 10 ? 3 : 1));
+  console.log(
+    `${label.padEnd(44)} ${fmt(value).padStart(12)} ${unit.padEnd(10)} target ${better === 'lower' ? '≤' : '≥'} ${fmt(target)} ` +
+      `(${ratio.toFixed(2)}× target) ${ok ? 'ok' : 'MISSED'}`,
+  );
+}
+
+function percentile(values: number[], p: number): number {
+  const sorted = [...values].sort((a, b) => a - b);
+  return sorted[Math.min(sorted.length - 1, Math.ceil((p / 100) * sorted.length) - 1)]!;
+}
+
+function median(values: number[]): number {
+  return percentile(values, 50);
+}
+
+interface ProgStats {
+  runTimeNs: number;
+  runCnt: number;
+}
+
+async function programStats(ids: number[]): Promise<ProgStats> {
+  let runTimeNs = 0;
+  let runCnt = 0;
+  for (const id of ids) {
+    const { stdout } = await execa('bpftool', ['prog', 'show', 'id', String(id), '-j']);
+    const prog = JSON.parse(stdout) as { run_time_ns?: number; run_cnt?: number };
+    runTimeNs += prog.run_time_ns ?? 0;
+    runCnt += prog.run_cnt ?? 0;
+  }
+  return { runTimeNs, runCnt };
+}
+
+async function gateProgramIds(cluster: Cluster): Promise<number[]> {
+  const ids = new Set<number>();
+  for (const w of cluster.topology.workloads) {
+    for (const hook of ['ingress', 'egress'] as const) {
+      const prog = await attachedProgram(w.hostInterface, hook);
+      if (prog) ids.add(prog.id);
+    }
+  }
+  return [...ids];
+}
+
+async function iperf(client: Workload, server: Workload): Promise<number> {
+  const { stdout } = await execa('nsenter', [
+    `--net=/run/netns/${client.netns}`,
+    'iperf3',
+    '-c',
+    server.ipv4,
+    '-t',
+    String(IPERF_SECONDS),
+    '-J',
+  ]);
+  const result = JSON.parse(stdout) as { end: { sum_received: { bits_per_second: number } } };
+  return result.end.sum_received.bits_per_second;
+}
+
+/** ns per gate invocation while iperf3 runs through it. */
+async function perPacketCost(cluster: Cluster, client: Workload, server: Workload): Promise<number> {
+  const ids = await gateProgramIds(cluster);
+  const before = await programStats(ids);
+  await iperf(client, server);
+  const after = await programStats(ids);
+  return (after.runTimeNs - before.runTimeNs) / (after.runCnt - before.runCnt);
+}
+
+function randomAuthEntries(count: number, expiryNs: bigint): AuthEntry[] {
+  const seed = randomBytes(4).readUInt32LE() | 1;
+  return Array.from({ length: count }, (_, i) => ({
+    key: { localIdentity: 100_000 + (i % 1000), remoteIdentity: (seed + i) >>> 0 || 1, remoteNode: i % 65_536 },
+    expiryNs,
+  }));
+}
+
+function mapUpdateRates(datapath: Datapath): { single: number; batched: number } {
+  const count = 200_000;
+  const entries = randomAuthEntries(count, monotonicNowNs() + 3_600_000_000_000n);
+  let start = process.hrtime.bigint();
+  for (const entry of entries) datapath.setAuth(entry.key, entry.expiryNs);
+  const single = count / (Number(process.hrtime.bigint() - start) / 1e9);
+  start = process.hrtime.bigint();
+  datapath.batchSetAuth(entries);
+  const batched = count / (Number(process.hrtime.bigint() - start) / 1e9);
+  for (const entry of entries) datapath.deleteAuth(entry.key);
+  return { single, batched };
+}
+
+/** Signal delay in ms, gate -> callback, for packets sent by `send` (one per signal). */
+async function signalDelays(
+  datapath: Datapath,
+  send: () => Promise<void>,
+  count: number,
+  gapMs: number,
+): Promise<number[]> {
+  const delays: number[] = [];
+  const unsubscribe = datapath.onSignal((signal) => delays.push(Number(monotonicNowNs() - signal.ktimeNs) / 1e6));
+  for (let i = 0; i < count; i++) {
+    await send();
+    await sleep(gapMs * (0.5 + Math.random()));
+  }
+  await sleep(50);
+  unsubscribe();
+  return delays;
+}
+
+async function idleCpuPercent(datapath: Datapath, seconds: number): Promise<number> {
+  const unsubscribe = datapath.onSignal(() => {});
+  await sleep(200);
+  const cpuBefore = process.cpuUsage();
+  const wallBefore = process.hrtime.bigint();
+  await sleep(seconds * 1000);
+  const cpu = process.cpuUsage(cpuBefore);
+  const wallUs = Number(process.hrtime.bigint() - wallBefore) / 1000;
+  unsubscribe();
+  return ((cpu.user + cpu.system) / wallUs) * 100;
+}
+
+async function main(): Promise<void> {
+  if (process.getuid?.() !== 0) throw new Error('the datapath benchmark needs root');
+  const cleanups: (() => void | Promise<void>)[] = [];
+  const statsBefore = (await readFile(BPF_STATS, 'utf8')).trim();
+  let iperfServer: ResultPromise | undefined;
+  try {
+    await writeFile(BPF_STATS, '1');
+    const cluster = await Cluster.start({ teardown: (fn) => cleanups.push(fn) }, {}); // default capacities
+    const [agent1, agent2] = cluster.agents;
+    const [client, server] = [cluster.w('w1a'), cluster.w('w2a')];
+    cluster.authorize(client, server);
+    iperfServer = execa('nsenter', [`--net=/run/netns/${server.netns}`, 'iperf3', '-s'], { reject: false });
+    await sleep(300);
+    const interfaces = (node: 1 | 2) => cluster.topology.workloads.filter((w) => w.node === node).map((w) => w.hostInterface);
+
+    // Per-packet cost, 1 entry then 100,000 entries (plus the pair itself) on each node.
+    const nsOneEntry = await perPacketCost(cluster, client, server);
+    const filler = randomAuthEntries(100_000, monotonicNowNs() + 3_600_000_000_000n);
+    agent1.batchSetAuth(filler);
+    agent2.batchSetAuth(filler);
+    const ns100k = await perPacketCost(cluster, client, server);
+
+    // Throughput with and without the gate, alternated.
+    const gated: number[] = [];
+    const baseline: number[] = [];
+    for (let round = 0; round < THROUGHPUT_ROUNDS; round++) {
+      await agent1.detach(interfaces(1));
+      await agent2.detach(interfaces(2));
+      baseline.push(await iperf(client, server));
+      await agent1.install({ interfaces: interfaces(1) });
+      await agent2.install({ interfaces: interfaces(2) });
+      gated.push(await iperf(client, server));
+    }
+    const throughputRatio = median(gated) / median(baseline);
+
+    // Map updates from Node.
+    const rates = mapUpdateRates(agent1);
+
+    // Signals: every drop signals (interval 1 ns), from an unauthenticated pair.
+    agent1.setConfig({ signalIntervalNs: 1n });
+    const [w1b, w2b] = [cluster.w('w1b'), cluster.w('w2b')];
+    const sendOne = async () => {
+      await w1b.probe.request({ op: 'send', proto: 'udp', dst: w2b.ipv4, token: 'signal' });
+    };
+    const activeDelays = await signalDelays(agent1, sendOne, 400, 5);
+    const idleDelays = await signalDelays(agent1, sendOne, 20, 700);
+    const idleCpu = await idleCpuPercent(agent1, 5);
+
+    console.log(`meshauth datapath benchmark (${cluster.topology.tag}), ${new Date().toISOString()}`);
+    report('per-packet cost, 1 auth entry', nsOneEntry, 'ns', TARGETS.nsPerPacket, 'lower');
+    report('per-packet cost, 100,000 auth entries', ns100k, 'ns', TARGETS.nsPerPacket, 'lower');
+    console.log(
+      `iperf3 TCP, no gate (median of ${THROUGHPUT_ROUNDS})`.padEnd(44),
+      `${(median(baseline) / 1e9).toFixed(2)} Gbit/s`,
+      `[${baseline.map((b) => (b / 1e9).toFixed(2)).join(', ')}]`,
+    );
+    console.log(
+      `iperf3 TCP, gate (median of ${THROUGHPUT_ROUNDS})`.padEnd(44),
+      `${(median(gated) / 1e9).toFixed(2)} Gbit/s`,
+      `[${gated.map((b) => (b / 1e9).toFixed(2)).join(', ')}]`,
+    );
+    report('throughput ratio gate / no gate', throughputRatio, '', TARGETS.throughputRatio, 'higher');
+    report('auth map updates from Node, one by one', rates.single, 'updates/s', TARGETS.updatesPerS, 'higher');
+    report('auth map updates from Node, batched', rates.batched, 'updates/s', TARGETS.batchUpdatesPerS, 'higher');
+    report(`signal delay p99, flowing (${activeDelays.length})`, percentile(activeDelays, 99), 'ms', TARGETS.signalP99Ms, 'lower');
+    report(`signal delay p99, after quiet (${idleDelays.length})`, percentile(idleDelays, 99), 'ms', TARGETS.signalP99Ms, 'lower');
+    report('idle agent CPU (signal polling)', idleCpu, '%', TARGETS.idleCpuPercent, 'lower');
+    if (json) {
+      console.log(
+        JSON.stringify({
+          ns_per_packet: ns100k,
+          ns_per_packet_1_entry: nsOneEntry,
+          throughput_ratio: throughputRatio,
+          throughput_gate_bps: median(gated),
+          throughput_baseline_bps: median(baseline),
+          map_updates_per_s: rates.single,
+          map_batch_updates_per_s: rates.batched,
+          signal_p99_ms: percentile(activeDelays, 99),
+          signal_idle_p99_ms: percentile(idleDelays, 99),
+          idle_cpu_percent: idleCpu,
+        }),
+      );
+    }
+  } finally {
+    iperfServer?.kill('SIGKILL');
+    await iperfServer;
+    for (const cleanup of cleanups.reverse()) await cleanup();
+    await writeFile(BPF_STATS, statsBefore);
+  }
+}
+
+await main();

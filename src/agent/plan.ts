@@ -1,0 +1,80 @@
+import { isIP } from 'node:net';
+import type { NumericIds } from '../auth/numeric-ids.js';
+import type { PairKey } from '../auth/types.js';
+import { decide } from '../cluster/policy.js';
+import type { ClusterState } from '../cluster/state.js';
+import type { EndpointInfo, PolicyMode } from '../cluster/types.js';
+import { AUTH_TYPE, type IpcacheEntry, type PolicyKey } from '../datapath/layout.js';
+
+/** Everything the agent derives from the cluster state for its own node. */
+export interface NodePlan {
+  /** Endpoint address prefix → identity and node numbers. */
+  ipcache: Map<string, IpcacheEntry>;
+  /** Policy-map entries where a pair's requirement differs from the default. */
+  policy: Map<string, { key: PolicyKey; authType: number }>;
+  /** Identity pairs this node must hold authenticated. */
+  pairs: PairKey[];
+  /** SPIFFE IDs of this node's own endpoints: the SVIDs it needs, and no others. */
+  localIdentities: string[];
+  /** Host-side interfaces of this node's endpoints: where the gate attaches. */
+  interfaces: string[];
+}
+
+/**
+ * Computes the node's plan. A pair (local L, remote R) is desired when policy requires traffic
+ * in either direction between them, because one handshake authenticates both directions. The
+ * policy map holds only exceptions to the default, which keeps it small.
+ */
+export function planNode(state: ClusterState, ids: NumericIds, defaultMode: PolicyMode): NodePlan {
+  const rules = [...state.policies.values()];
+  const ipcache = new Map<string, IpcacheEntry>();
+  for (const endpoint of state.endpoints.values()) {
+    ipcache.set(hostPrefix(endpoint.ip), { identity: ids.identity(endpoint.spiffeId), node: ids.node(endpoint.node) });
+  }
+  const policy = new Map<string, { key: PolicyKey; authType: number }>();
+  const pairs = new Map<string, PairKey>();
+  const locals = state.localEndpoints();
+  // Policy is evaluated per endpoint pair (label selectors see pods, not identities); the
+  // results are keyed by identity, so endpoints of one identity collapse into one pair.
+  for (const local of locals) {
+    for (const remote of state.endpoints.values()) {
+      if (remote.ip === local.ip) continue;
+      const pair = { localId: local.spiffeId, remoteId: remote.spiffeId, remoteNode: remote.node };
+      const outbound = decide(rules, local, remote, defaultMode);
+      const inbound = decide(rules, remote, local, defaultMode);
+      addPolicy(policy, ids, local, remote, 'egress', outbound, defaultMode);
+      addPolicy(policy, ids, local, remote, 'ingress', inbound, defaultMode);
+      if (outbound === 'required' || inbound === 'required') pairs.set(`${pair.localId}\n${pair.remoteId}\n${pair.remoteNode}`, pair);
+    }
+  }
+  return {
+    ipcache,
+    policy,
+    pairs: [...pairs.values()],
+    localIdentities: [...new Set(locals.map((e) => e.spiffeId))],
+    interfaces: [...new Set(locals.flatMap((e) => (e.interface ? [e.interface] : [])))],
+  };
+}
+
+function addPolicy(
+  policy: NodePlan['policy'],
+  ids: NumericIds,
+  local: EndpointInfo,
+  remote: EndpointInfo,
+  direction: 'egress' | 'ingress',
+  mode: PolicyMode,
+  defaultMode: PolicyMode,
+): void {
+  if (mode === defaultMode) return;
+  const key: PolicyKey = { localIdentity: ids.identity(local.spiffeId), remoteIdentity: ids.identity(remote.spiffeId), direction };
+  const id = `${key.localIdentity}:${key.remoteIdentity}:${direction}`;
+  const authType = mode === 'required' ? AUTH_TYPE.mtls : AUTH_TYPE.none;
+  const existing = policy.get(id);
+  // Two endpoint pairs of the same identities can disagree (label selectors): requiring wins.
+  if (existing && existing.authType === AUTH_TYPE.mtls) return;
+  policy.set(id, { key, authType });
+}
+
+function hostPrefix(ip: string): string {
+  return `${ip}/${isIP(ip) === 6 ? 128 : 32}`;
+}

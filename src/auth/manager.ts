@@ -1,0 +1,287 @@
+import { Backoff } from '../util/backoff.js';
+import type { Logger } from '../util/logger.js';
+import type { PairStatus } from '../agent/status.js';
+import type { AuthCache } from './cache.js';
+import { ReauthScheduler, type ReauthTiming } from './scheduler.js';
+import { pairKeyString, type AuthTrigger, type CachedPair, type PairKey } from './types.js';
+
+/** What the handshake layer reports for a pair, from either role. */
+export interface PairAuthentication extends PairKey {
+  authenticatedAt: number;
+  expiresAt: number;
+  localNotAfter: number;
+  remoteNotAfter: number;
+}
+
+/** The authenticated transport to a remote node; pairs on that node are valid only while it is up. */
+export interface NodeLink {
+  expiresAt: number;
+  epoch: number;
+}
+
+export interface AuthManagerOptions {
+  cache: AuthCache;
+  localNode: string;
+  /** Runs a pair handshake as initiator; rejects with an error carrying `failureClass`. */
+  authenticate: (pair: PairKey) => Promise<PairAuthentication>;
+  /** Authenticates a pair of two identities both held by this node (no handshake needed). */
+  authenticateLocal: (pair: PairKey) => PairAuthentication | undefined;
+  /** The live transport to a node, if any. */
+  nodeLink: (node: string) => NodeLink | undefined;
+  timing: ReauthTiming & {
+    /** Backoff after a failed authentication of a pair. */
+    failureBackoff: { initialMs: number; maxMs: number };
+    /** How long the node that does not initiate a proactive pair waits for its peer to do it. */
+    proactiveGraceMs: number;
+  };
+  logger: Logger;
+  onReauth?: (trigger: AuthTrigger) => void;
+  onSignalHandled?: (status: 'authenticating' | 'deduplicated' | 'backoff' | 'not_desired') => void;
+  now?: () => number;
+}
+
+interface PairProgress {
+  state: 'pending' | 'failed';
+  trigger: AuthTrigger;
+  lastError?: string;
+  backoff?: Backoff;
+  retryAt?: number;
+}
+
+/**
+ * Decides when each identity pair is authenticated and keeps the auth cache (and with it the
+ * BPF map) holding exactly the pairs that are desired, authenticated, unexpired and carried by a
+ * live node transport.
+ *
+ * Triggers: proactive (a pair policy requires appears), on demand (a datapath signal),
+ * re-authentication at a fraction of the lifetime with jitter, local SVID rotation, and
+ * trust-bundle changes. Removing a pair from the desired set removes its entry at once.
+ */
+export class AuthManager {
+  private desired = new Map<string, PairKey>();
+  private readonly progress = new Map<string, PairProgress>();
+  private readonly inFlight = new Map<string, Promise<void>>();
+  /** Why each scheduled pair is due, for the trigger label when it fires. */
+  private readonly dueTrigger = new Map<string, AuthTrigger>();
+  private readonly scheduler: ReauthScheduler<string>;
+  private readonly now: () => number;
+  private stopped = false;
+
+  constructor(private readonly options: AuthManagerOptions) {
+    this.now = options.now ?? Date.now;
+    this.scheduler = new ReauthScheduler((key) => this.onDue(key), this.now);
+  }
+
+  /** Re-schedules pairs restored from the pinned map: they keep enforcing until re-authenticated. */
+  adoptRestored(pairs: readonly CachedPair[]): void {
+    for (const pair of pairs) this.scheduleReauth(pair);
+  }
+
+  /**
+   * The full set of pairs policy requires between local and known remote endpoints. New ones are
+   * authenticated proactively; cached pairs no longer in the set are removed from the datapath.
+   */
+  setDesired(pairs: readonly PairKey[]): void {
+    const next = new Map(pairs.map((pair) => [pairKeyString(pair), pair]));
+    const previous = this.desired;
+    this.desired = next;
+    const removed = this.options.cache.deleteWhere((pair) => !next.has(pairKeyString(pair)));
+    for (const key of previous.keys()) {
+      if (next.has(key)) continue;
+      this.scheduler.cancel(key);
+      this.dueTrigger.delete(key);
+      this.progress.delete(key);
+    }
+    if (removed > 0) this.options.logger.info({ removed }, 'pairs no longer desired removed from the datapath');
+    for (const [key, pair] of next) {
+      if (previous.has(key) || this.options.cache.get(pair)) continue;
+      if (pair.remoteNode === this.options.localNode || this.initiatesProactively(pair)) this.ensure(pair, 'proactive');
+      else this.scheduleFor(key, this.now() + this.options.timing.proactiveGraceMs, 'proactive');
+    }
+  }
+
+  /** A datapath signal: traffic of this pair was dropped for want of an entry. */
+  onSignal(pair: PairKey): void {
+    const key = pairKeyString(pair);
+    if (!this.desired.has(key)) return this.options.onSignalHandled?.('not_desired');
+    if (this.inFlight.has(key)) return this.options.onSignalHandled?.('deduplicated');
+    const progress = this.progress.get(key);
+    if (progress?.retryAt !== undefined && progress.retryAt > this.now()) return this.options.onSignalHandled?.('backoff');
+    this.options.onSignalHandled?.('authenticating');
+    this.ensure(pair, 'on-demand');
+  }
+
+  /** A successful handshake (either role) for a pair. Pairs nobody desires are not recorded. */
+  record(result: PairAuthentication, trigger: AuthTrigger): boolean {
+    const key = pairKeyString(result);
+    if (!this.desired.has(key)) return false;
+    const link = result.remoteNode === this.options.localNode ? undefined : this.options.nodeLink(result.remoteNode);
+    if (result.remoteNode !== this.options.localNode && !link) {
+      this.options.logger.debug({ pair: describe(result) }, 'pair authenticated, but its node has no live transport: not recorded');
+      return false;
+    }
+    const pair: CachedPair = {
+      localId: result.localId,
+      remoteId: result.remoteId,
+      remoteNode: result.remoteNode,
+      authenticatedAt: result.authenticatedAt,
+      // A pair is valid only as long as the transport that carries it.
+      expiresAt: Math.min(result.expiresAt, link?.expiresAt ?? Number.POSITIVE_INFINITY),
+      localNotAfter: result.localNotAfter,
+      remoteNotAfter: result.remoteNotAfter,
+      trigger,
+      epoch: link?.epoch ?? 0,
+    };
+    this.options.cache.upsert(pair);
+    this.progress.delete(key);
+    this.scheduleReauth(pair);
+    return true;
+  }
+
+  /** Re-authenticates the pairs of a rotated local identity, spread over a short window so a
+   *  rotation does not become a handshake storm, and always before the old SVID expires. */
+  onLocalRotation(localId: string): void {
+    const now = this.now();
+    for (const pair of this.options.cache.values()) {
+      if (pair.localId !== localId || !this.desired.has(pairKeyString(pair))) continue;
+      const window = Math.min(ROTATION_SPREAD_MS, Math.max(0, pair.expiresAt - now) / 2);
+      this.scheduleFor(pairKeyString(pair), this.scheduler.dueTime(now, now + window, { fraction: 0.5, jitter: 1 }), 'rotation');
+    }
+  }
+
+  /** Pairs whose peer's trust domain lost its bundle are invalid at once; changed bundles force re-validation. */
+  onBundleChange(change: { removed: readonly string[]; changed: readonly string[] }): void {
+    const removed = new Set(change.removed);
+    const changed = new Set(change.changed);
+    const removedCount = this.options.cache.deleteWhere((pair) => removed.has(trustDomainOf(pair.remoteId)));
+    if (removedCount > 0) this.options.logger.info({ removed: removedCount, trustDomains: change.removed }, 'pairs of an unloaded trust domain removed');
+    for (const pair of this.desired.values()) {
+      if (removed.has(trustDomainOf(pair.remoteId)) && !this.inFlight.has(pairKeyString(pair))) this.ensure(pair, 'bundle-change');
+    }
+    // A changed bundle may no longer anchor a peer's chain: a fresh handshake re-validates it, and
+    // a failure removes the pair (see authenticateNow).
+    this.reauthWhere((pair) => changed.has(trustDomainOf(pair.remoteId)), 'bundle-change', { removeOnFailure: true });
+  }
+
+  /** The transport to a node went down (or was re-keyed): its pairs follow. */
+  onNodeLinkChanged(node: string): void {
+    const link = this.options.nodeLink(node);
+    if (!link) {
+      const removed = this.options.cache.deleteWhere((pair) => pair.remoteNode === node);
+      if (removed > 0) this.options.logger.info({ node, removed }, 'node transport down: its pairs removed');
+      return;
+    }
+    // The link was re-authenticated: pairs keep their own expiry, capped by the link's new one.
+    for (const pair of this.options.cache.values()) {
+      if (pair.remoteNode !== node) continue;
+      this.options.cache.upsert({ ...pair, epoch: link.epoch });
+    }
+    for (const pair of this.desired.values()) {
+      if (pair.remoteNode === node && !this.options.cache.get(pair)) this.ensure(pair, 'proactive');
+    }
+  }
+
+  status(): PairStatus[] {
+    const out: PairStatus[] = [];
+    for (const [key, pair] of this.desired) {
+      const cached = this.options.cache.get(pair);
+      const progress = this.progress.get(key);
+      out.push({
+        ...pair,
+        state: cached ? 'authenticated' : (progress?.state ?? 'pending'),
+        ...(cached && { expiresAt: new Date(cached.expiresAt).toISOString(), lastAuthenticatedAt: new Date(cached.authenticatedAt).toISOString() }),
+        ...((cached?.trigger ?? progress?.trigger) && { trigger: cached?.trigger ?? progress?.trigger }),
+        ...(progress?.lastError && { lastError: progress.lastError }),
+      });
+    }
+    return out;
+  }
+
+  /** Waits for every authentication in flight (tests and shutdown). */
+  async settled(): Promise<void> {
+    while (this.inFlight.size > 0) await Promise.allSettled([...this.inFlight.values()]);
+  }
+
+  stop(): void {
+    this.stopped = true;
+    this.scheduler.stop();
+  }
+
+  private ensure(pair: PairKey, trigger: AuthTrigger, options: { removeOnFailure?: boolean } = {}): void {
+    const key = pairKeyString(pair);
+    if (this.stopped || this.inFlight.has(key)) return;
+    const run = this.authenticateNow(pair, trigger, options).finally(() => this.inFlight.delete(key));
+    this.inFlight.set(key, run);
+  }
+
+  private async authenticateNow(pair: PairKey, trigger: AuthTrigger, options: { removeOnFailure?: boolean }): Promise<void> {
+    const key = pairKeyString(pair);
+    const progress = this.progress.get(key) ?? { state: 'pending', trigger };
+    progress.trigger = trigger;
+    if (!this.options.cache.get(pair)) this.progress.set(key, progress);
+    if (trigger === 'reauth' || trigger === 'rotation' || trigger === 'bundle-change') this.options.onReauth?.(trigger);
+    try {
+      const result = pair.remoteNode === this.options.localNode ? this.options.authenticateLocal(pair) : await this.options.authenticate(pair);
+      if (!result) throw Object.assign(new Error('this node holds no SVID for one of the identities'), { failureClass: 'unknown_identity' });
+      if (this.stopped) return;
+      this.record(result, trigger);
+    } catch (err) {
+      if (this.stopped || !this.desired.has(key)) return;
+      const failureClass = (err as { failureClass?: string }).failureClass ?? 'protocol';
+      if (options.removeOnFailure) this.options.cache.delete(pair);
+      const backoff = progress.backoff ?? new Backoff(this.options.timing.failureBackoff);
+      const delay = backoff.next();
+      Object.assign(progress, { state: 'failed', lastError: failureClass, backoff, retryAt: this.now() + delay });
+      this.progress.set(key, progress);
+      this.options.logger.warn({ pair: describe(pair), trigger, failureClass, err: (err as Error).message, retryInMs: delay }, 'pair authentication failed');
+      // Keep retrying while the pair is wanted and has no valid entry; a cached pair keeps its
+      // scheduled re-authentication, which comes before its expiry.
+      if (!this.options.cache.get(pair)) this.scheduleFor(key, this.now() + delay, trigger === 'on-demand' ? 'on-demand' : 'proactive');
+    }
+  }
+
+  private onDue(key: string): void {
+    const pair = this.desired.get(key);
+    if (!pair) return;
+    const trigger = this.dueTrigger.get(key) ?? (this.options.cache.get(pair) ? 'reauth' : 'proactive');
+    this.dueTrigger.delete(key);
+    this.ensure(pair, trigger);
+  }
+
+  private scheduleFor(key: string, dueAt: number, trigger: AuthTrigger): void {
+    this.dueTrigger.set(key, trigger);
+    this.scheduler.schedule(key, dueAt);
+  }
+
+  private scheduleReauth(pair: CachedPair): void {
+    // Both nodes hold the pair; the proactive initiator re-authenticates first and refreshes the
+    // other side through its responder. The other node re-authenticates only if that never came.
+    const { fraction, jitter } = this.options.timing;
+    const leads = pair.remoteNode === this.options.localNode || this.initiatesProactively(pair);
+    const timing = leads ? { fraction, jitter } : { fraction: fraction + (1 - fraction) / 2, jitter: Math.min(jitter, (1 - fraction) / 2) };
+    this.scheduleFor(pairKeyString(pair), this.scheduler.dueTime(pair.authenticatedAt, pair.expiresAt, timing), 'reauth');
+  }
+
+  private reauthWhere(predicate: (pair: CachedPair) => boolean, trigger: AuthTrigger, options: { removeOnFailure?: boolean } = {}): void {
+    for (const pair of this.options.cache.values()) {
+      if (predicate(pair) && this.desired.has(pairKeyString(pair))) this.ensure(pair, trigger, options);
+    }
+  }
+
+  /** Of the two nodes that both want a pair, the one with the lower name initiates proactively;
+   *  the other waits a grace period first, so one handshake (not two) serves both directions. */
+  private initiatesProactively(pair: PairKey): boolean {
+    return this.options.localNode < pair.remoteNode;
+  }
+}
+
+// A rotation re-authenticates the identity's pairs within at most this long.
+const ROTATION_SPREAD_MS = 30_000;
+
+function trustDomainOf(spiffeId: string): string {
+  return spiffeId.slice('spiffe://'.length).split('/')[0] ?? '';
+}
+
+function describe(pair: PairKey): string {
+  return `${pair.localId} -> ${pair.remoteId} @ ${pair.remoteNode}`;
+}

@@ -1,0 +1,97 @@
+import test from 'ava';
+import { NumericIds } from '../src/auth/numeric-ids.js';
+import { planNode } from '../src/agent/plan.js';
+import { ClusterState, normalizeIp } from '../src/cluster/state.js';
+import type { ClusterEvent } from '../src/cluster/types.js';
+
+function stateWith(events: ClusterEvent[]): ClusterState {
+  const state = new ClusterState('a');
+  for (const event of events) state.apply(event);
+  return state;
+}
+
+const nodeA = { name: 'a', address: '192.0.2.1', podCidrs: ['10.0.1.0/24'] };
+const nodes: ClusterEvent[] = [
+  { type: 'node', action: 'upsert', node: nodeA },
+  { type: 'node', action: 'upsert', node: { name: 'b', address: '2001:db8::2', podCidrs: ['10.0.2.0/24'] } },
+];
+const web = { ip: '10.0.1.2', spiffeId: 'spiffe://td/ns/shop/sa/web', node: 'a', interface: 'veth-web', owner: 'shop/web-1' };
+const api = { ip: '10.0.1.3', spiffeId: 'spiffe://td/ns/shop/sa/api', node: 'a', interface: 'veth-api' };
+const db = { ip: 'fd00:2::2', spiffeId: 'spiffe://td/ns/shop/sa/db', node: 'b' };
+
+test('IP addresses are normalised so lookups match however an address was written', (t) => {
+  t.is(normalizeIp('::ffff:10.0.0.1'), '10.0.0.1');
+  t.is(normalizeIp('FD00:0:0::0002'), 'fd00::2');
+  const state = stateWith([...nodes, { type: 'endpoint', action: 'upsert', endpoint: { ...db, ip: 'FD00:2:0::2' } }]);
+  t.is(state.endpointByIp('fd00:2::2')?.spiffeId, db.spiffeId);
+  t.is(state.nodeByAddress('2001:DB8::2')?.name, 'b');
+  t.is(state.nodeByAddress('::ffff:192.0.2.1')?.name, 'a');
+});
+
+test('a late delete for the previous owner of an IP does not remove the new owner', (t) => {
+  const state = stateWith([
+    { type: 'endpoint', action: 'upsert', endpoint: web },
+    { type: 'endpoint', action: 'upsert', endpoint: { ...web, spiffeId: 'spiffe://td/ns/shop/sa/other', owner: 'shop/other-1' } },
+    { type: 'endpoint', action: 'delete', ip: web.ip, owner: 'shop/web-1' },
+  ]);
+  t.is(state.endpointByIp(web.ip)?.owner, 'shop/other-1');
+});
+
+test('replaceAll turns a new snapshot into ordered events: deletes first, identity changes as delete + upsert', (t) => {
+  const state = stateWith([...nodes, { type: 'endpoint', action: 'upsert', endpoint: web }, { type: 'endpoint', action: 'upsert', endpoint: db }]);
+  const seen: string[] = [];
+  state.on('changed', (event) => seen.push(`${event.type}:${'action' in event ? event.action : ''}`));
+  state.replaceAll({
+    nodes: [nodeA],
+    endpoints: [{ ...web, spiffeId: 'spiffe://td/ns/shop/sa/new' }],
+    policies: [],
+  });
+  t.deepEqual(seen, ['endpoint:delete', 'endpoint:delete', 'node:delete', 'endpoint:upsert', 'synced:']);
+  t.is(state.endpointByIp(web.ip)?.spiffeId, 'spiffe://td/ns/shop/sa/new');
+  t.true(state.isSynced);
+});
+
+test('the plan: ipcache for every endpoint, desired pairs for local endpoints, policy exceptions only', async (t) => {
+  const ids = await NumericIds.load();
+  const state = stateWith([
+    ...nodes,
+    { type: 'endpoint', action: 'upsert', endpoint: web },
+    { type: 'endpoint', action: 'upsert', endpoint: api },
+    { type: 'endpoint', action: 'upsert', endpoint: db },
+    { type: 'policy', action: 'upsert', policy: { name: 'p', source: { spiffeId: 'spiffe://td/ns/shop/sa/web' }, destination: { spiffeId: 'spiffe://td/ns/shop/sa/db' }, mode: 'required' } },
+  ]);
+  const plan = planNode(state, ids, 'disabled');
+  t.deepEqual([...plan.ipcache.keys()].sort(), ['10.0.1.2/32', '10.0.1.3/32', 'fd00:2::2/128']);
+  t.is(plan.ipcache.get('fd00:2::2/128')?.node, ids.node('b'));
+  t.deepEqual(plan.pairs, [{ localId: web.spiffeId, remoteId: db.spiffeId, remoteNode: 'b' }]);
+  t.deepEqual(plan.localIdentities.sort(), [api.spiffeId, web.spiffeId].sort());
+  t.deepEqual(plan.interfaces.sort(), ['veth-api', 'veth-web']);
+  // Default disabled: only web→db (egress on this node) is an exception.
+  t.deepEqual([...plan.policy.values()], [{ key: { localIdentity: ids.identity(web.spiffeId), remoteIdentity: ids.identity(db.spiffeId), direction: 'egress' }, authType: 1 }]);
+
+  const strict = planNode(state, ids, 'required');
+  t.is(strict.policy.size, 0, 'with default required every pair is required: no exceptions');
+  t.is(strict.pairs.length, 4, 'web↔api, web→db, api→db; same-node pairs included');
+});
+
+test('numeric ids are stable, reversible, persisted, and start at 1', async (t) => {
+  const { mkdtemp, rm, stat } = await import('node:fs/promises');
+  const { tmpdir } = await import('node:os');
+  const { join } = await import('node:path');
+  const dir = await mkdtemp(join(tmpdir(), 'meshauth-ids-'));
+  t.teardown(() => rm(dir, { recursive: true, force: true }));
+  const ids = await NumericIds.load(join(dir, 'ids.json'));
+  t.is(ids.identity('spiffe://td/a'), 1);
+  t.is(ids.identity('spiffe://td/b'), 2);
+  t.is(ids.identity('spiffe://td/a'), 1);
+  t.is(ids.node('n1'), 1);
+  t.is(ids.identityName(2), 'spiffe://td/b');
+  await ids.save();
+  t.is((await stat(join(dir, 'ids.json'))).mode & 0o777, 0o600);
+  const reloaded = await NumericIds.load(join(dir, 'ids.json'));
+  t.is(reloaded.identity('spiffe://td/b'), 2);
+  t.is(reloaded.identity('spiffe://td/c'), 3);
+  reloaded.releaseIdentity('spiffe://td/a');
+  t.is(reloaded.identityName(1), undefined);
+  t.is(reloaded.identity('spiffe://td/d'), 1, 'a released number is reused');
+});

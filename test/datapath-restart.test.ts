@@ -1,0 +1,148 @@
+// Privileged: the gate fails closed across the agent's life: killed with SIGKILL it keeps
+// enforcing (expiry included); re-installed over itself it swaps programs with no window in which
+// traffic flows ungated, and auth entries survive; uninstalled (CLI) it is gone.
+import test from 'ava';
+import { existsSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
+import { execa } from 'execa';
+import { Datapath, monotonicNowNs } from '../src/datapath/datapath.js';
+import { attachedProgram } from '../src/datapath/loader.js';
+import { sleep } from '../src/util/backoff.js';
+import { Cluster, IDENTITY, isRoot } from './helpers/datapath-fixture.js';
+import type { AgentPlan } from './helpers/datapath-agent.js';
+import type { Workload } from './helpers/netns.js';
+
+const privileged = isRoot() ? test.serial : test.skip;
+const AGENT = fileURLToPath(new URL('./helpers/datapath-agent.ts', import.meta.url));
+const CLI = fileURLToPath(new URL('../src/cli/main.ts', import.meta.url));
+
+function workloads(cluster: Cluster): [Workload, Workload, Workload, Workload] {
+  return ['w1a', 'w1b', 'w2a', 'w2b'].map((name) => cluster.w(name)) as [Workload, Workload, Workload, Workload];
+}
+
+async function attachedPrograms(cluster: Cluster): Promise<(number | undefined)[]> {
+  const ids: (number | undefined)[] = [];
+  for (const w of cluster.topology.workloads) {
+    for (const hook of ['ingress', 'egress'] as const) ids.push((await attachedProgram(w.hostInterface, hook))?.id);
+  }
+  return ids;
+}
+
+privileged('an agent killed with SIGKILL leaves the gate enforcing, expiry included', async (t) => {
+  const cluster = await Cluster.start(t);
+  for (const agent of cluster.agents) agent.close(); // from here on the child process is the agent
+  const [w1a, w1b, w2a, w2b] = workloads(cluster);
+  const shortExpiry = monotonicNowNs() + 2_000_000_000n;
+  const longExpiry = monotonicNowNs() + 3_600_000_000_000n;
+  const plan: AgentPlan = {
+    nodes: cluster.topology.nodes.map((node) => {
+      const local = cluster.topology.workloads.filter((w) => w.node === node.id);
+      const pairs: [Workload, Workload, bigint][] = [
+        [w1a, w2a, shortExpiry],
+        [w1b, w2b, longExpiry],
+      ];
+      return {
+        pinDir: node.pinDir,
+        interfaces: local.map((w) => w.hostInterface),
+        ipcache: [],
+        auth: pairs.flatMap(([a, b, expiry]) => [
+          ...(a.node === node.id ? [[cluster.key(a, b), String(expiry)] as const] : []),
+          ...(b.node === node.id ? [[cluster.key(b, a), String(expiry)] as const] : []),
+        ]) as AgentPlan['nodes'][number]['auth'],
+      };
+    }),
+  };
+  const child = execa(process.execPath, ['--import', 'tsx', AGENT, JSON.stringify(plan)], { reject: false, buffer: false });
+  t.teardown(() => {
+    child.kill('SIGKILL');
+  });
+  await new Promise<void>((resolve, reject) => {
+    child.stdout.on('data', (chunk: Buffer) => chunk.toString().includes('ready') && resolve());
+    void child.then((result) => reject(new Error(`agent exited: ${result.exitCode}`)));
+  });
+  const programs = await attachedPrograms(cluster);
+  child.kill('SIGKILL');
+  t.is((await child).signal, 'SIGKILL');
+
+  t.deepEqual(await attachedPrograms(cluster), programs, 'still attached');
+  t.true(programs.every((id) => id !== undefined));
+  for (const node of cluster.topology.nodes) t.true(existsSync(`${node.pinDir}/maps/auth`), 'still pinned');
+  t.true(await cluster.topology.reaches(w1b, w2b, 'udp', 4), 'authenticated pair passes');
+  t.true(await cluster.topology.reaches(w1a, w2a, 'icmp', 6), 'authenticated until its expiry');
+  t.false(await cluster.topology.reaches(w1a, w2b, 'udp', 4), 'unauthenticated pair dropped');
+  t.false(await cluster.topology.reaches(w2a, w1b, 'tcp', 6), 'unauthenticated pair dropped');
+
+  await sleep(Number((shortExpiry - monotonicNowNs()) / 1_000_000n) + 20);
+  t.false(await cluster.topology.reaches(w1a, w2a, 'icmp', 6), 'expired with no agent alive: dropped');
+  t.false(await cluster.topology.reaches(w1a, w2a, 'udp', 4));
+  t.true(await cluster.topology.reaches(w1b, w2b, 'udp', 6));
+});
+
+privileged('re-installing over a running gate swaps programs with no ungated window and keeps auth entries', async (t) => {
+  const cluster = await Cluster.start(t);
+  const [w1a, w1b, w2a, w2b] = workloads(cluster);
+  const agent1 = cluster.agent(1);
+  cluster.authorize(w1b, w2b);
+  const programsBefore = await attachedPrograms(cluster);
+  const dropsBefore = agent1.counters().droppedNoEntry;
+
+  // An unauthenticated sender at ~1 kHz for the whole time the agents restart, again and again.
+  const token = `flood-${process.pid}`;
+  const flood = w1a.probe.request<{ sent: number }>({ op: 'flood', dst: w2a.ipv4, token, rate: 1000, duration_ms: 1500 });
+  let restarts = 0;
+  const until = Date.now() + 1300;
+  await sleep(100);
+  while (Date.now() < until) {
+    for (const node of cluster.topology.nodes) {
+      const restarted = await Datapath.open({ pinDir: node.pinDir });
+      await restarted.install({ interfaces: [] }); // re-attaches every registered interface
+      restarted.close();
+    }
+    restarts++;
+  }
+  const { sent } = await flood;
+  await sleep(50);
+
+  t.true(restarts >= 3, `restarts: ${restarts}`);
+  t.true(sent > 700, `sent: ${sent}`);
+  const { count } = await w2a.probe.request<{ count: number }>({ op: 'count', prefix: token });
+  t.is(count, 0, 'no packet of the unauthenticated flow got through');
+  t.is(agent1.counters().droppedNoEntry - dropsBefore, BigInt(sent), 'every packet was gated (and dropped)');
+
+  const programsAfter = await attachedPrograms(cluster);
+  t.true(programsAfter.every((id, i) => id !== undefined && id !== programsBefore[i]), 'new programs attached');
+  t.true(await cluster.topology.reaches(w1b, w2b, 'udp', 4), 'auth entries survived the restarts');
+  t.true(await cluster.topology.reaches(w2b, w1b, 'tcp', 6));
+  t.false(await cluster.topology.reaches(w1b, w2a, 'udp', 4));
+  t.truthy(agent1.getAuth({ localIdentity: IDENTITY.w1b!, remoteIdentity: IDENTITY.w2b!, remoteNode: 2 }));
+});
+
+privileged('`meshauth datapath uninstall` detaches everywhere and unpins', async (t) => {
+  const cluster = await Cluster.start(t);
+  const [w1a, , w2a] = workloads(cluster);
+  for (const agent of cluster.agents) agent.close();
+  t.false(await cluster.topology.reaches(w1a, w2a, 'udp', 4));
+
+  const status = await execa(process.execPath, ['--import', 'tsx', CLI, 'datapath', 'status', '--pin-dir', cluster.topology.nodes[0].pinDir]);
+  t.like(JSON.parse(status.stdout), {
+    interfaces: [
+      { name: 'hw1a', netns: cluster.topology.nodes[0].netns },
+      { name: 'hw1b', netns: cluster.topology.nodes[0].netns },
+    ],
+    authEntries: 0,
+    config: { defaultMode: 'require' },
+  });
+
+  for (const node of cluster.topology.nodes) {
+    await execa(process.execPath, ['--import', 'tsx', CLI, 'datapath', 'uninstall', '--pin-dir', node.pinDir]);
+    t.false(existsSync(node.pinDir));
+  }
+  t.deepEqual(await attachedPrograms(cluster), new Array(8).fill(undefined));
+  t.true(await cluster.topology.reaches(w1a, w2a, 'udp', 4), 'no gate, no drop');
+
+  const usage = await execa(process.execPath, ['--import', 'tsx', CLI, 'datapath', 'uninstall', '--pin-dir', 'relative'], {
+    reject: false,
+  });
+  t.is(usage.exitCode, 2);
+  t.regex(usage.stderr, /absolute path/);
+});

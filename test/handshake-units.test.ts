@@ -1,0 +1,190 @@
+// The handshake layer's small parts on their own: frames, admission, the validation cache,
+// failure classification, secret handling.
+import test from 'ava';
+import { PassThrough, Writable } from 'node:stream';
+import { pino } from 'pino';
+import { TrustBundleSet } from '../src/identity/bundle-set.js';
+import { HandshakeFailure, classifySocketError } from '../src/handshake/failure.js';
+import { acceptedPeerFrame, checkedOwnFrame, decodeVerdict, encodeVerdict, nodeFrameSchema, readFrame } from '../src/handshake/frames.js';
+import { SecretBytes } from '../src/handshake/key-material.js';
+import { PeerValidator } from '../src/handshake/peer-validator.js';
+import { SourceAdmission, normalizeAddress } from '../src/handshake/source-admission.js';
+import { defaultNodeIdentityScheme } from '../src/handshake/node-identity.js';
+import { SpiffeId } from '../src/identity/spiffe-id.js';
+import { TestCa, workloadId } from './helpers/handshake-fixtures.js';
+
+test('frames round-trip and carry a 2-byte big-endian length', (t) => {
+  const frame = encodeVerdict({ verdict: 'reject', reason: 'untrusted' });
+  t.is(frame.readUInt16BE(0), frame.length - 2);
+  t.deepEqual(decodeVerdict(frame.subarray(2)), { verdict: 'reject', reason: 'untrusted' });
+  const node = { nodeName: 'n1', podCidrs: ['10.0.0.0/24'], wireguard: { publicKey: Buffer.alloc(32, 1).toString('base64'), endpoint: '[fd00::1]:51820' } };
+  t.deepEqual(decodeVerdict(encodeVerdict({ verdict: 'accept', node }).subarray(2)), { verdict: 'accept', node });
+});
+
+test('frames outside the schema are protocol failures', (t) => {
+  const bad = [
+    'not json',
+    '{"v":2,"verdict":"accept"}',
+    '{"v":1,"verdict":"maybe"}',
+    '{"v":1,"verdict":"reject","reason":"because"}',
+    '{"v":1,"verdict":"accept","extra":1}',
+    '{"v":1,"verdict":"accept","node":{"nodeName":"Bad_Name","podCidrs":[]}}',
+    '{"v":1,"verdict":"accept","node":{"nodeName":"n","podCidrs":["10.0.0.0/33"]}}',
+    '{"v":1,"verdict":"accept","node":{"nodeName":"n","podCidrs":[],"ipsecSpis":[255]}}',
+    `{"v":1,"verdict":"accept","node":{"nodeName":"n","podCidrs":[],"wireguard":{"publicKey":"${Buffer.alloc(31).toString('base64')}"}}}`,
+    `{"v":1,"verdict":"accept","node":{"nodeName":"n","podCidrs":${JSON.stringify(Array.from({ length: 17 }, (_, i) => `10.${i}.0.0/16`))}}}`,
+  ];
+  for (const text of bad) {
+    const err = t.throws(() => decodeVerdict(Buffer.from(text)), { instanceOf: HandshakeFailure }, text);
+    t.is(err?.failureClass, 'protocol');
+  }
+});
+
+test('a peer frame must be a node description exactly for the node kind, naming the node expected', (t) => {
+  const node = { nodeName: 'n1', podCidrs: [] };
+  t.is(acceptedPeerFrame('pair', { verdict: 'accept' }, 'n1', 'peer'), undefined);
+  t.deepEqual(acceptedPeerFrame('node', { verdict: 'accept', node }, 'n1', 'peer'), node);
+  t.is(t.throws(() => acceptedPeerFrame('node', { verdict: 'accept', node }, 'n2', 'peer'), { instanceOf: HandshakeFailure })?.failureClass, 'unauthorized');
+  const failureOf = (fn: () => unknown) => t.throws(fn, { instanceOf: HandshakeFailure });
+  t.is(failureOf(() => acceptedPeerFrame('node', { verdict: 'accept' }, 'n1', 'peer'))?.failureClass, 'protocol');
+  t.is(failureOf(() => acceptedPeerFrame('pair', { verdict: 'accept', node }, 'n1', 'peer'))?.failureClass, 'protocol');
+  const rejected = failureOf(() => acceptedPeerFrame('pair', { verdict: 'reject', reason: 'expired' }, 'n1', 'peer'));
+  t.is(rejected?.failureClass, 'expired');
+  t.true(rejected?.peerReported);
+  t.is(failureOf(() => checkedOwnFrame(() => node, 'n2'))?.failureClass, 'protocol');
+  const unavailable = () => {
+    throw new Error('no WireGuard key yet');
+  };
+  t.is(failureOf(() => checkedOwnFrame(unavailable, 'n1'))?.failureClass, 'protocol');
+});
+
+test('readFrame waits for a frame split across reads and refuses bad framing', async (t) => {
+  const frame = encodeVerdict({ verdict: 'accept' });
+  const split = new PassThrough();
+  const reading = readFrame(split);
+  split.write(frame.subarray(0, 1));
+  split.write(frame.subarray(1, 7));
+  split.write(frame.subarray(7));
+  t.deepEqual(decodeVerdict(await reading), { verdict: 'accept' });
+
+  const cases: [string, Buffer[], boolean][] = [
+    ['trailing data', [Buffer.concat([frame, Buffer.from('x')])], false],
+    ['zero length', [Buffer.from([0, 0])], false],
+    ['over the cap', [Buffer.from([0x20, 0x01])], false],
+    ['closed early', [frame.subarray(0, 5)], true],
+  ];
+  for (const [name, chunks, end] of cases) {
+    const stream = new PassThrough();
+    const pending = readFrame(stream);
+    for (const chunk of chunks) stream.write(chunk);
+    if (end) stream.end();
+    const err = await t.throwsAsync(pending, { instanceOf: HandshakeFailure }, name);
+    t.is(err?.failureClass, 'protocol', name);
+  }
+});
+
+test('the node frame schema accepts what the transport layer will send', (t) => {
+  t.true(nodeFrameSchema.safeParse({ nodeName: 'ip-10-0-0-1.ec2.internal', podCidrs: ['10.244.0.0/24', 'fd00:10:244::/64'], ipsecSpis: [256, 0xffffffff] }).success);
+});
+
+test('node identities map to node names and back, for the local trust domain only', (t) => {
+  const scheme = defaultNodeIdentityScheme('a.test');
+  t.is(scheme.idFor('n1').toString(), 'spiffe://a.test/meshauth/node/n1');
+  t.is(scheme.nodeNameOf(SpiffeId.parse('spiffe://a.test/meshauth/node/n1')), 'n1');
+  t.is(scheme.nodeNameOf(SpiffeId.parse('spiffe://b.test/meshauth/node/n1')), undefined);
+  t.is(scheme.nodeNameOf(SpiffeId.parse('spiffe://a.test/meshauth/node/n1/x')), undefined);
+  t.is(scheme.nodeNameOf(SpiffeId.parse('spiffe://a.test/ns/default/sa/n1')), undefined);
+});
+
+test('socket errors are classified', (t) => {
+  const err = (code: string, message = code) => Object.assign(new Error(message), { code });
+  t.is(classifySocketError(err('ECONNREFUSED'), false).failureClass, 'refused');
+  t.is(classifySocketError(err('ECONNRESET'), false).failureClass, 'refused');
+  t.is(classifySocketError(err('ECONNRESET'), true).failureClass, 'protocol');
+  t.is(classifySocketError(err('ERR_TLS_HANDSHAKE_TIMEOUT'), false).failureClass, 'timeout');
+  t.is(classifySocketError(err('ERR_SSL_SSLV3_ALERT_HANDSHAKE_FAILURE'), false).failureClass, 'unknown_identity');
+  t.is(classifySocketError(err('ERR_SSL_SSL/TLS_ALERT_HANDSHAKE_FAILURE'), false).failureClass, 'unknown_identity'); // OpenSSL 3.5 spelling
+  t.is(classifySocketError(err('ERR_SSL_TLSV1_ALERT_PROTOCOL_VERSION'), false).failureClass, 'protocol');
+  t.is(classifySocketError(new Error('Client network socket disconnected before secure TLS connection was established'), false).failureClass, 'refused');
+  const failure = new HandshakeFailure('expired', 'x');
+  t.is(classifySocketError(failure, true), failure);
+});
+
+test('source admission: a token bucket per source plus a cap on open connections', (t) => {
+  let now = 0;
+  const admission = new SourceAdmission({ ratePerSecond: 2, burst: 3, maxConcurrentPerSource: 10, now: () => now });
+  t.deepEqual([1, 2, 3, 4].map(() => admission.admit('10.0.0.1')), ['admit', 'admit', 'admit', 'rate']);
+  t.is(admission.admit('10.0.0.2'), 'admit'); // other sources have their own bucket
+  now += 500; // one token back
+  t.is(admission.admit('10.0.0.1'), 'admit');
+  t.is(admission.admit('10.0.0.1'), 'rate');
+  now += 10_000; // refills to the burst, not beyond
+  t.deepEqual([1, 2, 3, 4].map(() => admission.admit('10.0.0.1')), ['admit', 'admit', 'admit', 'rate']);
+
+  const capped = new SourceAdmission({ ratePerSecond: 1000, burst: 1000, maxConcurrentPerSource: 2 });
+  t.deepEqual([1, 2, 3].map(() => capped.admit('h')), ['admit', 'admit', 'concurrency']);
+  capped.release('h');
+  t.is(capped.admit('h'), 'admit');
+  t.is(normalizeAddress('::ffff:10.1.2.3'), '10.1.2.3');
+  t.is(normalizeAddress('fd00::1'), 'fd00::1');
+});
+
+/** A bundle set that counts look-ups: a cache hit does no look-up at all. */
+class CountingBundles extends TrustBundleSet {
+  lookups = 0;
+  override get(trustDomain: string) {
+    this.lookups++;
+    return super.get(trustDomain);
+  }
+}
+
+test('the validation cache serves repeats, drops everything on a bundle change, and never outlives the chain', async (t) => {
+  const ca = await TestCa.create();
+  const id = workloadId('web');
+  const leaf = await ca.leaf(id);
+  const bundles = new CountingBundles();
+  bundles.replace(new Map([['a.test', ca.bundle()]]));
+  let now = new Date();
+  const validator = new PeerValidator({ bundles, clockSkewMs: 0, maxChainDepth: 5, now: () => now });
+  t.teardown(() => validator.close());
+
+  validator.validate([leaf.cert], 'peer', id);
+  t.is(bundles.lookups, 1);
+  validator.validate([leaf.cert], 'peer', id);
+  validator.validate([leaf.cert], 'peer');
+  t.is(bundles.lookups, 1);
+  // The expected ID is checked on every use, cached or not.
+  const mismatch = t.throws(() => validator.validate([leaf.cert], 'peer', workloadId('db')), { instanceOf: HandshakeFailure });
+  t.is(mismatch?.failureClass, 'bad_certificate');
+
+  const before = bundles.lookups;
+  bundles.replace(new Map([['a.test', (await TestCa.create()).bundle()]]));
+  const untrusted = t.throws(() => validator.validate([leaf.cert], 'peer', id), { instanceOf: HandshakeFailure });
+  t.is(untrusted?.failureClass, 'untrusted');
+  t.true(bundles.lookups > before);
+
+  bundles.replace(new Map([['a.test', ca.bundle()]]));
+  validator.validate([leaf.cert], 'peer', id);
+  now = new Date(Date.parse(leaf.cert.validTo) + 1_000);
+  const expired = t.throws(() => validator.validate([leaf.cert], 'peer', id), { instanceOf: HandshakeFailure });
+  t.is(expired?.failureClass, 'expired');
+  t.is(t.throws(() => validator.validate([], 'peer'), { instanceOf: HandshakeFailure })?.failureClass, 'bad_certificate');
+});
+
+test('SecretBytes: constant-time equality, and redacted in JSON, strings, inspection and pino logs', (t) => {
+  const bytes = Buffer.from('00112233445566778899aabbccddeeff', 'hex');
+  const secret = new SecretBytes(bytes);
+  t.true(secret.equals(new SecretBytes(Buffer.from(bytes))));
+  t.false(secret.equals(new SecretBytes(Buffer.alloc(16))));
+  t.false(secret.equals(new SecretBytes(Buffer.alloc(3))));
+  bytes.fill(0); // a copy is held
+  t.is(secret.reveal().toString('hex'), '00112233445566778899aabbccddeeff');
+  t.is(JSON.stringify({ secret }), '{"secret":"[redacted]"}');
+  t.is(`${secret.toString()}`, '[redacted]');
+  let logged = '';
+  const logger = pino(new Writable({ write: (chunk: Buffer, _encoding, done) => ((logged += chunk.toString()), done()) }));
+  logger.info({ result: { keyMaterial: secret } }, 'authenticated');
+  t.true(logged.includes('[redacted]'));
+  t.false(logged.includes('00112233'));
+  t.false(logged.includes(secret.reveal().toString('base64')));
+});
