@@ -79,27 +79,23 @@ async function gateProgramIds(cluster: Cluster): Promise<number[]> {
   return [...ids];
 }
 
-async function iperf(client: Workload, server: Workload): Promise<number> {
-  const { stdout } = await execa('nsenter', [
-    `--net=/run/netns/${client.netns}`,
-    'iperf3',
-    '-c',
-    server.ipv4,
-    '-t',
-    String(IPERF_SECONDS),
-    '-J',
-  ]);
-  const result = JSON.parse(stdout) as { end: { sum_received: { bits_per_second: number } } };
-  return result.end.sum_received.bits_per_second;
+/** iperf3 from client to server: TCP bulk, or a flood of small UDP datagrams. Returns bits/s received. */
+async function iperf(client: Workload, server: Workload, mode: 'tcp' | 'udp-small' = 'tcp'): Promise<number> {
+  const args = ['-c', server.ipv4, '-t', String(IPERF_SECONDS), '-J'];
+  if (mode === 'udp-small') args.push('-u', '-b', '0', '-l', '64');
+  const { stdout } = await execa('nsenter', [`--net=/run/netns/${client.netns}`, 'iperf3', ...args]);
+  const result = JSON.parse(stdout) as { end: { sum_received?: { bits_per_second: number }; sum?: { bits_per_second: number } } };
+  return (result.end.sum_received ?? result.end.sum)!.bits_per_second;
 }
 
-/** ns per gate invocation while iperf3 runs through it. */
-async function perPacketCost(cluster: Cluster, client: Workload, server: Workload): Promise<number> {
+/** ns per gate invocation while `traffic` runs through it. */
+async function perPacketCost(cluster: Cluster, traffic: () => Promise<unknown>): Promise<{ ns: number; runs: number }> {
   const ids = await gateProgramIds(cluster);
   const before = await programStats(ids);
-  await iperf(client, server);
+  await traffic();
   const after = await programStats(ids);
-  return (after.runTimeNs - before.runTimeNs) / (after.runCnt - before.runCnt);
+  const runs = after.runCnt - before.runCnt;
+  return { ns: (after.runTimeNs - before.runTimeNs) / runs, runs };
 }
 
 function randomAuthEntries(count: number, expiryNs: bigint): AuthEntry[] {
@@ -168,12 +164,15 @@ async function main(): Promise<void> {
     await sleep(300);
     const interfaces = (node: 1 | 2) => cluster.topology.workloads.filter((w) => w.node === node).map((w) => w.hostInterface);
 
-    // Per-packet cost, 1 entry then 100,000 entries (plus the pair itself) on each node.
-    const nsOneEntry = await perPacketCost(cluster, client, server);
+    // Per-packet cost, 1 entry then 100,000 entries (plus the pair itself) on each node: under a
+    // flood of small UDP datagrams, and under TCP bulk transfer (64 KB GSO packets, far apart).
+    const udpFlood = () => iperf(client, server, 'udp-small');
+    const tcpBulk = () => iperf(client, server);
+    const oneEntry = { udp: await perPacketCost(cluster, udpFlood), tcp: await perPacketCost(cluster, tcpBulk) };
     const filler = randomAuthEntries(100_000, monotonicNowNs() + 3_600_000_000_000n);
     agent1.batchSetAuth(filler);
     agent2.batchSetAuth(filler);
-    const ns100k = await perPacketCost(cluster, client, server);
+    const manyEntries = { udp: await perPacketCost(cluster, udpFlood), tcp: await perPacketCost(cluster, tcpBulk) };
 
     // Throughput with and without the gate, alternated.
     const gated: number[] = [];
@@ -202,8 +201,11 @@ async function main(): Promise<void> {
     const idleCpu = await idleCpuPercent(agent1, 5);
 
     console.log(`meshauth datapath benchmark (${cluster.topology.tag}), ${new Date().toISOString()}`);
-    report('per-packet cost, 1 auth entry', nsOneEntry, 'ns', TARGETS.nsPerPacket, 'lower');
-    report('per-packet cost, 100,000 auth entries', ns100k, 'ns', TARGETS.nsPerPacket, 'lower');
+    const runs = (cost: { runs: number }) => `${Math.round(cost.runs / 1000)}k runs`;
+    report(`ns/packet, 1 entry, small UDP (${runs(oneEntry.udp)})`, oneEntry.udp.ns, 'ns', TARGETS.nsPerPacket, 'lower');
+    report(`ns/packet, 100k entries, small UDP (${runs(manyEntries.udp)})`, manyEntries.udp.ns, 'ns', TARGETS.nsPerPacket, 'lower');
+    report(`ns/packet, 1 entry, TCP bulk (${runs(oneEntry.tcp)})`, oneEntry.tcp.ns, 'ns', TARGETS.nsPerPacket, 'lower');
+    report(`ns/packet, 100k entries, TCP bulk (${runs(manyEntries.tcp)})`, manyEntries.tcp.ns, 'ns', TARGETS.nsPerPacket, 'lower');
     console.log(
       `iperf3 TCP, no gate (median of ${THROUGHPUT_ROUNDS})`.padEnd(44),
       `${(median(baseline) / 1e9).toFixed(2)} Gbit/s`,
@@ -223,8 +225,10 @@ async function main(): Promise<void> {
     if (json) {
       console.log(
         JSON.stringify({
-          ns_per_packet: ns100k,
-          ns_per_packet_1_entry: nsOneEntry,
+          ns_per_packet: manyEntries.udp.ns,
+          ns_per_packet_1_entry: oneEntry.udp.ns,
+          ns_per_packet_tcp_bulk: manyEntries.tcp.ns,
+          ns_per_packet_tcp_bulk_1_entry: oneEntry.tcp.ns,
           throughput_ratio: throughputRatio,
           throughput_gate_bps: median(gated),
           throughput_baseline_bps: median(baseline),

@@ -11,7 +11,8 @@
  * network byte order (as they appear in the packet).
  *
  * Maps (pinned as <pin dir>/maps/<name>; default pin dir /sys/fs/bpf/meshauth):
- *   ipcache    LPM trie   ipcache_key     -> ipcache_value
+ *   ipcache    LPM trie   ipcache_key     -> ipcache_value   (prefixes shorter than a host)
+ *   ipcache_hosts  hash   ipcache_key     -> ipcache_value   (/32 and /128 entries)
  *   policy     hash       policy_key      -> policy_value
  *   auth       hash       auth_key        -> auth_value
  *   ratelimit  LRU hash   auth_key        -> __u64 (monotonic ns of the last signal)

@@ -49,7 +49,7 @@ test('every config example in the README parses', (t) => {
   const providers = new Set<string>();
   for (const [, body, name] of examples) {
     const config = parseConfig(parseYaml(body!), `README example ${name}`);
-    t.is(config.identity.provider, name);
+    t.is(config.identity.provider, name as typeof config.identity.provider);
     providers.add(name!);
   }
   t.deepEqual([...providers].sort(), ['dev', 'file', 'spiffe', 'spire-delegated', 'vault']);

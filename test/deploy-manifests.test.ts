@@ -396,8 +396,11 @@ test('the Dockerfile: node:24-slim stages, compilers only in the build stage, ru
   t.true(stages.every((stage) => stage.startsWith('node:24-slim')));
   const [build = '', runtime = ''] = stages;
   t.regex(build, /clang/);
-  t.regex(build, /-target bpf/);
-  t.regex(build, /tsc -p tsconfig\.json/);
+  t.regex(build, /npm run build:bpf/);
+  const scripts = (JSON.parse(await readFile(join(DEPLOY, '../package.json'), 'utf8')) as { scripts: Record<string, string> }).scripts;
+  t.regex(scripts['build:bpf'] ?? '', /clang .*-target bpf .*-o bpf\/gate\.bpf\.o/);
+  t.regex(runtime, /COPY --from=build \/src\/bpf\/gate\.bpf\.o \.\/bpf\/gate\.bpf\.o/, 'where defaultObjectPath() looks');
+  t.regex(build, /RUN npm run build\n/, "the package's own build (it also copies the .proto files)");
   for (const tool of ['iproute2', 'wireguard-tools', 'bpftool']) t.regex(runtime, new RegExp(`install[^\\n]*${tool}`));
   t.notRegex(runtime, /clang/);
   t.regex(runtime, /COPY --from=build/);

@@ -2,7 +2,7 @@ import test, { type ExecutionContext } from 'ava';
 import { HandshakeFailure } from '../src/handshake/failure.js';
 import type { FailureClass } from '../src/handshake/protocol.js';
 import type { NodeAuthResult } from '../src/handshake/types.js';
-import { NodeDirectory, TestCa, metricValue, nodeIdOf, responderSettled, startAgent, workloadId, type AgentOptions, type TestAgent } from './helpers/handshake-fixtures.js';
+import { NodeDirectory, TestCa, metricValue, nodeIdOf, responderSettled, startAgent, workloadId, type AgentOptions, type TestAgent, nodeFrameFor } from './helpers/handshake-fixtures.js';
 
 const WEB = workloadId('web');
 const DB = workloadId('db');
@@ -105,6 +105,20 @@ test('node: frames are exchanged and checked, transport keys mirror each other',
   const again = await nodeA.initiator.authenticateNode({ remoteNode: 'node-b', address: { host: nodeB.address, port: nodeB.port } });
   t.false(again.transportKeys.wireguardPsk.equals(mine.wireguardPsk));
   t.false(again.transportKeys.espOutbound.equals(mine.espOutbound));
+});
+
+test('node: the local frame is made for the named peer, and each result carries the frame its side sent', async (t) => {
+  const askedFor: string[] = [];
+  const frameFor = (self: string, index: number) => (peer: string) => {
+    askedFor.push(`${self}->${peer}`);
+    return nodeFrameFor(self, index);
+  };
+  const { nodeA, nodeB } = await twoAgents(t, { localNodeFrame: frameFor('node-a', 2) }, { localNodeFrame: frameFor('node-b', 3) });
+  const initiated = await nodeA.initiator.authenticateNode({ remoteNode: 'node-b', address: { host: nodeB.address, port: nodeB.port } });
+  const responded = nodeB.results[0] as NodeAuthResult;
+  t.deepEqual(askedFor.sort(), ['node-a->node-b', 'node-b->node-a']);
+  t.deepEqual(initiated.ownFrame, responded.peerFrame);
+  t.deepEqual(responded.ownFrame, initiated.peerFrame);
 });
 
 test('key material never appears in JSON or inspected output', async (t) => {

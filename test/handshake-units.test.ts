@@ -11,7 +11,11 @@ import { PeerValidator } from '../src/handshake/peer-validator.js';
 import { SourceAdmission, normalizeAddress } from '../src/handshake/source-admission.js';
 import { defaultNodeIdentityScheme } from '../src/handshake/node-identity.js';
 import { SpiffeId } from '../src/identity/spiffe-id.js';
-import { TestCa, workloadId } from './helpers/handshake-fixtures.js';
+import { StaticSvids, TestCa, nodeIdOf, unvalidatedSvid, workloadId } from './helpers/handshake-fixtures.js';
+import { LocalIdentities } from '../src/handshake/local-identities.js';
+import { sniForIdentity } from '../src/handshake/sni.js';
+import type { TLSSocket } from 'node:tls';
+import type { X509Certificate } from 'node:crypto';
 
 test('frames round-trip and carry a 2-byte big-endian length', (t) => {
   const frame = encodeVerdict({ verdict: 'reject', reason: 'untrusted' });
@@ -187,4 +191,39 @@ test('SecretBytes: constant-time equality, and redacted in JSON, strings, inspec
   t.true(logged.includes('[redacted]'));
   t.false(logged.includes('00112233'));
   t.false(logged.includes(secret.reveal().toString('base64')));
+});
+
+test('the responder finds the identity a handshake presented, across a rotation in mid-handshake', async (t) => {
+  const ca = await TestCa.create();
+  const id = workloadId('db');
+  const [first, second] = [await ca.leaf(id), await ca.leaf(id)];
+  const source = new StaticSvids(nodeIdOf('n1'), [unvalidatedSvid(id, first)]);
+  const identities = new LocalIdentities(source);
+  t.teardown(() => identities.close());
+  let certificateLookups = 0;
+  const socketPresenting = (cert: X509Certificate) =>
+    ({
+      servername: sniForIdentity(id),
+      getX509Certificate: () => {
+        certificateLookups++;
+        return cert;
+      },
+    }) as unknown as TLSSocket;
+
+  // Installed before the connection was accepted: the SNI alone decides, no certificate look-up.
+  const acceptedBefore = performance.now();
+  t.is(identities.presentedFor(socketPresenting(first.cert), acceptedBefore)?.serial, first.cert.serialNumber.toLowerCase());
+  t.is(certificateLookups, 0);
+
+  // Rotated after the accept: the certificate actually presented decides.
+  source.emit('svid', unvalidatedSvid(id, second));
+  t.is(identities.presentedFor(socketPresenting(first.cert), acceptedBefore)?.serial, first.cert.serialNumber.toLowerCase());
+  t.is(identities.presentedFor(socketPresenting(second.cert), acceptedBefore)?.serial, second.cert.serialNumber.toLowerCase());
+  t.is(certificateLookups, 2);
+  t.is(identities.get(id)?.serial, second.cert.serialNumber.toLowerCase());
+
+  // Withdrawn: nothing in flight may finish with it.
+  source.emit('svidRemoved', id);
+  t.is(identities.presentedFor(socketPresenting(second.cert), acceptedBefore), undefined);
+  t.is(identities.contextForSni(sniForIdentity(id)), undefined);
 });

@@ -1,5 +1,6 @@
 // What `meshauth status` shows, as the agent's control API returns it (GET /v1/status on the
 // control socket). Plain JSON: dates as ISO strings, counters as decimal strings (they are u64).
+import { z } from 'zod';
 
 export type PairState = 'authenticated' | 'pending' | 'failed';
 export type AuthTrigger = 'proactive' | 'on-demand' | 'reauth' | 'rotation' | 'bundle-change' | 'restored' | 'responder';
@@ -54,3 +55,55 @@ export interface AgentStatus {
   peers: PeerStatus[];
   datapath?: DatapathStatus;
 }
+
+// The same shape as a schema. The control server parses what the agent hands it with this before
+// sending (unknown fields are stripped, so nothing not listed here, such as key material, can leak
+// onto the socket), and the client checks the agent's answer with it.
+const isoTime = z.string().refine((value) => !Number.isNaN(Date.parse(value)), 'expected an ISO 8601 time');
+
+export const agentStatusSchema = z.object({
+  nodeName: z.string(),
+  nodeId: z.string(),
+  provider: z.string(),
+  ready: z.boolean(),
+  startedAt: isoTime,
+  identities: z.array(
+    z.object({ spiffeId: z.string(), node: z.boolean(), notAfter: isoTime, serial: z.string() }),
+  ),
+  pairs: z.array(
+    z.object({
+      localId: z.string(),
+      remoteId: z.string(),
+      remoteNode: z.string(),
+      state: z.enum(['authenticated', 'pending', 'failed']),
+      expiresAt: isoTime.optional(),
+      lastAuthenticatedAt: isoTime.optional(),
+      trigger: z.enum(['proactive', 'on-demand', 'reauth', 'rotation', 'bundle-change', 'restored', 'responder']).optional(),
+      lastError: z.string().optional(),
+    }),
+  ),
+  peers: z.array(
+    z.object({
+      node: z.string(),
+      address: z.string(),
+      transport: z.enum(['wireguard', 'ipsec', 'none']),
+      state: z.enum(['up', 'pending', 'failed']),
+      lastAuthenticatedAt: isoTime.optional(),
+      expiresAt: isoTime.optional(),
+      epoch: z.number().int().nonnegative(),
+      lastError: z.string().optional(),
+    }),
+  ),
+  datapath: z
+    .object({
+      counters: z.record(z.string(), z.string().regex(/^\d+$/, 'expected a decimal counter')),
+      authEntries: z.number().int().nonnegative(),
+      authCapacity: z.number().int().nonnegative(),
+    })
+    .optional(),
+});
+
+// Compile-time proof that the schema and the interfaces above describe the same JSON.
+type Same<A, B> = [A] extends [B] ? ([B] extends [A] ? true : false) : false;
+const schemaMatchesStatus: Same<z.output<typeof agentStatusSchema>, AgentStatus> = true;
+void schemaMatchesStatus;

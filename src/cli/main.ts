@@ -4,6 +4,7 @@ import { Command, CommanderError } from 'commander';
 import { registerSvidCommands } from './svid-command.js';
 import { registerDevCaCommands } from './dev-ca-command.js';
 import { registerDatapathCommands } from './datapath-command.js';
+import { registerStatusCommand } from './status-command.js';
 import { UsageError } from './errors.js';
 
 const program = new Command('meshauth')
@@ -15,6 +16,7 @@ const program = new Command('meshauth')
 registerSvidCommands(program);
 registerDevCaCommands(program);
 registerDatapathCommands(program);
+registerStatusCommand(program);
 
 try {
   await program.parseAsync(process.argv);

@@ -9,6 +9,9 @@ import { spiffeOptionsSchema } from '../identity/providers/spiffe-options.js';
 import { spireDelegatedOptionsSchema } from '../identity/providers/spire-delegated-options.js';
 import { vaultOptionsSchema } from '../identity/providers/vault-options.js';
 import { staticClusterSchema } from '../cluster/static-options.js';
+import { kubernetesOptionsSchema } from '../cluster/kubernetes/options.js';
+import { handshakeOptionsSchema } from '../handshake/handshake-options.js';
+import { authOptionsSchema, controlOptionsSchema, datapathOptionsSchema, metricsOptionsSchema } from '../agent/agent-options.js';
 
 const identitySchema = z
   .strictObject({
@@ -34,8 +37,9 @@ const identitySchema = z
   });
 
 export const configSchema = z.strictObject({
-  /** This node's name, as peers and Kubernetes know it. */
-  nodeName: z.string().min(1).default(hostname()),
+  /** This node's name, as peers and Kubernetes know it; default $NODE_NAME (the DaemonSet sets it
+   *  from the downward API), else the host name. */
+  nodeName: z.string().min(1).default(() => process.env.NODE_NAME ?? hostname()),
   /** The trust domain of this node's own identities. */
   trustDomain: trustDomainName.default('cluster.local'),
   /** Persistent state (node keys, dev CA); 0700. */
@@ -48,6 +52,13 @@ export const configSchema = z.strictObject({
   }),
   /** Nodes, endpoints and policy when they are not learned from Kubernetes. */
   cluster: staticClusterSchema.prefault({}),
+  /** Nodes, endpoints and MutualAuthPolicies from the Kubernetes API. */
+  kubernetes: kubernetesOptionsSchema.prefault({}),
+  handshake: handshakeOptionsSchema.prefault({}),
+  auth: authOptionsSchema.prefault({}),
+  datapath: datapathOptionsSchema.prefault({}),
+  metrics: metricsOptionsSchema.prefault({}),
+  control: controlOptionsSchema.prefault({}),
 });
 
 /** The input form (durations as strings) and the parsed form (milliseconds). */

@@ -110,6 +110,7 @@ export class Datapath {
     private readonly objectPath: string,
     private readonly refs: Record<MapName, MapRef>,
     private readonly ipcache: RawMap,
+    private readonly ipcacheHosts: RawMap,
     private readonly policy: RawMap,
     private readonly auth: RawMap,
     private readonly countersMap: RawMap,
@@ -134,6 +135,7 @@ export class Datapath {
       options.objectPath ?? defaultObjectPath(),
       refs,
       new RawMap(refs.ipcache),
+      new RawMap(refs.ipcache_hosts),
       new RawMap(refs.policy),
       new RawMap(refs.auth),
       new RawMap(refs.counters),
@@ -192,15 +194,25 @@ export class Datapath {
 
   // ---- ipcache ----
 
-  /** Maps an address or prefix ('10.0.0.0/8', 'fd00::1') to an identity and its node. */
+  /**
+   * Maps an address or prefix ('10.0.0.0/8', 'fd00::1') to an identity and its node. Host
+   * addresses go to a hash map, shorter prefixes to the LPM trie; the gate tries the hash first,
+   * which is the same longest-prefix match at the cost of one hash lookup for workload addresses.
+   */
   setIpcache(prefix: string | IpPrefix, entry: IpcacheEntry): void {
     this.checkOpen();
-    this.ipcache.set(encodeIpcacheKey(toPrefix(prefix)), encodeIpcacheValue(entry));
+    const parsed = toPrefix(prefix);
+    this.ipcacheMapFor(parsed).set(encodeIpcacheKey(parsed), encodeIpcacheValue(entry));
   }
 
   deleteIpcache(prefix: string | IpPrefix): boolean {
     this.checkOpen();
-    return this.ipcache.delete(encodeIpcacheKey(toPrefix(prefix)));
+    const parsed = toPrefix(prefix);
+    return this.ipcacheMapFor(parsed).delete(encodeIpcacheKey(parsed));
+  }
+
+  private ipcacheMapFor(prefix: IpPrefix): RawMap {
+    return prefix.length === prefix.address.length * 8 ? this.ipcacheHosts : this.ipcache;
   }
 
   // ---- policy and config ----

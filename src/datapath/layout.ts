@@ -74,7 +74,7 @@ const F = {
   config: STRUCTS.config_value.fields,
 };
 
-export type MapName = 'ipcache' | 'policy' | 'auth' | 'ratelimit' | 'signals' | 'counters' | 'config';
+export type MapName = 'ipcache' | 'ipcache_hosts' | 'policy' | 'auth' | 'ratelimit' | 'signals' | 'counters' | 'config';
 
 export interface MapSpec {
   type: MapType;
@@ -88,6 +88,7 @@ export interface MapSpec {
 /** The maps the gate references, with the capacities used when the loader creates them. */
 export const MAP_SPECS: Record<MapName, MapSpec> = {
   ipcache: { type: MapType.LPM_TRIE, keySize: 24, valueSize: 8, maxEntries: 65_536, noPrealloc: true },
+  ipcache_hosts: { type: MapType.HASH, keySize: 24, valueSize: 8, maxEntries: 65_536 },
   policy: { type: MapType.HASH, keySize: 12, valueSize: 4, maxEntries: 65_536 },
   auth: { type: MapType.HASH, keySize: 12, valueSize: 8, maxEntries: 524_288 },
   ratelimit: { type: MapType.LRU_HASH, keySize: 12, valueSize: 8, maxEntries: 65_536 },

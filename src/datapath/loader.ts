@@ -35,7 +35,7 @@ export interface WorkloadInterface {
   netns?: string;
 }
 
-export type MapCapacities = Partial<Record<'ipcache' | 'policy' | 'auth' | 'ratelimit' | 'signals', number>>;
+export type MapCapacities = Partial<Record<'ipcache' | 'ipcache_hosts' | 'policy' | 'auth' | 'ratelimit' | 'signals', number>>;
 
 const IFNAME = /^[A-Za-z0-9_.:+-]{1,15}$/;
 const NETNS_NAME = /^[A-Za-z0-9_.-]{1,255}$/;

@@ -30,6 +30,8 @@ export interface ResultInputs {
   secrets: HandshakeSecrets;
   /** The peer's node frame (node kind only). */
   peerFrame?: NodeFrame;
+  /** The frame this side sent (node kind only). */
+  ownFrame?: NodeFrame;
   now: Date;
   maxTtlMs: number;
 }
@@ -56,6 +58,6 @@ export function buildAuthResult(inputs: ResultInputs): AuthResult {
     keyMaterial: secrets.keyMaterial,
   };
   if (kind === 'pair') return { ...base, kind };
-  if (!inputs.peerFrame || !secrets.transportKeys) throw new Error('a node result needs the peer frame and transport keys');
-  return { ...base, kind, peerFrame: inputs.peerFrame, transportKeys: secrets.transportKeys };
+  if (!inputs.peerFrame || !inputs.ownFrame || !secrets.transportKeys) throw new Error('a node result needs both frames and the transport keys');
+  return { ...base, kind, peerFrame: inputs.peerFrame, ownFrame: inputs.ownFrame, transportKeys: secrets.transportKeys };
 }

@@ -20,8 +20,8 @@ export interface InitiatorOptions {
   identities: LocalIdentities;
   validator: PeerValidator;
   nodeIds: NodeIdentityScheme;
-  /** This node's frame for node handshakes. */
-  localNodeFrame: () => NodeFrame;
+  /** This node's frame for a node handshake with the named peer (it may allocate per-peer values, such as IPsec SPIs). */
+  localNodeFrame: (peerNode: string) => NodeFrame;
   onAuthenticated: AuthSink;
   settings: HandshakeOptions;
   logger: Logger;
@@ -140,6 +140,8 @@ export class HandshakeInitiator {
 
   /** One connection: TCP connect, TLS handshake, verdict exchange. */
   private attempt(plan: Plan): Promise<AuthResult> {
+    // A call queued for a slot while the initiator was closed must not connect any more.
+    if (this.stopping.signal.aborted) return Promise.reject(new HandshakeFailure('refused', 'the initiator is stopping'));
     const local = this.options.identities.get(plan.localId);
     if (!local) return Promise.reject(new HandshakeFailure('unknown_identity', `no SVID held for the local identity ${plan.localId.toString()}`));
     const { connectTimeout, handshakeTimeout } = this.options.settings;
@@ -178,7 +180,7 @@ export class HandshakeInitiator {
       socket.on('error', fail);
       socket.once('close', () => {
         this.sockets.delete(socket);
-        fail(new HandshakeFailure(secured ? 'protocol' : 'refused', 'connection closed before an outcome'));
+        if (!settled) fail(new HandshakeFailure(secured ? 'protocol' : 'refused', 'connection closed before an outcome'));
       });
       socket.once('secureConnect', () => {
         secured = true;
@@ -198,7 +200,7 @@ export class HandshakeInitiator {
     let secrets: HandshakeSecrets;
     try {
       peer = this.options.validator.validatePeer(socket, 'responder', plan.remoteId);
-      ownFrame = plan.kind === 'node' ? checkedOwnFrame(this.options.localNodeFrame, this.options.nodeIds.nodeNameOf(local.id)) : undefined;
+      ownFrame = plan.kind === 'node' ? checkedOwnFrame(() => this.options.localNodeFrame(plan.remoteNode), this.options.nodeIds.nodeNameOf(local.id)) : undefined;
       secrets = exportSecrets(socket, plan.kind, 'initiator');
     } catch (err) {
       // Tell the responder why, so that it records nothing and counts the right class.
@@ -217,6 +219,7 @@ export class HandshakeInitiator {
       remoteNode: plan.remoteNode,
       secrets,
       ...(peerFrame && { peerFrame }),
+      ...(ownFrame && { ownFrame }),
       now: this.now(),
       maxTtlMs: this.options.settings.maxTtl,
     });

@@ -1,5 +1,5 @@
 import { constants } from 'node:crypto';
-import { createSecureContext, type SecureContext } from 'node:tls';
+import { createSecureContext, type SecureContext, type TLSSocket } from 'node:tls';
 import { LRUCache } from 'lru-cache';
 import type { SpiffeId } from '../identity/spiffe-id.js';
 import type { Svid } from '../identity/types.js';
@@ -25,6 +25,8 @@ export interface LocalIdentity {
   readonly serial: string;
   /** Earliest notAfter over the chain presented. */
   readonly chainNotAfter: Date;
+  /** performance.now() when this SVID became the one presented for its ID. */
+  readonly installedAt: number;
 }
 
 /**
@@ -85,6 +87,18 @@ export class LocalIdentities {
     return this.live(this.bySni.get(servername))?.context;
   }
 
+  /**
+   * The identity a finished responder handshake presented. The SNI names it; only if that
+   * identity was rotated after the connection was accepted (so the handshake may have presented
+   * its predecessor) is the presented certificate itself looked up, which costs more.
+   */
+  presentedFor(socket: TLSSocket, acceptedAt: number): LocalIdentity | undefined {
+    const bySni = this.live(this.bySni.get(socket.servername || ''));
+    if (bySni && bySni.installedAt <= acceptedAt) return bySni;
+    const presented = socket.getX509Certificate();
+    return presented && this.byPresentedLeaf(presented.fingerprint256);
+  }
+
   /** The identity whose leaf a finished handshake presented (current or just rotated out). */
   byPresentedLeaf(fingerprint256: string): LocalIdentity | undefined {
     const identity = this.live(this.byFingerprint.get(fingerprint256));
@@ -111,6 +125,7 @@ export class LocalIdentities {
       isNode: svid.id.equals(this.store.nodeId),
       serial: leaf.serialNumber.toLowerCase(),
       chainNotAfter: new Date(Math.min(...svid.chain.map((cert) => Date.parse(cert.validTo)))),
+      installedAt: performance.now(),
     };
     this.byId.set(svid.id.toString(), identity);
     this.bySni.set(identity.sni, identity);

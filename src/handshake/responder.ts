@@ -22,8 +22,8 @@ export interface ResponderOptions {
   resolveNode: (address: string) => string | undefined;
   /** May this remote identity authenticate to this local identity? Fails closed if it throws. */
   authorize: (request: AuthorizeRequest) => boolean;
-  /** This node's frame for node handshakes. */
-  localNodeFrame: () => NodeFrame;
+  /** This node's frame for a node handshake with the named peer (it may allocate per-peer values, such as IPsec SPIs). */
+  localNodeFrame: (peerNode: string) => NodeFrame;
   onAuthenticated: AuthSink;
   settings: HandshakeOptions;
   logger: Logger;
@@ -103,12 +103,13 @@ export class HandshakeResponder {
     return address;
   }
 
-  /** Stops listening and closes every open connection. */
+  /** Stops listening, closes every open connection and resolves once they are all closed. */
   async close(): Promise<void> {
     clearInterval(this.sweepTimer);
+    // The callback runs once every connection is gone (with an error if it never listened).
     const closed = new Promise<void>((resolve) => this.listener.close(() => resolve()));
     for (const connection of this.connections.values()) connection.raw.destroy();
-    if (this.listener.listening) await closed;
+    await closed;
   }
 
   private onConnection(raw: Socket): void {
@@ -141,7 +142,7 @@ export class HandshakeResponder {
       this.connections.delete(key);
       this.admission.release(source);
       this.options.metrics?.inFlight.dec({ role: 'responder' });
-      this.settle(connection, new HandshakeFailure(connection.secured ? 'protocol' : 'refused', 'connection closed before an outcome'));
+      if (!connection.settled) this.settle(connection, new HandshakeFailure(connection.secured ? 'protocol' : 'refused', 'connection closed before an outcome'));
     });
     this.tls.emit('connection', raw);
   }
@@ -189,13 +190,13 @@ export class HandshakeResponder {
     connection.kind = kind;
     if (socket.isSessionReused()) throw new HandshakeFailure('protocol', 'resumed TLS session');
     if (connection.raw.bytesRead > this.options.settings.maxPreHandshakeBytes) throw this.byteCapFailure();
-    const local = this.presentedIdentity(socket, kind);
+    const local = this.presentedIdentity(socket, kind, connection.acceptedAt);
     const peer = this.options.validator.validatePeer(socket, 'initiator');
     const remoteNode = this.authorizePeer(kind, local, peer, connection.source);
     const secrets = exportSecrets(socket, kind, 'responder');
 
     const peerFrame = acceptedPeerFrame(kind, decodeVerdict(await readFrame(socket)), remoteNode, 'initiator');
-    const ownFrame = kind === 'node' ? checkedOwnFrame(this.options.localNodeFrame, this.options.nodeIds.nodeNameOf(local.id)) : undefined;
+    const ownFrame = kind === 'node' ? checkedOwnFrame(() => this.options.localNodeFrame(remoteNode), this.options.nodeIds.nodeNameOf(local.id)) : undefined;
     const result = buildAuthResult({
       kind,
       role: 'responder',
@@ -204,6 +205,7 @@ export class HandshakeResponder {
       remoteNode,
       secrets,
       ...(peerFrame && { peerFrame }),
+      ...(ownFrame && { ownFrame }),
       now: this.now(),
       maxTtlMs: this.options.settings.maxTtl,
     });
@@ -212,9 +214,8 @@ export class HandshakeResponder {
   }
 
   /** The local identity whose certificate this handshake presented, if it may serve this kind. */
-  private presentedIdentity(socket: TLSSocket, kind: HandshakeKind): LocalIdentity {
-    const presented = socket.getX509Certificate();
-    const local = presented && this.options.identities.byPresentedLeaf(presented.fingerprint256);
+  private presentedIdentity(socket: TLSSocket, kind: HandshakeKind, acceptedAt: number): LocalIdentity {
+    const local = this.options.identities.presentedFor(socket, acceptedAt);
     if (!local) throw new HandshakeFailure('unknown_identity', 'the presented local identity is no longer held');
     if (local.isNode !== (kind === 'node')) {
       throw new HandshakeFailure('unknown_identity', `${local.id.toString()} is ${local.isNode ? 'the node identity' : 'a workload identity'}, not usable for ${kind} handshakes`);

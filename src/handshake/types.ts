@@ -32,6 +32,8 @@ export interface NodeAuthResult extends AuthResultBase {
   kind: 'node';
   /** What the peer node said about itself (validated against its certificate and address). */
   peerFrame: NodeFrame;
+  /** What this side said about itself in the same handshake (its SPIs belong with these keys). */
+  ownFrame: NodeFrame;
   transportKeys: TransportKeys;
 }
 

@@ -113,7 +113,7 @@ export interface AgentOptions {
   /** Source address → node name; default the agents the test registered with registerNode(). */
   resolveNode?: (address: string) => string | undefined;
   authorize?: (request: AuthorizeRequest) => boolean;
-  localNodeFrame?: () => NodeFrame;
+  localNodeFrame?: (peerNode: string) => NodeFrame;
   settings?: HandshakeOptionsInput;
   now?: () => Date;
 }

@@ -1,0 +1,311 @@
+// Two "nodes" joined by an underlay, with one workload behind each, for the transport tests
+// (on the host with wireguard-go, and inside the run-in-guest VM with kernel WireGuard/IPsec):
+//
+//   w1 (10.1.1.2, fd00:1:1::2)          w2 (10.2.1.2, fd00:2:1::2)       workload namespaces, eth0
+//    |                                   |
+//   n1 pod0 (10.1.1.1) --- ul --- ul (10.2.1.1) pod0 n2                 node namespaces
+//          192.168.250.1 / fd00:250::1   192.168.250.2 / fd00:250::2
+//
+// Node N owns the pod CIDRs 10.N.0.0/16 and fd00:N::/32. The nodes forward, but nothing routes
+// pod CIDRs across the underlay until a transport (or addUnderlayRoutes, the stand-in for a CNI)
+// does. Namespace names carry a random tag; cleanup() removes all of them and stops captures.
+//
+// Also here: ping/UDP traffic with a marker payload, tcpdump captures, and a scanner that
+// watches every process's command line and environment for key material while a test runs.
+import { mkdtemp, readFile, rm } from 'node:fs/promises';
+import { existsSync } from 'node:fs';
+import { randomBytes } from 'node:crypto';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { Worker } from 'node:worker_threads';
+import { execa, type ResultPromise } from 'execa';
+
+export interface TopologyNode {
+  id: 1 | 2;
+  netns: string;
+  underlay: { ipv4: string; ipv6: string };
+  podCidrs: string[];
+}
+
+export interface TopologyWorkload {
+  id: 1 | 2;
+  netns: string;
+  ipv4: string;
+  ipv6: string;
+}
+
+export interface PingResult {
+  transmitted: number;
+  received: number;
+}
+
+/** Runs a command inside a namespace (nsenter keeps the host's mounts). */
+export function inNetns(netns: string, command: string, args: string[], options: { input?: string; reject?: boolean } = {}) {
+  return execa('nsenter', [`--net=/run/netns/${netns}`, command, ...args], { input: options.input, reject: options.reject ?? true });
+}
+
+async function ipBatch(netns: string | undefined, lines: string[]): Promise<void> {
+  await execa('ip', [...(netns ? ['-n', netns] : []), '-batch', '-'], { input: `${lines.join('\n')}\n` });
+}
+
+/** The 16-byte marker ping carries in every echo payload (ping -p takes up to 16 bytes). */
+export const PING_MARKER = Buffer.from('meshauth-marker!');
+
+function parsePing(stdout: string): PingResult {
+  const match = /(\d+) packets transmitted, (\d+) received/.exec(stdout);
+  if (!match) throw new Error(`unexpected ping output: ${stdout}`);
+  return { transmitted: Number(match[1]), received: Number(match[2]) };
+}
+
+export class TransportTopology {
+  readonly nodes: [TopologyNode, TopologyNode];
+  readonly workloads: [TopologyWorkload, TopologyWorkload];
+  private readonly captures = new Set<Capture>();
+  private workDir: string | undefined;
+
+  private constructor(readonly tag: string) {
+    const node = (id: 1 | 2): TopologyNode => ({
+      id,
+      netns: `mt-${tag}-n${id}`,
+      underlay: { ipv4: `192.168.250.${id}`, ipv6: `fd00:250::${id}` },
+      podCidrs: [`10.${id}.0.0/16`, `fd00:${id}::/32`],
+    });
+    const workload = (id: 1 | 2): TopologyWorkload => ({ id, netns: `mt-${tag}-w${id}`, ipv4: `10.${id}.1.2`, ipv6: `fd00:${id}:1::2` });
+    this.nodes = [node(1), node(2)];
+    this.workloads = [workload(1), workload(2)];
+  }
+
+  /** Builds the namespaces; pass `t` to have cleanup() registered with t.teardown first. */
+  static async create(t?: { teardown(fn: () => Promise<void>): void }): Promise<TransportTopology> {
+    const topology = new TransportTopology(randomBytes(3).toString('hex'));
+    t?.teardown(() => topology.cleanup());
+    try {
+      await topology.build();
+    } catch (err) {
+      if (!t) await topology.cleanup();
+      throw err;
+    }
+    return topology;
+  }
+
+  node(id: 1 | 2): TopologyNode {
+    return this.nodes[id - 1]!;
+  }
+
+  workload(id: 1 | 2): TopologyWorkload {
+    return this.workloads[id - 1]!;
+  }
+
+  private get namespaces(): string[] {
+    return [...this.nodes, ...this.workloads].map((n) => n.netns);
+  }
+
+  private async build(): Promise<void> {
+    await ipBatch(undefined, this.namespaces.map((ns) => `netns add ${ns}`));
+    this.workDir = await mkdtemp(join(tmpdir(), `meshauth-transport-${this.tag}-`));
+    await Promise.all(
+      this.namespaces.map((ns) =>
+        inNetns(ns, 'sysctl', [
+          '-q',
+          '-w',
+          'net.ipv6.conf.all.accept_dad=0',
+          'net.ipv6.conf.default.accept_dad=0',
+          'net.ipv6.conf.default.router_solicitations=0',
+          ...(ns.endsWith('-n1') || ns.endsWith('-n2') ? ['net.ipv4.ip_forward=1', 'net.ipv6.conf.all.forwarding=1'] : []),
+        ]),
+      ),
+    );
+    const n2 = this.nodes[1];
+    for (const node of this.nodes) {
+      const workload = this.workload(node.id);
+      const lines = ['link set lo up'];
+      if (node.id === 1) lines.push(`link add name ul index 100 type veth peer name ul index 200 netns ${n2.netns}`);
+      lines.push(
+        `addr add ${node.underlay.ipv4}/24 dev ul`,
+        `addr add ${node.underlay.ipv6}/64 dev ul nodad`,
+        'link set ul up',
+        `link add name pod0 index ${10 + node.id} type veth peer name eth0 netns ${workload.netns}`,
+        `addr add 10.${node.id}.1.1/24 dev pod0`,
+        `addr add fd00:${node.id}:1::1/64 dev pod0 nodad`,
+        'link set pod0 up',
+      );
+      await ipBatch(node.netns, lines);
+      await ipBatch(workload.netns, [
+        'link set lo up',
+        `addr add ${workload.ipv4}/24 dev eth0`,
+        `addr add ${workload.ipv6}/64 dev eth0 nodad`,
+        'link set eth0 up',
+        `route add default via 10.${node.id}.1.1`,
+        `route add default via fd00:${node.id}:1::1`,
+      ]);
+    }
+    await this.waitForCarrier();
+  }
+
+  private async waitForCarrier(): Promise<void> {
+    const deadline = Date.now() + 10_000;
+    for (const ns of this.namespaces) {
+      for (;;) {
+        const { stdout } = await execa('ip', ['-n', ns, '-j', 'link', 'show']);
+        const links = JSON.parse(stdout) as { ifname: string; operstate: string }[];
+        if (links.every((link) => link.ifname === 'lo' || link.operstate === 'UP')) break;
+        if (Date.now() > deadline) throw new Error(`links in ${ns} not up: ${stdout}`);
+        await new Promise((resolve) => setTimeout(resolve, 20));
+      }
+    }
+  }
+
+  /** What a CNI would do: route the other node's pod CIDRs to it over the underlay. */
+  async addUnderlayRoutes(): Promise<void> {
+    for (const node of this.nodes) {
+      const other = this.node(node.id === 1 ? 2 : 1);
+      await ipBatch(node.netns, [
+        `route add ${other.podCidrs[0]} via ${other.underlay.ipv4}`,
+        `route add ${other.podCidrs[1]} via ${other.underlay.ipv6}`,
+      ]);
+    }
+  }
+
+  /**
+   * Pings workload `to` from workload `from` (`count` echoes every `intervalS` seconds, waiting
+   * at most `deadlineS`), each echo carrying PING_MARKER.
+   */
+  async ping(from: 1 | 2, to: 1 | 2, options: { count?: number; intervalS?: number; deadlineS?: number; family?: 4 | 6 } = {}): Promise<PingResult> {
+    const target = options.family === 6 ? this.workload(to).ipv6 : this.workload(to).ipv4;
+    const count = options.count ?? 1;
+    const args = ['-n', '-q', '-c', String(count), '-i', String(options.intervalS ?? 0.2), '-p', PING_MARKER.toString('hex')];
+    args.push('-w', String(options.deadlineS ?? Math.max(2, Math.ceil(count * (options.intervalS ?? 0.2)) + 2)), target);
+    const result = await inNetns(this.workload(from).netns, 'ping', args, { reject: false });
+    return parsePing(result.stdout);
+  }
+
+  /** One UDP datagram with `payload` from a workload (bash's /dev/udp: no listener needed). */
+  async sendUdp(from: 1 | 2, to: 1 | 2, port: number, payload: string): Promise<void> {
+    if (!/^[A-Za-z0-9!._-]+$/.test(payload)) throw new Error('payload must be shell-safe');
+    await inNetns(this.workload(from).netns, 'bash', ['-c', `printf %s ${payload} > /dev/udp/${this.workload(to).ipv4}/${port}`]);
+  }
+
+  /** Starts tcpdump on an interface of a namespace; resolves once it is capturing. */
+  async capture(netns: string, iface: string, filter: string[] = []): Promise<Capture> {
+    const file = join(this.workDir!, `${netns}-${iface}-${randomBytes(3).toString('hex')}.pcap`);
+    const capture = await Capture.start(netns, iface, file, filter);
+    this.captures.add(capture);
+    return capture;
+  }
+
+  async cleanup(): Promise<void> {
+    await Promise.all([...this.captures].map((c) => c.stop().catch(() => undefined)));
+    for (const ns of this.namespaces) {
+      if (existsSync(`/run/netns/${ns}`)) await execa('ip', ['netns', 'del', ns], { reject: false });
+    }
+    if (this.workDir) await rm(this.workDir, { recursive: true, force: true });
+  }
+}
+
+const CAPTURE_OPTIONS = { stdin: 'ignore', stdout: 'ignore', stderr: 'pipe', buffer: false, reject: false } as const;
+
+/** A running tcpdump writing a pcap file. */
+export class Capture {
+  private stopped: Promise<void> | undefined;
+
+  private constructor(
+    private readonly process: ResultPromise<typeof CAPTURE_OPTIONS>,
+    readonly file: string,
+  ) {}
+
+  static async start(netns: string, iface: string, file: string, filter: string[]): Promise<Capture> {
+    // -Z root: Debian's tcpdump would drop to its own user before opening the output file.
+    const args = [`--net=/run/netns/${netns}`, 'tcpdump', '-i', iface, '-n', '-U', '-s', '0', '-Z', 'root', '-w', file, ...filter];
+    const process = execa('nsenter', args, CAPTURE_OPTIONS);
+    let stderr = '';
+    await new Promise<void>((resolve, reject) => {
+      process.stderr.on('data', (chunk: Buffer) => {
+        stderr += chunk.toString();
+        if (stderr.includes('listening on')) resolve();
+      });
+      void process.then(() => reject(new Error(`tcpdump on ${netns}/${iface} exited: ${stderr}`)));
+    });
+    return new Capture(process, file);
+  }
+
+  /** Stops the capture (SIGINT flushes the file) and returns the pcap bytes. */
+  async stop(): Promise<Buffer> {
+    this.stopped ??= (async () => {
+      this.process.kill('SIGINT');
+      await this.process;
+    })();
+    await this.stopped;
+    return existsSync(this.file) ? readFile(this.file) : Buffer.alloc(0);
+  }
+
+  /** How many captured packets match a tcpdump filter expression ("esp", "udp port 51820"). */
+  async count(filter: string[]): Promise<number> {
+    await this.stop();
+    const { stdout } = await execa('tcpdump', ['-n', '-r', this.file, ...filter], { reject: false, stderr: 'ignore' });
+    return stdout.split('\n').filter(Boolean).length;
+  }
+}
+
+/** Every representation a key could take on a command line or in an environment. */
+export function secretForms(key: Buffer | string): string[] {
+  const bytes = typeof key === 'string' ? Buffer.from(key, 'base64') : key;
+  return [bytes.toString('base64'), bytes.toString('base64url'), bytes.toString('hex'), bytes.toString('hex').toUpperCase()];
+}
+
+export interface ScanReport {
+  scans: number;
+  /** Distinct processes whose command line was read; proves the scanner saw the tools run. */
+  commandsSeen: string[];
+  hits: { pid: string; where: 'cmdline' | 'environ'; command: string }[];
+}
+
+// Runs in a worker thread: a tight loop over /proc that the test's event loop cannot starve.
+const SCANNER_SOURCE = `
+const { workerData, parentPort } = require('node:worker_threads');
+const fs = require('node:fs');
+const flag = new Int32Array(workerData.flag);
+const needles = workerData.needles.map((s) => Buffer.from(s));
+const seen = new Map();
+const hits = [];
+let scans = 0;
+while (Atomics.load(flag, 0) === 0) {
+  for (const pid of fs.readdirSync('/proc')) {
+    if (!/^[0-9]+$/.test(pid) || pid === String(process.pid)) continue;
+    let cmdline;
+    try { cmdline = fs.readFileSync('/proc/' + pid + '/cmdline'); } catch { continue; }
+    const command = cmdline.toString().split('\\0').filter(Boolean).join(' ').slice(0, 200);
+    if (command && !seen.has(pid + command)) seen.set(pid + command, command);
+    let environ = Buffer.alloc(0);
+    try { environ = fs.readFileSync('/proc/' + pid + '/environ'); } catch {}
+    for (const needle of needles) {
+      if (cmdline.includes(needle)) hits.push({ pid, where: 'cmdline', command });
+      if (environ.includes(needle)) hits.push({ pid, where: 'environ', command });
+    }
+  }
+  scans++;
+  Atomics.wait(flag, 0, 0, 2);
+}
+parentPort.postMessage({ scans, commandsSeen: [...new Set(seen.values())], hits });
+`;
+
+/** Watches /proc/<pid>/cmdline and environ of every process for the given secrets until stop(). */
+export class CmdlineScanner {
+  private readonly flag = new Int32Array(new SharedArrayBuffer(4));
+  private readonly result: Promise<ScanReport>;
+
+  /** Secrets as Buffers (raw key bytes) or strings (base64 keys). */
+  constructor(secrets: (Buffer | string)[]) {
+    const needles = [...new Set(secrets.flatMap(secretForms))];
+    const worker = new Worker(SCANNER_SOURCE, { eval: true, workerData: { flag: this.flag.buffer, needles } });
+    this.result = new Promise((resolve, reject) => {
+      worker.once('message', (report: ScanReport) => resolve(report));
+      worker.once('error', reject);
+    });
+  }
+
+  async stop(): Promise<ScanReport> {
+    Atomics.store(this.flag, 0, 1);
+    Atomics.notify(this.flag, 0);
+    return this.result;
+  }
+}
