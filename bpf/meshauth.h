@@ -1,4 +1,4 @@
-/* SPDX-License-Identifier: Apache-2.0 */
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
 /*
  * meshauth datapath: the one place where the layouts shared by the BPF gate
  * (bpf/gate.bpf.c) and the agent (src/datapath/layout.ts) are defined.
@@ -17,6 +17,7 @@
  *   auth       hash       auth_key        -> auth_value
  *   ratelimit  LRU hash   auth_key        -> __u64 (monotonic ns of the last signal)
  *   signals    queue                      -> signal_event
+ *   doorbell   perf event array (one slot per CPU): rung after each signal
  *   counters   per-CPU array  __u32 (enum meshauth_counter) -> __u64
  *   config     array      __u32 (always 0) -> config_value
  */

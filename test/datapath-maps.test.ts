@@ -24,10 +24,11 @@ privileged('maps are pinned on open, outlive close, and are reused with their en
   const key = { localIdentity: 1, remoteIdentity: 2, remoteNode: 3 };
   first.setAuth(key, 12345n);
   first.setIpcache('10.0.0.0/8', { identity: 9, node: 1 });
+  first.setIpcache('10.0.0.1', { identity: 10, node: 1 });
   first.setConfig({ defaultMode: 'allow' });
   first.close();
   t.throws(() => first.getAuth(key), { name: 'DatapathError' }, 'a closed handle refuses work');
-  for (const map of ['ipcache', 'policy', 'auth', 'ratelimit', 'signals', 'counters', 'config']) {
+  for (const map of ['ipcache', 'ipcache_hosts', 'policy', 'auth', 'ratelimit', 'signals', 'doorbell', 'counters', 'config']) {
     t.true(existsSync(join(dir, 'maps', map)), map);
   }
   const { stdout } = await execa('bpftool', ['map', 'show', 'pinned', join(dir, 'maps', 'auth'), '-j']);
@@ -38,6 +39,8 @@ privileged('maps are pinned on open, outlive close, and are reused with their en
   t.is(second.getAuth(key), 12345n);
   t.true(second.deleteIpcache('10.0.0.0/8'));
   t.false(second.deleteIpcache('10.0.0.0/8'));
+  t.true(second.deleteIpcache('10.0.0.1/32'), 'host entries live in their own map');
+  t.false(second.deleteIpcache('10.0.0.1'));
   t.is(second.config().defaultMode, 'allow');
   t.deepEqual(
     second.counters(),

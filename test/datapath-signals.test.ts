@@ -43,7 +43,14 @@ privileged('a dropped pair is signalled once per rate-limit window, and every pa
   const windowNs = 600_000_000n;
   agent1.setConfig({ signalIntervalNs: windowNs });
   const signals: Signal[] = [];
-  t.teardown(agent1.onSignal((signal) => signals.push(signal)));
+  const delaysMs: number[] = [];
+  t.teardown(
+    agent1.onSignal((signal) => {
+      signals.push(signal);
+      delaysMs.push(Number(monotonicNowNs() - signal.ktimeNs) / 1e6);
+    }),
+  );
+  t.is(agent1.signalDelivery, 'event', 'a doorbell reader runs');
 
   const before1 = agent1.counters();
   const before2 = agent2.counters();
@@ -91,6 +98,8 @@ privileged('a dropped pair is signalled once per rate-limit window, and every pa
   t.deepEqual(delta(expiredBefore, agent1.counters()), { droppedExpired: 1n, signalsSent: 1n });
   await sleep(30);
   t.is(signals.length, 3);
+  // The safety poll runs once a second: only the doorbell explains deliveries this fast.
+  t.true(delaysMs.every((ms) => ms < 200), `delivery delays ${delaysMs.map((ms) => ms.toFixed(2)).join(', ')} ms`);
 });
 
 privileged('signals name the direction, protocol and family of the dropped packet', async (t) => {

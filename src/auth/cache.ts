@@ -35,7 +35,7 @@ export interface AuthCacheOptions {
  * The authenticated pairs, kept in step with the BPF auth map: every change is written through
  * at once, so the map is never behind the cache. The map is the enforcement; the cache is what
  * the agent knows about each entry (why and when it was authenticated, when to re-authenticate).
- * Bounded: when full, the least recently used pair is evicted from both.
+ * Bounded: when full, the least recently authenticated pair is evicted from both.
  */
 export class AuthCache {
   private readonly pairs: LRUCache<string, CachedPair>;
@@ -62,8 +62,9 @@ export class AuthCache {
     return this.options.capacity;
   }
 
+  /** Looks a pair up without touching its recency: only (re-)authentication counts as use. */
   get(key: PairKey): CachedPair | undefined {
-    return this.pairs.get(pairKeyString(key));
+    return this.pairs.peek(pairKeyString(key));
   }
 
   /** Records a pair and writes its BPF entry. */

@@ -1,6 +1,7 @@
 import { Backoff } from '../util/backoff.js';
 import type { Logger } from '../util/logger.js';
 import type { PairStatus } from '../agent/status.js';
+import type { SignalStatus } from '../metrics/agent-metrics.js';
 import type { AuthCache } from './cache.js';
 import { ReauthScheduler, type ReauthTiming } from './scheduler.js';
 import { pairKeyString, type AuthTrigger, type CachedPair, type PairKey } from './types.js';
@@ -36,7 +37,8 @@ export interface AuthManagerOptions {
   };
   logger: Logger;
   onReauth?: (trigger: AuthTrigger) => void;
-  onSignalHandled?: (status: 'authenticating' | 'deduplicated' | 'backoff' | 'not_desired') => void;
+  /** What became of each datapath signal (the meshauth_signals_total{status} label). */
+  onSignalHandled?: (status: SignalStatus) => void;
   now?: () => number;
 }
 
@@ -103,11 +105,17 @@ export class AuthManager {
   /** A datapath signal: traffic of this pair was dropped for want of an entry. */
   onSignal(pair: PairKey): void {
     const key = pairKeyString(pair);
-    if (!this.desired.has(key)) return this.options.onSignalHandled?.('not_desired');
-    if (this.inFlight.has(key)) return this.options.onSignalHandled?.('deduplicated');
+    // Policy does not require this pair (the agent's view is newer than the gate's): nothing to do.
+    if (!this.desired.has(key)) return this.options.onSignalHandled?.('unresolved');
+    const cached = this.options.cache.get(pair);
+    // Already authenticated (the packet raced the map write) or being authenticated.
+    if (this.inFlight.has(key) || (cached && cached.expiresAt > this.now() + SIGNAL_EXPIRY_MARGIN_MS)) {
+      return this.options.onSignalHandled?.('deduplicated');
+    }
     const progress = this.progress.get(key);
-    if (progress?.retryAt !== undefined && progress.retryAt > this.now()) return this.options.onSignalHandled?.('backoff');
-    this.options.onSignalHandled?.('authenticating');
+    // Failed recently: the backoff decides when to try again, not the traffic.
+    if (progress?.retryAt !== undefined && progress.retryAt > this.now()) return this.options.onSignalHandled?.('dropped');
+    this.options.onSignalHandled?.('handled');
     this.ensure(pair, 'on-demand');
   }
 
@@ -138,9 +146,16 @@ export class AuthManager {
     return true;
   }
 
-  /** Re-authenticates the pairs of a rotated local identity, spread over a short window so a
-   *  rotation does not become a handshake storm, and always before the old SVID expires. */
-  onLocalRotation(localId: string): void {
+  /**
+   * A local identity got a new SVID. Pairs waiting for it (it had none yet) are authenticated at
+   * once; pairs authenticated with the old SVID are re-authenticated, spread over a short window
+   * so a rotation does not become a handshake storm, and always before the old SVID expires.
+   */
+  onLocalSvid(localId: string): void {
+    for (const pair of this.desired.values()) {
+      const involved = pair.localId === localId || (pair.remoteNode === this.options.localNode && pair.remoteId === localId);
+      if (involved && !this.options.cache.get(pair)) this.ensure(pair, 'proactive');
+    }
     const now = this.now();
     for (const pair of this.options.cache.values()) {
       if (pair.localId !== localId || !this.desired.has(pairKeyString(pair))) continue;
@@ -195,6 +210,16 @@ export class AuthManager {
       });
     }
     return out;
+  }
+
+  /** How many desired pairs are in each state (the meshauth_auth_pairs gauge). */
+  counts(): Record<'authenticated' | 'pending' | 'failed', number> {
+    const counts = { authenticated: 0, pending: 0, failed: 0 };
+    for (const [key, pair] of this.desired) {
+      if (this.options.cache.get(pair)) counts.authenticated++;
+      else counts[this.progress.get(key)?.state ?? 'pending']++;
+    }
+    return counts;
   }
 
   /** Waits for every authentication in flight (tests and shutdown). */
@@ -275,6 +300,8 @@ export class AuthManager {
   }
 }
 
+// A signal for a cached pair this close to its expiry means the gate already sees it expired.
+const SIGNAL_EXPIRY_MARGIN_MS = 1_000;
 // A rotation re-authenticates the identity's pairs within at most this long.
 const ROTATION_SPREAD_MS = 30_000;
 

@@ -5,6 +5,7 @@ import { registerSvidCommands } from './svid-command.js';
 import { registerDevCaCommands } from './dev-ca-command.js';
 import { registerDatapathCommands } from './datapath-command.js';
 import { registerStatusCommand } from './status-command.js';
+import { registerAgentCommand } from './agent-command.js';
 import { UsageError } from './errors.js';
 
 const program = new Command('meshauth')
@@ -17,6 +18,7 @@ registerSvidCommands(program);
 registerDevCaCommands(program);
 registerDatapathCommands(program);
 registerStatusCommand(program);
+registerAgentCommand(program);
 
 try {
   await program.parseAsync(process.argv);

@@ -2,7 +2,8 @@
 // that each one has the shape this build expects, so a map left by an incompatible version is
 // refused with a clear message instead of being read with the wrong layout.
 import { readFileSync } from 'node:fs';
-import { createMapRef, MapType, objGet, type MapRef } from 'bpf';
+import { BPFError, createMapRef, MapType, objGet, type MapRef } from 'bpf';
+import { native } from 'bpf/dist/util.js';
 import { DatapathError } from './errors.js';
 import type { MapSpec } from './layout.js';
 
@@ -66,4 +67,23 @@ export function possibleCpuCount(): number {
     }, 0);
   }
   return cachedCpuCount;
+}
+
+interface NativeBatch {
+  mapUpdateBatch(fd: number, keys: Buffer, values: Buffer, count: number, opts: { elemFlags: number }): [number, number];
+}
+
+/**
+ * BPF_MAP_UPDATE_BATCH from two packed buffers. RawMap.setBatch wants one [key, value] pair of
+ * Buffers per entry and concatenates them again, which costs more than the syscall; this calls
+ * the package's own binding (the function behind setBatch) with the packed buffers directly.
+ * The binding does not check buffer sizes, so this does.
+ */
+export function updateBatch(ref: MapRef, keys: Buffer, values: Buffer, count: number): void {
+  if (keys.length !== count * ref.keySize || values.length !== count * ref.valueSize) {
+    throw new RangeError(`batch of ${count}: ${keys.length} key bytes, ${values.length} value bytes`);
+  }
+  const [status, done] = (native as NativeBatch).mapUpdateBatch(ref.fd, keys, values, count, { elemFlags: 0 });
+  if (status < 0) throw new BPFError(-status, 'bpf_map_update_batch', done);
+  if (done !== count) throw new DatapathError(`bpf_map_update_batch updated ${done} of ${count} entries`);
 }

@@ -27,7 +27,7 @@
  * install/uninstall use bpftool and tc. All of it needs root (CAP_BPF + CAP_NET_ADMIN).
  */
 import { RawArrayMap, RawMap, RawQueueMap, type MapRef } from 'bpf';
-import { openPinnedMap } from './bpf-maps.js';
+import { openPinnedMap, updateBatch } from './bpf-maps.js';
 import { DatapathError } from './errors.js';
 import { parseIpPrefix, type IpPrefix } from './ip-prefix.js';
 import {
@@ -140,7 +140,7 @@ export class Datapath {
       new RawMap(refs.auth),
       new RawMap(refs.counters),
       new RawArrayMap(refs.config),
-      new SignalPoller(new RawQueueMap(refs.signals), options.signalPolling),
+      new SignalPoller(new RawQueueMap(refs.signals), options.signalPolling, layout.mapPath('doorbell')),
     );
   }
 
@@ -260,9 +260,19 @@ export class Datapath {
   /** Sets many entries with one syscall per chunk (bulk restore after a restart). */
   batchSetAuth(entries: readonly AuthEntry[]): void {
     this.checkOpen();
+    const keySize = STRUCTS.auth_key.size;
+    const valueSize = STRUCTS.auth_value.size;
     for (let start = 0; start < entries.length; start += BATCH_CHUNK) {
-      const chunk = entries.slice(start, start + BATCH_CHUNK);
-      this.auth.setBatch(chunk.map((entry) => [encodeAuthKey(entry.key), encodeAuthValue(entry.expiryNs)]));
+      const count = Math.min(BATCH_CHUNK, entries.length - start);
+      // Packed key and value buffers, encoded in place: no allocation per entry.
+      const keys = Buffer.allocUnsafe(count * keySize);
+      const values = Buffer.allocUnsafe(count * valueSize);
+      for (let i = 0; i < count; i++) {
+        const entry = entries[start + i]!;
+        encodeAuthKey(entry.key, keys.subarray(i * keySize, (i + 1) * keySize));
+        encodeAuthValue(entry.expiryNs, values.subarray(i * valueSize, (i + 1) * valueSize));
+      }
+      updateBatch(this.refs.auth, keys, values, count);
     }
   }
 
@@ -295,6 +305,11 @@ export class Datapath {
   onSignal(listener: SignalListener): () => void {
     this.checkOpen();
     return this.poller.subscribe(listener);
+  }
+
+  /** How signals reach onSignal: 'event' (doorbell reader running) or 'polling' (fallback, or nobody subscribed). */
+  get signalDelivery(): 'event' | 'polling' {
+    return this.poller.mode;
   }
 
   /** The same signals as an async iterator; `break` unsubscribes. */

@@ -74,12 +74,22 @@ const F = {
   config: STRUCTS.config_value.fields,
 };
 
-export type MapName = 'ipcache' | 'ipcache_hosts' | 'policy' | 'auth' | 'ratelimit' | 'signals' | 'counters' | 'config';
+export type MapName =
+  | 'ipcache'
+  | 'ipcache_hosts'
+  | 'policy'
+  | 'auth'
+  | 'ratelimit'
+  | 'signals'
+  | 'doorbell'
+  | 'counters'
+  | 'config';
 
 export interface MapSpec {
   type: MapType;
   keySize: number;
   valueSize: number;
+  /** 0: one entry per possible CPU. */
   maxEntries: number;
   /** BPF_F_NO_PREALLOC, required by LPM tries. */
   noPrealloc?: boolean;
@@ -93,6 +103,7 @@ export const MAP_SPECS: Record<MapName, MapSpec> = {
   auth: { type: MapType.HASH, keySize: 12, valueSize: 8, maxEntries: 524_288 },
   ratelimit: { type: MapType.LRU_HASH, keySize: 12, valueSize: 8, maxEntries: 65_536 },
   signals: { type: MapType.QUEUE, keySize: 0, valueSize: 24, maxEntries: 4_096 },
+  doorbell: { type: MapType.PERF_EVENT_ARRAY, keySize: 4, valueSize: 4, maxEntries: 0 },
   counters: { type: MapType.PERCPU_ARRAY, keySize: 4, valueSize: 8, maxEntries: 32 },
   config: { type: MapType.ARRAY, keySize: 4, valueSize: 16, maxEntries: 1 },
 };

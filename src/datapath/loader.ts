@@ -17,7 +17,7 @@ import { execa } from 'execa';
 import { MapType } from 'bpf';
 import { DatapathError } from './errors.js';
 import { MAP_SPECS, PROGRAMS, type MapName } from './layout.js';
-import { openPinnedMap } from './bpf-maps.js';
+import { openPinnedMap, possibleCpuCount } from './bpf-maps.js';
 
 export const DEFAULT_PIN_DIR = '/sys/fs/bpf/meshauth';
 const BPFFS_ROOT = '/sys/fs/bpf';
@@ -140,7 +140,7 @@ export async function ensureMaps(layout: PinLayout, capacities: MapCapacities = 
   for (const [name, spec] of Object.entries(MAP_SPECS) as [MapName, (typeof MAP_SPECS)[MapName]][]) {
     const path = layout.mapPath(name);
     if (!existsSync(path)) {
-      const entries = capacities[name as keyof MapCapacities] ?? spec.maxEntries;
+      const entries = capacities[name as keyof MapCapacities] ?? (spec.maxEntries || possibleCpuCount());
       if (!Number.isInteger(entries) || entries < 1) throw new DatapathError(`bad ${name} capacity ${entries}`);
       const args = ['map', 'create', path, 'type', MapType[spec.type].toLowerCase()];
       args.push('key', String(spec.keySize), 'value', String(spec.valueSize), 'entries', String(entries));

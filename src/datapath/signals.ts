@@ -1,14 +1,20 @@
 // Delivers the gate's "authentication required" signals from the BPF queue map to the agent.
 //
-// The `bpf` package has no ring-buffer or perf-buffer reader, so the queue is polled, adaptively:
-// every activeIntervalMs while signals keep arriving (and for activeWindowMs after the last one),
-// every idleIntervalMs otherwise. An empty poll is one lookup-and-delete syscall (< 1 us), so the
-// idle cost is the timer wake-ups; the idle interval bounds the delivery delay of a first signal.
-// The gate rate-limits signals per key, so a drained batch is small.
+// Event-driven: the gate rings a doorbell after each signal (see doorbell.ts) and the queue is
+// drained at once; a slow safety poll (safetyIntervalMs) catches anything rung while no reader
+// listened, e.g. signals queued while the agent was down (the pinned queue keeps them).
+// Without a doorbell reader the queue is polled adaptively instead: every activeIntervalMs while
+// signals arrive (and for activeWindowMs after the last one), every idleIntervalMs otherwise.
+// An empty poll is one lookup-and-delete syscall (< 1 us); the cost of polling is the wake-ups.
+import { Doorbell } from './doorbell.js';
 import { STRUCTS, decodeSignal, type Signal } from './layout.js';
 
 export interface SignalPollerOptions {
+  /** Poll interval while a doorbell reader listens (default 1000 ms). */
+  safetyIntervalMs?: number;
+  /** Fallback polling without a reader: while signals flow (default 1 ms)... */
   activeIntervalMs?: number;
+  /** ...and when quiet (default 10 ms). */
   idleIntervalMs?: number;
   activeWindowMs?: number;
   /** Most signals handed out per poll before yielding to the event loop. */
@@ -26,27 +32,44 @@ export type SignalListener = (signal: Signal) => void;
 export class SignalPoller {
   private readonly listeners = new Set<SignalListener>();
   private readonly buffer = Buffer.alloc(STRUCTS.signal_event.size);
+  private readonly safetyIntervalMs: number;
   private readonly activeIntervalMs: number;
   private readonly idleIntervalMs: number;
   private readonly activeWindowMs: number;
   private readonly maxBatch: number;
+  private readonly doorbell: Doorbell | undefined;
   private timer: NodeJS.Timeout | undefined;
   private lastSignalAt = Number.NEGATIVE_INFINITY;
 
+  /** `doorbellPath`: the pinned doorbell map; without it, polling only. */
   constructor(
     private readonly queue: SignalQueue,
     private readonly options: SignalPollerOptions = {},
+    doorbellPath?: string,
   ) {
+    this.safetyIntervalMs = options.safetyIntervalMs ?? 1000;
     this.activeIntervalMs = options.activeIntervalMs ?? 1;
-    this.idleIntervalMs = options.idleIntervalMs ?? 4;
+    this.idleIntervalMs = options.idleIntervalMs ?? 10;
     this.activeWindowMs = options.activeWindowMs ?? 500;
     this.maxBatch = options.maxBatch ?? 1024;
+    this.doorbell =
+      doorbellPath === undefined
+        ? undefined
+        : new Doorbell(doorbellPath, () => this.ring(), (err) => this.options.onError?.(err));
+  }
+
+  /** 'event' while a doorbell reader runs, 'polling' otherwise. */
+  get mode(): 'event' | 'polling' {
+    return this.doorbell?.listening ? 'event' : 'polling';
   }
 
   /** Calls `listener` for every signal from now on; returns the unsubscribe function. */
   subscribe(listener: SignalListener): () => void {
     this.listeners.add(listener);
-    if (this.timer === undefined) this.schedule(0);
+    if (this.timer === undefined) {
+      this.doorbell?.start();
+      this.schedule(0);
+    }
     return () => {
       this.listeners.delete(listener);
       if (this.listeners.size === 0) this.stop();
@@ -91,11 +114,18 @@ export class SignalPoller {
   stop(): void {
     clearTimeout(this.timer);
     this.timer = undefined;
+    this.doorbell?.stop();
     this.listeners.clear();
   }
 
   private schedule(delayMs: number): void {
     this.timer = setTimeout(() => this.poll(), delayMs);
+  }
+
+  private ring(): void {
+    if (this.timer === undefined) return; // stopped
+    clearTimeout(this.timer);
+    this.poll();
   }
 
   private deliver(signal: Signal): void {
@@ -122,6 +152,7 @@ export class SignalPoller {
     const now = performance.now();
     if (drained > 0) this.lastSignalAt = now;
     if (drained === this.maxBatch) this.schedule(0);
+    else if (this.doorbell?.listening) this.schedule(this.safetyIntervalMs);
     else this.schedule(now - this.lastSignalAt < this.activeWindowMs ? this.activeIntervalMs : this.idleIntervalMs);
   }
 }

@@ -161,6 +161,7 @@ export class WireGuardTransport {
     private readonly exec: NetnsExec,
     private readonly keys: WireGuardKeyPair,
     readonly interfaceName: string,
+    readonly listenPort: number,
     readonly implementation: WireGuardImplementation,
     private readonly manageRoutes: boolean,
     private readonly logger: Logger,
@@ -211,7 +212,7 @@ export class WireGuardTransport {
       }
     }
 
-    const transport = new WireGuardTransport(exec, keys, interfaceName, implementation, options.manageRoutes ?? true, logger, child);
+    const transport = new WireGuardTransport(exec, keys, interfaceName, listenPort, implementation, options.manageRoutes ?? true, logger, child);
     try {
       await withSecretFile(`${keys.revealPrivateKey()}\n`, (file) => exec.run('wg', ['set', interfaceName, 'listen-port', String(listenPort), 'private-key', file]));
       await exec.run('ip', ['link', 'set', 'dev', interfaceName, 'mtu', String(mtu), 'up']);
@@ -246,7 +247,10 @@ export class WireGuardTransport {
     }
     checkDisjointOwners(programmed.map((p) => ({ owner: p.nodeName, cidrs: p.allowedIps })), 'WireGuard allowed-ips');
     return this.serialized(async () => {
-      const config = programmed.map(peerSection).join('\n\n');
+      // syncconf, like setconf, resets the interface's private key and port unless the config
+      // names them; set to the values they already have, the kernel keeps every session.
+      const device = ['[Interface]', `PrivateKey = ${this.keys.revealPrivateKey()}`, `ListenPort = ${this.listenPort}`].join('\n');
+      const config = [device, ...programmed.map(peerSection)].join('\n\n');
       await withSecretFile(`${config}\n`, (file) => this.exec.run('wg', ['syncconf', this.interfaceName, file]));
       const removed = [...this.peers.keys()].filter((name) => !names.has(name));
       this.replacePeers(programmed);

@@ -1,0 +1,462 @@
+import { mkdir } from 'node:fs/promises';
+import { join } from 'node:path';
+import type { Registry } from 'prom-client';
+import { AuthCache, type AuthMap } from '../auth/cache.js';
+import { AuthManager, type PairAuthentication } from '../auth/manager.js';
+import { MemoryAuthMap } from '../auth/memory-map.js';
+import { NumericIds } from '../auth/numeric-ids.js';
+import type { PairKey } from '../auth/types.js';
+import { KubernetesSource, loadKubeConfig } from '../cluster/kubernetes/source.js';
+import { staticSnapshot } from '../cluster/static-source.js';
+import { ClusterState } from '../cluster/state.js';
+import type { ClusterSource, NodeInfo } from '../cluster/types.js';
+import { nodeIdentity, type Config } from '../config/config.js';
+import { Datapath } from '../datapath/datapath.js';
+import type { Signal } from '../datapath/layout.js';
+import { HandshakeFailure } from '../handshake/failure.js';
+import type { NodeFrame } from '../handshake/frames.js';
+import { HandshakeInitiator } from '../handshake/initiator.js';
+import { LocalIdentities } from '../handshake/local-identities.js';
+import { defaultNodeIdentityScheme } from '../handshake/node-identity.js';
+import { PeerValidator } from '../handshake/peer-validator.js';
+import { DEFAULT_PORT } from '../handshake/protocol.js';
+import { HandshakeResponder } from '../handshake/responder.js';
+import type { AuthResult, AuthorizeRequest, PairAuthResult } from '../handshake/types.js';
+import { createProvider } from '../identity/providers/index.js';
+import { SpiffeId } from '../identity/spiffe-id.js';
+import { IdentityStore } from '../identity/store.js';
+import { AgentMetrics } from '../metrics/agent-metrics.js';
+import { HandshakeMetrics } from '../metrics/handshake-metrics.js';
+import { IdentityMetrics } from '../metrics/identity-metrics.js';
+import { createRegistry } from '../metrics/registry.js';
+import { MetricsServer } from '../metrics/server.js';
+import type { Logger } from '../util/logger.js';
+import { ControlServer } from './control-server.js';
+import { PeerManager } from './peers.js';
+import { planNode, type NodePlan } from './plan.js';
+import type { AgentStatus } from './status.js';
+import { NoTransport, type Transport } from './transport.js';
+
+export interface AgentDependencies {
+  logger: Logger;
+  /** The payload transport; default: none (the CNI carries traffic). */
+  transport?: Transport;
+}
+
+/**
+ * The meshauth agent: wires provider → identity store → handshake → auth cache → datapath, fed
+ * by cluster state (static config or Kubernetes), observable through metrics and the control
+ * socket. Stopping it leaves the datapath enforcing: the gate stays attached and its maps pinned.
+ */
+export class Agent {
+  private readonly registry: Registry;
+  private readonly metrics: AgentMetrics;
+  private readonly state: ClusterState;
+  private plan?: NodePlan;
+  private replanQueued = false;
+  private installing: Promise<void> = Promise.resolve();
+  private readonly installed = new Set<string>();
+  private readonly startedAt = new Date();
+  private readonly timers: NodeJS.Timeout[] = [];
+  private readonly closers: (() => Promise<void> | void)[] = [];
+  private store!: IdentityStore;
+  private ids!: NumericIds;
+  private datapath?: Datapath;
+  private cache!: AuthCache;
+  private auth!: AuthManager;
+  private peers!: PeerManager;
+  private responder!: HandshakeResponder;
+  private initiator!: HandshakeInitiator;
+  private transport: Transport;
+  private metricsServer?: MetricsServer;
+  private controlServer?: ControlServer;
+  private listening?: { port: number };
+
+  private constructor(
+    private config: Config,
+    private readonly deps: AgentDependencies,
+  ) {
+    this.registry = createRegistry();
+    this.state = new ClusterState(config.nodeName);
+    this.transport = deps.transport ?? new NoTransport();
+    this.metrics = new AgentMetrics(this.registry, {
+      datapathCounters: () => this.datapath?.counters(),
+      onCollectError: (err) => deps.logger.warn({ err: (err as Error).message }, 'reading the datapath counters failed'),
+    });
+  }
+
+  static async start(config: Config, deps: AgentDependencies): Promise<Agent> {
+    const agent = new Agent(config, deps);
+    try {
+      await agent.startParts();
+    } catch (err) {
+      await agent.stop();
+      throw err;
+    }
+    return agent;
+  }
+
+  /** The port the handshake responder listens on (resolved when the config says 0). */
+  get responderPort(): number {
+    return this.listening?.port ?? 0;
+  }
+
+  get metricsPort(): number | undefined {
+    return this.metricsServer?.port;
+  }
+
+  private async startParts(): Promise<void> {
+    const { config, deps } = this;
+    const logger = deps.logger;
+    await mkdir(config.stateDir, { recursive: true, mode: 0o700 });
+    this.ids = await NumericIds.load(join(config.stateDir, 'numeric-ids.json'));
+
+    // Datapath first: enforcement continues from the pinned maps while everything else starts.
+    let map: AuthMap = new MemoryAuthMap();
+    if (config.datapath.enabled) {
+      this.datapath = await Datapath.open({ pinDir: config.datapath.pinDir, capacities: { auth: config.auth.cacheSize } });
+      this.closers.push(() => this.datapath?.close());
+      map = this.datapath;
+    } else {
+      logger.warn('datapath disabled: pairs are authenticated and tracked, but no traffic is gated');
+    }
+    this.cache = new AuthCache({ map, ids: this.ids, capacity: config.auth.cacheSize, logger });
+    const restored = this.cache.restore();
+
+    // Identity.
+    const nodeId = SpiffeId.parse(nodeIdentity(config));
+    this.store = new IdentityStore({
+      provider: createProvider(config, logger),
+      nodeId,
+      clockSkewMs: config.identity.clockSkew,
+      maxChainDepth: config.identity.maxChainDepth,
+      logger,
+      metrics: new IdentityMetrics(this.registry),
+    });
+    this.closers.push(() => this.store.stop());
+    await this.store.start();
+
+    await this.transport.start();
+    this.closers.push(() => this.transport.close());
+
+    // Handshake.
+    const handshakeMetrics = new HandshakeMetrics(this.registry);
+    const identities = new LocalIdentities(this.store);
+    const validator = new PeerValidator({
+      bundles: this.store.trustBundles,
+      clockSkewMs: config.identity.clockSkew,
+      maxChainDepth: config.identity.maxChainDepth,
+      cacheSize: config.handshake.validationCacheSize,
+    });
+    this.closers.push(() => validator.close());
+    const nodeIds = defaultNodeIdentityScheme(config.trustDomain);
+    const common = {
+      identities,
+      validator,
+      nodeIds,
+      localNodeFrame: (peer: string) => this.localNodeFrame(peer),
+      onAuthenticated: (result: AuthResult) => this.onResponderResult(result),
+      settings: config.handshake,
+      logger,
+      metrics: handshakeMetrics,
+    };
+    this.initiator = new HandshakeInitiator({ ...common, onAuthenticated: () => {} });
+    this.closers.push(() => this.initiator.close());
+    this.responder = new HandshakeResponder({
+      ...common,
+      resolveNode: (address) => this.state.nodeByAddress(address)?.name,
+      authorize: (request) => this.authorize(request),
+    });
+    this.closers.push(() => this.responder.close());
+    this.listening = await this.responder.listen();
+
+    // Node links and pairs.
+    const timing = {
+      fraction: config.auth.reauthFraction,
+      jitter: config.auth.reauthJitter,
+      failureBackoff: { initialMs: config.auth.failureBackoff.initial, maxMs: config.auth.failureBackoff.max },
+      proactiveGraceMs: config.auth.proactiveGrace,
+    };
+    this.peers = new PeerManager({
+      localNode: config.nodeName,
+      transport: this.transport,
+      authenticate: (node) => this.initiator.authenticateNode({ remoteNode: node.name, address: { host: node.address, port: node.port ?? DEFAULT_PORT } }),
+      timing,
+      logger,
+      onLinkChanged: (node) => this.auth.onNodeLinkChanged(node),
+      onRekey: () => this.metrics.transportRekey(),
+    });
+    this.closers.push(() => this.peers.stop());
+    this.auth = new AuthManager({
+      cache: this.cache,
+      localNode: config.nodeName,
+      authenticate: (pair) => this.authenticatePair(pair),
+      authenticateLocal: (pair) => this.authenticateLocalPair(pair),
+      nodeLink: (node) => this.peers.link(node),
+      timing,
+      logger,
+      onReauth: (trigger) => {
+        if (trigger === 'reauth' || trigger === 'rotation' || trigger === 'bundle-change' || trigger === 'restored') this.metrics.reauth(trigger);
+      },
+      onSignalHandled: (status) => this.metrics.signal(status),
+    });
+    this.closers.push(() => this.auth.stop());
+    this.auth.adoptRestored(restored);
+
+    // Identity events reach the pairs they concern.
+    this.store.on('svid', (svid) => {
+      if (!svid.id.equals(nodeId)) this.auth.onLocalSvid(svid.id.toString());
+    });
+    this.store.on('bundles', (change) => this.auth.onBundleChange(change));
+
+    // Datapath signals: on-demand authentication.
+    if (this.datapath) {
+      const unsubscribe = this.datapath.onSignal((signal) => this.onSignal(signal));
+      this.closers.push(unsubscribe);
+    }
+
+    // Cluster state. Nothing is applied (and so nothing garbage-collected) before the source's
+    // initial sync: until then the pinned maps keep enforcing what they held.
+    this.state.on('changed', () => this.queueReplan());
+    await this.startClusterSource();
+
+    const reconcile = setInterval(() => this.reconcile(), config.auth.reconcileInterval);
+    const gauges = setInterval(() => this.updateGauges(), 1000);
+    reconcile.unref();
+    gauges.unref();
+    this.timers.push(reconcile, gauges);
+
+    if (config.metrics.enabled) {
+      this.metricsServer = await MetricsServer.start({
+        host: config.metrics.address,
+        port: config.metrics.port,
+        registry: this.registry,
+        readiness: () => this.readiness(),
+        logger,
+      });
+      this.closers.push(() => this.metricsServer?.close());
+    }
+    this.controlServer = await ControlServer.start({ socketPath: config.control.socket, status: () => this.status() });
+    this.closers.push(() => this.controlServer?.close());
+    logger.info({ node: config.nodeName, nodeId: nodeId.toString(), provider: config.identity.provider, port: this.responderPort, restored: restored.length }, 'agent started');
+  }
+
+  private async startClusterSource(): Promise<void> {
+    if (this.config.kubernetes.enabled) {
+      const source: ClusterSource = new KubernetesSource({
+        kubeConfig: loadKubeConfig(this.config.kubernetes.kubeconfig),
+        trustDomain: this.config.kubernetes.trustDomain ?? this.config.trustDomain,
+        logger: this.deps.logger,
+      });
+      this.closers.push(() => source.stop());
+      await source.start((event) => this.state.apply(event));
+    } else {
+      this.state.replaceAll(staticSnapshot(this.config.cluster));
+    }
+  }
+
+  /** SIGHUP: re-applies the static cluster section of a new config. Other changes need a restart. */
+  reload(config: Config): void {
+    const restartOnly = (['nodeName', 'trustDomain', 'stateDir', 'identity', 'handshake', 'datapath', 'metrics', 'control', 'kubernetes'] as const).filter(
+      (key) => JSON.stringify(config[key]) !== JSON.stringify(this.config[key]),
+    );
+    if (restartOnly.length > 0) this.deps.logger.warn({ keys: restartOnly }, 'these config changes take effect only after a restart');
+    this.config = { ...this.config, cluster: config.cluster, auth: { ...this.config.auth } };
+    if (!this.config.kubernetes.enabled) this.state.replaceAll(staticSnapshot(config.cluster));
+    else this.queueReplan();
+    this.deps.logger.info('configuration reloaded');
+  }
+
+  /** Graceful stop: everything closes, the datapath keeps enforcing. */
+  async stop(): Promise<void> {
+    for (const timer of this.timers) clearInterval(timer);
+    for (const close of this.closers.reverse()) {
+      try {
+        await close();
+      } catch (err) {
+        this.deps.logger.warn({ err: (err as Error).message }, 'error while stopping');
+      }
+    }
+    this.closers.length = 0;
+  }
+
+  status(): AgentStatus {
+    const health = this.store.health();
+    const counters = this.datapath?.counters();
+    return {
+      nodeName: this.config.nodeName,
+      nodeId: this.store.nodeId.toString(),
+      provider: health.provider,
+      ready: this.readiness().ready,
+      startedAt: this.startedAt.toISOString(),
+      identities: this.store.list().map((svid) => ({
+        spiffeId: svid.id.toString(),
+        node: svid.id.equals(this.store.nodeId),
+        notAfter: svid.notAfter.toISOString(),
+        serial: svid.chain[0]!.serialNumber.toLowerCase(),
+      })),
+      pairs: this.auth.status(),
+      peers: this.peers.status(),
+      ...(counters && {
+        datapath: {
+          counters: Object.fromEntries(Object.entries(counters).map(([name, value]) => [name, value.toString()])),
+          authEntries: this.cache.size,
+          authCapacity: this.cache.capacity,
+        },
+      }),
+    };
+  }
+
+  /** Waits until handshakes in flight have settled (tests). */
+  async settled(): Promise<void> {
+    await this.installing;
+    await this.peers.settled();
+    await this.auth.settled();
+  }
+
+  private readiness(): { ready: true } | { ready: false; reason: string } {
+    const health = this.store.health();
+    if (!health.ready) return { ready: false, reason: `no node SVID or trust bundle yet${health.lastError ? ` (${health.lastError.kind}: ${health.lastError.message})` : ''}` };
+    if (!this.state.isSynced) return { ready: false, reason: 'cluster state not synced yet' };
+    return { ready: true };
+  }
+
+  private queueReplan(): void {
+    if (this.replanQueued) return;
+    this.replanQueued = true;
+    // Coalesces a burst of cluster events into one plan; event order within the burst is kept
+    // by the state itself (an IP's old owner is gone before its new owner appears).
+    queueMicrotask(() => {
+      this.replanQueued = false;
+      if (this.state.isSynced) this.applyPlan();
+    });
+  }
+
+  private applyPlan(): void {
+    const previous = this.plan;
+    const plan = planNode(this.state, this.ids, this.config.cluster.policy.default);
+    this.plan = plan;
+    const remoteNodes = [...this.state.nodes.values()].filter((node) => node.name !== this.config.nodeName);
+    this.peers.setNodes(remoteNodes);
+    // Pairs first: entries of removed endpoints, identities, nodes or policy leave the map before
+    // any address is re-mapped to a new identity.
+    this.auth.setDesired(plan.pairs);
+    if (this.datapath) {
+      this.datapath.setConfig({ defaultMode: this.config.cluster.policy.default === 'required' ? 'require' : 'allow' });
+      for (const prefix of previous?.ipcache.keys() ?? []) if (!plan.ipcache.has(prefix)) this.datapath.deleteIpcache(prefix);
+      for (const [prefix, entry] of plan.ipcache) {
+        const old = previous?.ipcache.get(prefix);
+        if (!old || old.identity !== entry.identity || old.node !== entry.node) this.datapath.setIpcache(prefix, entry);
+      }
+      for (const [id, policy] of previous?.policy ?? []) if (!plan.policy.has(id)) this.datapath.deletePolicy(policy.key);
+      for (const [id, policy] of plan.policy) if (previous?.policy.get(id)?.authType !== policy.authType) this.datapath.setPolicy(policy.key, policy.authType);
+      this.installInterfaces(plan.interfaces);
+    }
+    this.store.setWanted(plan.localIdentities.map((id) => SpiffeId.parse(id)));
+    void this.ids.save().catch((err: unknown) => this.deps.logger.error({ err: (err as Error).message }, 'saving the identity numbering failed'));
+  }
+
+  private installInterfaces(interfaces: readonly string[]): void {
+    const fresh = interfaces.filter((name) => !this.installed.has(name));
+    if (fresh.length === 0 || !this.datapath) return;
+    const datapath = this.datapath;
+    for (const name of fresh) this.installed.add(name);
+    const netns = this.config.datapath.netns;
+    this.installing = this.installing
+      .then(() => datapath.install({ interfaces: fresh.map((name) => ({ name, ...(netns !== undefined && { netns }) })) }))
+      .catch((err: unknown) => {
+        for (const name of fresh) this.installed.delete(name);
+        this.deps.logger.error({ interfaces: fresh, err: (err as Error).message }, 'attaching the gate failed');
+      });
+  }
+
+  private localNodeFrame(peer: string): NodeFrame {
+    const self = this.state.nodes.get(this.config.nodeName);
+    return { nodeName: this.config.nodeName, podCidrs: self?.podCidrs ?? [], ...this.transport.localFrame(peer) };
+  }
+
+  private authorize(request: AuthorizeRequest): boolean {
+    if (request.kind === 'node') return this.state.nodes.has(request.remoteNode);
+    const pair: PairKey = { localId: request.localId.toString(), remoteId: request.remoteId.toString(), remoteNode: request.remoteNode };
+    // Only pairs policy requires, between endpoints that exist where they claim to run, carried
+    // by an authenticated node link.
+    return this.isDesired(pair) && this.peers.link(request.remoteNode) !== undefined;
+  }
+
+  private isDesired(pair: PairKey): boolean {
+    return (this.plan?.pairs ?? []).some((p) => p.localId === pair.localId && p.remoteId === pair.remoteId && p.remoteNode === pair.remoteNode);
+  }
+
+  private async authenticatePair(pair: PairKey): Promise<PairAuthentication> {
+    const node = this.state.nodes.get(pair.remoteNode);
+    if (!node) throw new HandshakeFailure('unauthorized', `node ${pair.remoteNode} is not known`);
+    if (!this.peers.link(pair.remoteNode)) throw new HandshakeFailure('refused', `no authenticated link to node ${pair.remoteNode} yet`);
+    const result = await this.initiator.authenticatePair({
+      localId: SpiffeId.parse(pair.localId),
+      remoteId: SpiffeId.parse(pair.remoteId),
+      remoteNode: pair.remoteNode,
+      address: addressOf(node),
+    });
+    return toPairAuthentication(result);
+  }
+
+  /** Both identities live on this node: their SVIDs, validated by the store, are the proof. */
+  private authenticateLocalPair(pair: PairKey): PairAuthentication | undefined {
+    const local = this.store.get(pair.localId);
+    const remote = this.store.get(pair.remoteId);
+    if (!local || !remote) return undefined;
+    const now = Date.now();
+    return {
+      ...pair,
+      authenticatedAt: now,
+      expiresAt: Math.min(local.notAfter.getTime(), remote.notAfter.getTime(), now + this.config.handshake.maxTtl),
+      localNotAfter: local.notAfter.getTime(),
+      remoteNotAfter: remote.notAfter.getTime(),
+    };
+  }
+
+  private onResponderResult(result: AuthResult): void {
+    if (result.kind === 'node') {
+      void this.peers.record(result);
+      return;
+    }
+    this.auth.record(toPairAuthentication(result), 'responder');
+  }
+
+  private onSignal(signal: Signal): void {
+    const localId = this.ids.identityName(signal.localIdentity);
+    const remoteId = this.ids.identityName(signal.remoteIdentity);
+    const remoteNode = this.ids.nodeName(signal.remoteNode);
+    if (!localId || !remoteId || !remoteNode) return this.metrics.signal('unresolved');
+    this.auth.onSignal({ localId, remoteId, remoteNode });
+  }
+
+  private reconcile(): void {
+    const repaired = this.cache.reconcile();
+    if (repaired > 0) this.deps.logger.warn({ repaired }, 'auth map drift repaired');
+  }
+
+  private updateGauges(): void {
+    this.metrics.setPairs(this.auth.counts());
+    const peers = { up: 0, pending: 0, failed: 0 };
+    for (const peer of this.peers.status()) peers[peer.state]++;
+    this.metrics.setPeers(peers);
+    this.metrics.setAuthMap(this.cache.size, this.cache.capacity);
+  }
+}
+
+function addressOf(node: NodeInfo): { host: string; port: number } {
+  return { host: node.address, port: node.port ?? DEFAULT_PORT };
+}
+
+function toPairAuthentication(result: PairAuthResult): PairAuthentication {
+  return {
+    localId: result.localId.toString(),
+    remoteId: result.remoteId.toString(),
+    remoteNode: result.remoteNode,
+    authenticatedAt: result.authenticatedAt.getTime(),
+    expiresAt: result.expiresAt.getTime(),
+    localNotAfter: result.localNotAfter.getTime(),
+    remoteNotAfter: result.remoteNotAfter.getTime(),
+  };
+}
