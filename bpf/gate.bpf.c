@@ -8,12 +8,14 @@
  *
  * For every IPv4/IPv6 packet, whatever its protocol (TCP, UDP, ICMP, ICMPv6,
  * SCTP, ESP, anything), the gate resolves both addresses to identities through
- * the ipcache, asks the policy whether the pair needs authentication, and if
- * so requires an unexpired entry in the auth map. A missing or expired entry
- * drops the packet and queues an "authentication required" signal for the
- * agent, at most one per key per signal interval (the rate limit lives here, in
- * an LRU map, so a flood of drops cannot flood the agent). Expiry is enforced
- * here too: an entry stops passing traffic on time even if the agent is dead.
+ * the ipcache (host entries in a hash, prefixes in an LPM trie) and passes the
+ * packet while the pair has an unexpired entry in the auth map; without one,
+ * only if the policy (or its default) says the pair needs no authentication.
+ * Otherwise it drops the packet and queues an "authentication required" signal
+ * for the agent, at most one per key per signal interval (the rate limit lives
+ * here, in an LRU map, so a flood of drops cannot flood the agent). Expiry is
+ * enforced here too: an entry stops passing traffic on time even if the agent
+ * is dead.
  *
  * ARP and IPv6 neighbour discovery (ICMPv6 133-137 with hop limit 255) pass
  * ungated; every other non-IP frame is dropped. Passing packets return
@@ -341,34 +343,31 @@ static __always_inline int gate(struct __sk_buff *skb, __u8 direction)
 		return allow_by_default ? TC_ACT_UNSPEC : TC_ACT_SHOT;
 	}
 
+	/*
+	 * The authenticated pair first: traffic that passes never pays for the policy
+	 * lookup. That is exact because a policy entry only says required or not, and
+	 * a valid entry satisfies "required" (there is one auth type per node).
+	 */
+	struct auth_key akey = {
+		.local_identity = local->identity,
+		.remote_identity = remote->identity,
+		.remote_node = remote->node,
+		.auth_type = cfg->default_auth_type ? cfg->default_auth_type : MESHAUTH_AUTH_MTLS,
+	};
+	const struct auth_value *entry = bpf_map_lookup_elem(&auth, &akey);
+	if (entry && unexpired(entry->expiry_ns))
+		return pass(MESHAUTH_CTR_ALLOWED);
+
 	struct policy_key pkey = {
 		.local_identity = local->identity,
 		.remote_identity = remote->identity,
 		.direction = direction,
 	};
 	const struct policy_value *rule = bpf_map_lookup_elem(&policy, &pkey);
-	__u8 auth_type;
-	if (rule)
-		auth_type = rule->auth_type;
-	else if (allow_by_default)
-		auth_type = MESHAUTH_AUTH_NONE;
-	else
-		auth_type = cfg->default_auth_type ? cfg->default_auth_type : MESHAUTH_AUTH_MTLS;
-	if (auth_type == MESHAUTH_AUTH_NONE)
+	if (rule ? rule->auth_type == MESHAUTH_AUTH_NONE : allow_by_default)
 		return pass(MESHAUTH_CTR_NOT_REQUIRED);
 
-	struct auth_key akey = {
-		.local_identity = local->identity,
-		.remote_identity = remote->identity,
-		.remote_node = remote->node,
-		.auth_type = auth_type,
-	};
-	const struct auth_value *entry = bpf_map_lookup_elem(&auth, &akey);
-	if (entry && unexpired(entry->expiry_ns))
-		return pass(MESHAUTH_CTR_ALLOWED);
-
 	__u64 now = bpf_ktime_get_ns();
-
 	__u8 reason = entry ? MESHAUTH_REASON_EXPIRED : MESHAUTH_REASON_NO_ENTRY;
 	signal(skb, &akey, &pkt, direction, reason, now, cfg);
 	return drop(entry ? MESHAUTH_CTR_DROPPED_EXPIRED : MESHAUTH_CTR_DROPPED_NO_ENTRY);

@@ -39,7 +39,7 @@
 
 /* auth_type 0 in a policy value means "no authentication required". */
 #define MESHAUTH_AUTH_NONE 0
-/* The meshauth TLS 1.3 mutual handshake; what a zero default_auth_type stands for. */
+/* The meshauth TLS 1.3 mutual handshake: the node's auth type while default_auth_type is 0. */
 #define MESHAUTH_AUTH_MTLS 1
 
 /* config_value.default_mode; zero is the fail-closed choice. */
@@ -59,7 +59,7 @@
  */
 enum meshauth_counter {
 	MESHAUTH_CTR_ALLOWED = 0,          /* authenticated, unexpired entry: pass */
-	MESHAUTH_CTR_NOT_REQUIRED = 1,     /* policy says no authentication: pass */
+	MESHAUTH_CTR_NOT_REQUIRED = 1,     /* no valid entry, but none is required: pass */
 	MESHAUTH_CTR_EXEMPT = 2,           /* ARP or IPv6 neighbour discovery: pass */
 	MESHAUTH_CTR_DROPPED_NO_ENTRY = 3, /* authentication required, no entry: drop */
 	MESHAUTH_CTR_DROPPED_EXPIRED = 4,  /* authentication required, entry expired: drop */
@@ -92,8 +92,9 @@ struct policy_key {
 	__u8 pad[3];
 };
 
+/* Absent: config_value.default_mode decides. */
 struct policy_value {
-	__u8 auth_type; /* MESHAUTH_AUTH_NONE: pass without an auth entry */
+	__u8 auth_type; /* MESHAUTH_AUTH_NONE: not required; otherwise required (the node's auth type) */
 	__u8 pad[3];
 };
 
@@ -126,7 +127,7 @@ struct signal_event {
 struct config_value {
 	__u64 signal_interval_ns; /* per-key signal rate limit; 0 = the default */
 	__u8 default_mode;        /* MESHAUTH_DEFAULT_*: pairs without a policy entry, unknown addresses */
-	__u8 default_auth_type;   /* auth type required by default; 0 = MESHAUTH_AUTH_MTLS */
+	__u8 default_auth_type;   /* the node's auth type (auth_key.auth_type); 0 = MESHAUTH_AUTH_MTLS */
 	__u8 pad[6];
 };
 

@@ -2,7 +2,9 @@
 // Every protocol family is gated alike: dropped without an entry, passed with one, dropped
 // again after the entry expires (the BPF program enforces expiry) and after it is deleted.
 import test from 'ava';
+import { randomBytes } from 'node:crypto';
 import { monotonicNowNs } from '../src/datapath/datapath.js';
+import type { Signal } from '../src/datapath/layout.js';
 import { sleep } from '../src/util/backoff.js';
 import { Cluster, isRoot } from './helpers/datapath-fixture.js';
 import type { Family, Protocol } from './helpers/netns.js';
@@ -98,4 +100,32 @@ privileged('policy decides which pairs need authentication; unknown addresses fo
   t.false(await cluster.topology.reaches(a, b, 'udp', 4));
   cluster.authorize(a, b);
   t.true(await cluster.topology.reaches(a, b, 'udp', 4));
+});
+
+privileged('IPv6 extension headers are skipped: gated by address, signalled with the upper-layer protocol', async (t) => {
+  const cluster = await Cluster.start(t);
+  const [a, b] = [cluster.w('w1a'), cluster.w('w2a')];
+  const signals: Signal[] = [];
+  cluster.agent(1).setConfig({ signalIntervalNs: 1_000_000n }); // one signal per packet here
+  t.teardown(cluster.agent(1).onSignal((signal) => signals.push(signal)));
+  const sendWithOptions = async (protocol: 'udp' | 'raw') => {
+    const token = `${protocol}-dstopts-${randomBytes(6).toString('hex')}`;
+    await a.probe.request({ op: 'send', proto: protocol, dst: b.ipv6, token, dstopts: true });
+    return (await b.probe.request<{ ok: boolean }>({ op: 'wait', token, timeout_ms: 400 })).ok;
+  };
+
+  t.false(await sendWithOptions('udp'));
+  t.false(await sendWithOptions('raw'));
+  await sleep(50);
+  t.deepEqual(
+    signals.map((s) => [s.protocol, s.family]),
+    [
+      [17, 6],
+      [253, 6],
+    ],
+    'the protocol behind the destination options header',
+  );
+  cluster.authorize(a, b);
+  t.true(await sendWithOptions('udp'));
+  t.true(await sendWithOptions('raw'));
 });

@@ -3,6 +3,7 @@
 // traffic flows ungated, and auth entries survive; uninstalled (CLI) it is gone.
 import test from 'ava';
 import { existsSync } from 'node:fs';
+import { readdir, readFile } from 'node:fs/promises';
 import { fileURLToPath } from 'node:url';
 import { execa } from 'execa';
 import { Datapath, monotonicNowNs } from '../src/datapath/datapath.js';
@@ -18,6 +19,17 @@ const CLI = fileURLToPath(new URL('../src/cli/main.ts', import.meta.url));
 
 function workloads(cluster: Cluster): [Workload, Workload, Workload, Workload] {
   return ['w1a', 'w1b', 'w2a', 'w2b'].map((name) => cluster.w(name)) as [Workload, Workload, Workload, Workload];
+}
+
+/** Pids of processes whose command line mentions `text` (e.g. a doorbell reader of a pin dir). */
+async function processesMentioning(text: string): Promise<number[]> {
+  const pids: number[] = [];
+  for (const entry of await readdir('/proc')) {
+    if (!/^\d+$/.test(entry)) continue;
+    const cmdline = await readFile(`/proc/${entry}/cmdline`, 'utf8').catch(() => '');
+    if (cmdline.includes(text)) pids.push(Number(entry));
+  }
+  return pids;
 }
 
 async function attachedPrograms(cluster: Cluster): Promise<(number | undefined)[]> {
@@ -61,8 +73,12 @@ privileged('an agent killed with SIGKILL leaves the gate enforcing, expiry inclu
     void child.then((result) => reject(new Error(`agent exited: ${result.exitCode}`)));
   });
   const programs = await attachedPrograms(cluster);
+  const doorbell = `${cluster.topology.nodes[0].pinDir}/maps/doorbell`;
+  t.is((await processesMentioning(doorbell)).length, 1, "the agent's signal reader runs");
   child.kill('SIGKILL');
   t.is((await child).signal, 'SIGKILL');
+  await sleep(50);
+  t.deepEqual(await processesMentioning(doorbell), [], 'the reader died with the agent');
 
   t.deepEqual(await attachedPrograms(cluster), programs, 'still attached');
   t.true(programs.every((id) => id !== undefined));
@@ -133,10 +149,11 @@ privileged('`meshauth datapath uninstall` detaches everywhere and unpins', async
     config: { defaultMode: 'require' },
   });
 
-  for (const node of cluster.topology.nodes) {
-    await execa(process.execPath, ['--import', 'tsx', CLI, 'datapath', 'uninstall', '--pin-dir', node.pinDir]);
-    t.false(existsSync(node.pinDir));
-  }
+  const [node1, node2] = cluster.topology.nodes;
+  await execa(process.execPath, ['--import', 'tsx', CLI, 'datapath', 'uninstall', '--pin-dir', node1.pinDir]);
+  await Datapath.uninstall({ pinDir: node2.pinDir });
+  t.false(existsSync(node1.pinDir));
+  t.false(existsSync(node2.pinDir));
   t.deepEqual(await attachedPrograms(cluster), new Array(8).fill(undefined));
   t.true(await cluster.topology.reaches(w1a, w2a, 'udp', 4), 'no gate, no drop');
 

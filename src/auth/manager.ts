@@ -96,9 +96,7 @@ export class AuthManager {
     }
     if (removed > 0) this.options.logger.info({ removed }, 'pairs no longer desired removed from the datapath');
     for (const [key, pair] of next) {
-      if (previous.has(key) || this.options.cache.get(pair)) continue;
-      if (pair.remoteNode === this.options.localNode || this.initiatesProactively(pair)) this.ensure(pair, 'proactive');
-      else this.scheduleFor(key, this.now() + this.options.timing.proactiveGraceMs, 'proactive');
+      if (!previous.has(key) && !this.options.cache.get(pair)) this.want(pair);
     }
   }
 
@@ -154,7 +152,7 @@ export class AuthManager {
   onLocalSvid(localId: string): void {
     for (const pair of this.desired.values()) {
       const involved = pair.localId === localId || (pair.remoteNode === this.options.localNode && pair.remoteId === localId);
-      if (involved && !this.options.cache.get(pair)) this.ensure(pair, 'proactive');
+      if (involved && !this.options.cache.get(pair)) this.want(pair);
     }
     const now = this.now();
     for (const pair of this.options.cache.values()) {
@@ -192,7 +190,7 @@ export class AuthManager {
       this.options.cache.upsert({ ...pair, epoch: link.epoch });
     }
     for (const pair of this.desired.values()) {
-      if (pair.remoteNode === node && !this.options.cache.get(pair)) this.ensure(pair, 'proactive');
+      if (pair.remoteNode === node && !this.options.cache.get(pair)) this.want(pair);
     }
   }
 
@@ -232,6 +230,16 @@ export class AuthManager {
     this.scheduler.stop();
   }
 
+  /**
+   * A desired pair without an entry. Both nodes want it, and one handshake serves both: the node
+   * with the lower name initiates at once, the other after a grace period, if the pair is still
+   * missing then. Same-node pairs need no handshake.
+   */
+  private want(pair: PairKey): void {
+    if (pair.remoteNode === this.options.localNode || this.initiatesProactively(pair)) this.ensure(pair, 'proactive');
+    else this.scheduleFor(pairKeyString(pair), this.now() + this.options.timing.proactiveGraceMs, 'proactive');
+  }
+
   private ensure(pair: PairKey, trigger: AuthTrigger, options: { removeOnFailure?: boolean } = {}): void {
     const key = pairKeyString(pair);
     if (this.stopped || this.inFlight.has(key)) return;
@@ -244,6 +252,8 @@ export class AuthManager {
     const progress = this.progress.get(key) ?? { state: 'pending', trigger };
     progress.trigger = trigger;
     if (!this.options.cache.get(pair)) this.progress.set(key, progress);
+    // Pairs ride on an authenticated node link; onNodeLinkChanged brings them back when it is up.
+    if (pair.remoteNode !== this.options.localNode && !this.options.nodeLink(pair.remoteNode)) return;
     if (trigger === 'reauth' || trigger === 'rotation' || trigger === 'bundle-change') this.options.onReauth?.(trigger);
     try {
       const result = pair.remoteNode === this.options.localNode ? this.options.authenticateLocal(pair) : await this.options.authenticate(pair);

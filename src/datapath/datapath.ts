@@ -14,17 +14,21 @@
  *   await Datapath.uninstall({ pinDir }); // detach from every interface, unpin everything
  *
  * Semantics (enforced in BPF, so they hold while the agent is down):
- * - a packet needs authentication when the policy entry for (local identity, remote identity,
- *   direction) says so, or, without an entry, when the config's defaultMode is 'require';
- * - it then passes only while an auth entry {local, remote, remote node, auth type} exists with
- *   an expiry (monotonic ns, the clock of process.hrtime.bigint()) in the future;
+ * - both addresses of a packet resolve to identities through the ipcache (longest prefix match;
+ *   the local one is the workload's, on the host side of whose interface the gate sits);
+ * - the packet passes while an auth entry {local, remote, remote node, the node's auth type}
+ *   exists with an expiry (monotonic ns, the clock of process.hrtime.bigint()) in the future;
+ * - otherwise it passes only if no authentication is required: the policy entry for (local,
+ *   remote, direction) says AUTH_TYPE.none, or there is none and defaultMode is 'allow';
+ *   a dropped pair is signalled (at most once per key per signalIntervalNs);
  * - an address not in the ipcache is an unknown identity: dropped under defaultMode 'require'
  *   (the default, fail closed), passed under 'allow'; counted either way. Add '0.0.0.0/0' and
  *   '::/0' entries for a "world" identity to give the rest of the world a policy;
  * - ARP and IPv6 neighbour discovery always pass; other non-IP frames are dropped.
  *
- * Map updates are in-process syscalls through the `bpf` package (no process per update);
- * install/uninstall use bpftool and tc. All of it needs root (CAP_BPF + CAP_NET_ADMIN).
+ * Map updates are in-process syscalls through the `bpf` package (no process per update); signals
+ * arrive event-driven (signals.ts, doorbell.ts); install/uninstall use bpftool and tc. All of it
+ * needs root (CAP_BPF + CAP_NET_ADMIN). Pins: loader.ts. Layouts: bpf/meshauth.h, layout.ts.
  */
 import { RawArrayMap, RawMap, RawQueueMap, type MapRef } from 'bpf';
 import { openPinnedMap, updateBatch } from './bpf-maps.js';
@@ -217,7 +221,10 @@ export class Datapath {
 
   // ---- policy and config ----
 
-  /** Which auth type the pair needs in that direction; AUTH_TYPE.none = no authentication. */
+  /**
+   * Whether the pair needs authentication in that direction: AUTH_TYPE.none (no) or the node's
+   * auth type (AUTH_TYPE.mtls, yes). Without an entry, the config's defaultMode decides.
+   */
   setPolicy(key: PolicyKey, authType: number): void {
     this.checkOpen();
     this.policy.set(encodePolicyKey(key), encodePolicyValue(authType));

@@ -4,17 +4,20 @@
 // child waits on it and prints a line per event. Any output on its stdout means "drain the queue".
 //
 // The child runs under `setpriv --pdeathsig KILL`: if the agent dies, even by SIGKILL, the kernel
-// kills the reader too. If the reader exits, it is restarted with backoff; meanwhile `listening`
-// is false and the poller falls back to fast polling.
+// kills the reader too. If the reader exits, it is restarted with backoff. bpftool does not say
+// when it is ready, so `listening` turns true only WARMUP_MS after the start; until then, and
+// while the reader is down, the poller polls fast instead.
 import { execa, type ResultPromise } from 'execa';
 import { Backoff } from '../util/backoff.js';
 
+const WARMUP_MS = 500;
 const CHILD_OPTIONS = { buffer: false, reject: false, stdin: 'ignore', stdout: 'pipe', stderr: 'pipe' } as const;
 
 export class Doorbell {
   private child: ResultPromise<typeof CHILD_OPTIONS> | undefined;
   private restartTimer: NodeJS.Timeout | undefined;
   private stopped = true;
+  private startedAt = 0;
   private readonly backoff = new Backoff({ initialMs: 500, maxMs: 30_000 });
 
   constructor(
@@ -23,9 +26,9 @@ export class Doorbell {
     private readonly onError: (err: Error) => void = () => {},
   ) {}
 
-  /** Whether a reader is running (the gate's rings reach us). */
+  /** Whether a reader has been running long enough for the gate's rings to reach us. */
   get listening(): boolean {
-    return this.child !== undefined;
+    return this.child !== undefined && Date.now() - this.startedAt >= WARMUP_MS;
   }
 
   start(): void {
@@ -48,7 +51,7 @@ export class Doorbell {
       CHILD_OPTIONS,
     );
     this.child = child;
-    const started = Date.now();
+    const started = (this.startedAt = Date.now());
     let stderr = '';
     child.stdout.on('data', () => this.onRing());
     child.stderr.on('data', (chunk: Buffer) => (stderr = (stderr + chunk.toString()).slice(-500)));

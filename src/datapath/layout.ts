@@ -136,7 +136,7 @@ export interface AuthKey {
 export interface DatapathConfig {
   /** Pairs without a policy entry, and addresses not in the ipcache: 'require' (fail closed) or 'allow'. */
   defaultMode: DefaultMode;
-  /** Auth type required by default (AUTH_TYPE.mtls). */
+  /** The node's auth type, in every auth key the gate looks up (AUTH_TYPE.mtls). */
   defaultAuthType: number;
   /** Per-key signal rate limit, in ns. */
   signalIntervalNs: bigint;
@@ -203,7 +203,9 @@ export function encodePolicyKey(key: PolicyKey): Buffer {
 }
 
 export function encodePolicyValue(authType: number): Buffer {
-  checkUint('authType', authType, 8);
+  if (authType !== AUTH_TYPE.none && authType !== AUTH_TYPE.mtls) {
+    throw new RangeError(`policy authType must be AUTH_TYPE.none or AUTH_TYPE.mtls, got ${authType}`);
+  }
   const out = Buffer.alloc(STRUCTS.policy_value.size);
   out.writeUInt8(authType, F.policyValue.auth_type);
   return out;

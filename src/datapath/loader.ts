@@ -1,13 +1,19 @@
 // Kernel-side lifecycle of the gate: bpffs, pinned maps, program load, tc attach/detach, uninstall.
 // Everything is driven through bpftool and tc (execa, argument arrays, never a shell), and
-// everything lives under one pin directory:
+// everything lives under one pin directory, /sys/fs/bpf/meshauth by default (DEFAULT_PIN_DIR;
+// pinDir / --pin-dir choose another, so that tests and two agents on one machine keep apart):
 //
 //   <pin dir>/maps/<map>              the maps (created once, reused by every later load)
 //   <pin dir>/progs/<generation>/     from_workload, to_workload of the latest load
 //   <pin dir>/interfaces/<name@netns> one empty directory per interface the gate was attached to
 //
 // bpffs holds only pins and directories, so the interface registry is a set of directory names;
-// it is what `uninstall` walks, and it survives the agent.
+// it is what `uninstall` walks, and it survives the agent. Pins survive everything but unpinning
+// (agent exit, SIGKILL, deletion of the namespaces involved): that is what keeps the gate closed
+// while no agent runs, and why uninstall removes them explicitly.
+//
+// The gate's filters take tc pref 1, handle 1 on each hook and pass traffic as TC_ACT_UNSPEC, so a
+// CNI filter at a later pref still runs after them.
 import { existsSync } from 'node:fs';
 import { mkdir, readdir, rm, statfs } from 'node:fs/promises';
 import { dirname, isAbsolute, join } from 'node:path';
@@ -109,12 +115,17 @@ async function run(file: string, args: string[], input?: string): Promise<string
 }
 
 /**
- * tc inside a network namespace. `tc -n NS` and `ip netns exec` would give tc a fresh /sys in a
- * private mount namespace, where the bpffs pins are invisible; nsenter enters only the netns.
+ * A tool inside a network namespace (or ours). `tc -n NS` and `ip netns exec` would give tc a
+ * fresh /sys in a private mount namespace, where the bpffs pins are invisible; nsenter enters
+ * only the network namespace.
  */
+function runIn(netns: string | undefined, file: string, args: string[], input?: string): Promise<string> {
+  if (netns === undefined) return run(file, args, input);
+  return run('nsenter', [`--net=${netnsPath(netns)}`, file, ...args], input);
+}
+
 function tc(netns: string | undefined, args: string[], input?: string): Promise<string> {
-  if (netns === undefined) return run('tc', args, input);
-  return run('nsenter', [`--net=${netnsPath(netns)}`, 'tc', ...args], input);
+  return runIn(netns, 'tc', args, input);
 }
 
 /** Makes sure the pin directory is on a bpffs, mounting /sys/fs/bpf if nothing is mounted there. */
@@ -201,13 +212,7 @@ export async function attach(layout: PinLayout, generation: string, iface: Workl
 export async function interfaceExists(iface: WorkloadInterface): Promise<boolean> {
   if (iface.netns !== undefined && !existsSync(netnsPath(iface.netns))) return false;
   try {
-    await run(iface.netns === undefined ? 'ip' : 'nsenter', [
-      ...(iface.netns === undefined ? [] : [`--net=${netnsPath(iface.netns)}`, 'ip']),
-      'link',
-      'show',
-      'dev',
-      iface.name,
-    ]);
+    await runIn(iface.netns, 'ip', ['link', 'show', 'dev', iface.name]);
     return true;
   } catch {
     return false;

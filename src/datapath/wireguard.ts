@@ -351,22 +351,24 @@ export class WireGuardTransport {
     for (const peer of next) this.peers.set(peer.nodeName, peer);
   }
 
-  /** Routes on the interface = the union of the peers' allowed-ips. */
+  /**
+   * Routes on the interface = the union of the peers' allowed-ips. Every wanted route is
+   * replaced each time (idempotent), which also restores routes the kernel dropped when the
+   * interface went down.
+   */
   private async reconcileRoutes(): Promise<void> {
     if (!this.manageRoutes) return;
     const wanted = new Set([...this.peers.values()].flatMap((p) => p.allowedIps.map((c) => c.text)));
     const stale = [...this.routes].filter((cidr) => !wanted.has(cidr));
-    const fresh = [...wanted].filter((cidr) => !this.routes.has(cidr));
     if (stale.length > 0) {
-      // -force: a route the kernel already dropped (interface bounced) is no error here.
+      // -force: a route the kernel already dropped is no error here.
       await this.exec.ipBatch(stale.map((cidr) => `route del ${cidr} dev ${this.interfaceName}`), { force: true });
       for (const cidr of stale) this.routes.delete(cidr);
     }
-    if (fresh.length > 0) {
-      const lines = fresh.map((cidr) => `route replace ${cidr} dev ${this.interfaceName} proto static`);
-      const result = await this.exec.ipBatch(lines);
+    if (wanted.size > 0) {
+      const result = await this.exec.ipBatch([...wanted].map((cidr) => `route replace ${cidr} dev ${this.interfaceName} proto static`));
       if (result.exitCode !== 0) throw this.exec.failure('ip', ['-batch', '-'], result);
-      for (const cidr of fresh) this.routes.add(cidr);
+      for (const cidr of wanted) this.routes.add(cidr);
     }
   }
 

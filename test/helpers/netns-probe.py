@@ -3,7 +3,7 @@
 Listens on UDP 7000, TCP 7001 and raw IP protocol 253 (IPv4 and IPv6) and records every
 token it receives. Commands arrive as JSON lines on stdin, replies leave as JSON lines on
 stdout with the same "id":
-  {"op": "send", "proto": "udp"|"raw", "dst": IP, "token": T}      -> {"ok": true}
+  {"op": "send", "proto": "udp"|"raw", "dst": IP, "token": T[, "dstopts": true]} -> {"ok": true}
   {"op": "wait", "token": T, "timeout_ms": N}                      -> {"ok": received}
   {"op": "tcp", "dst": IP, "timeout_ms": N}                        -> {"ok": connected}
   {"op": "flood", "dst": IP, "token": T, "rate": HZ, "duration_ms": N} -> {"sent": n}
@@ -73,14 +73,20 @@ def family_of(ip):
     return socket.AF_INET6 if ":" in ip else socket.AF_INET
 
 
-def send(proto, dst, token):
+# An IPv6 destination options header holding only padding (the kernel fills in "next header").
+DSTOPTS = bytes([0, 0, 1, 4, 0, 0, 0, 0])
+
+
+def send(proto, dst, token, dstopts=False):
     family = family_of(dst)
     if proto == "udp":
         s = socket.socket(family, socket.SOCK_DGRAM)
-        s.sendto(token.encode(), (dst, UDP_PORT))
+        address = (dst, UDP_PORT)
     else:
         s = socket.socket(family, socket.SOCK_RAW, RAW_PROTO)
-        s.sendto(token.encode(), (dst, 0))
+        address = (dst, 0)
+    ancillary = [(socket.IPPROTO_IPV6, socket.IPV6_DSTOPTS, DSTOPTS)] if dstopts else []
+    s.sendmsg([token.encode()], ancillary, 0, address)
     s.close()
 
 
@@ -123,7 +129,7 @@ def flood(dst, token, rate, duration_ms):
 def handle(cmd):
     op = cmd["op"]
     if op == "send":
-        send(cmd["proto"], cmd["dst"], cmd["token"])
+        send(cmd["proto"], cmd["dst"], cmd["token"], cmd.get("dstopts", False))
         return {"ok": True}
     if op == "wait":
         return {"ok": wait(cmd["token"], cmd["timeout_ms"])}

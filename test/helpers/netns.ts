@@ -232,6 +232,7 @@ export class Probe {
   static async start(netns: string): Promise<Probe> {
     const child = execa('nsenter', [`--net=/run/netns/${netns}`, 'python3', '-u', PROBE_SCRIPT], PROBE_OPTIONS);
     const probe = new Probe(child);
+    child.stdin.on('error', () => {}); // a dead probe fails its pending requests below instead
     const lines = createInterface({ input: child.stdout });
     const ready = new Promise<void>((resolve, reject) => {
       lines.on('line', (line) => {

@@ -1,14 +1,17 @@
 // Two "nodes" joined by an underlay, with one workload behind each, for the transport tests
 // (on the host with wireguard-go, and inside the run-in-guest VM with kernel WireGuard/IPsec):
 //
-//   w1 (10.1.1.2, fd00:1:1::2)          w2 (10.2.1.2, fd00:2:1::2)       workload namespaces, eth0
-//    |                                   |
-//   n1 pod0 (10.1.1.1) --- ul --- ul (10.2.1.1) pod0 n2                 node namespaces
-//          192.168.250.1 / fd00:250::1   192.168.250.2 / fd00:250::2
+//   w1 (10.1.1.2, fd00:1:1::2)                     w2 (10.2.1.2, fd00:2:1::2)    workloads, eth0
+//    |                                              |
+//   n1 pod0 (10.1.1.1)  ul ---- [wire: br0] ---- ul  (10.2.1.1) pod0 n2            node namespaces
+//      192.168.250.1 / fd00:250::1        192.168.250.2 / fd00:250::2
 //
 // Node N owns the pod CIDRs 10.N.0.0/16 and fd00:N::/32. The nodes forward, but nothing routes
 // pod CIDRs across the underlay until a transport (or addUnderlayRoutes, the stand-in for a CNI)
-// does. Namespace names carry a random tag; cleanup() removes all of them and stops captures.
+// does. The underlay runs through a bridge in its own "wire" namespace: a capture there sees
+// exactly what crosses the wire (on a node's own interface, tcpdump also sees the packets the
+// kernel decrypted, re-injected on the device they arrived on). Namespace names carry a random
+// tag; cleanup() removes all of them and stops captures.
 //
 // Also here: ping/UDP traffic with a marker payload, tcpdump captures, and a scanner that
 // watches every process's command line and environment for key material while a test runs.
@@ -60,6 +63,8 @@ function parsePing(stdout: string): PingResult {
 export class TransportTopology {
   readonly nodes: [TopologyNode, TopologyNode];
   readonly workloads: [TopologyWorkload, TopologyWorkload];
+  /** The namespace of the underlay bridge (br0): where captures see the wire. */
+  readonly wire: string;
   private readonly captures = new Set<Capture>();
   private workDir: string | undefined;
 
@@ -73,6 +78,7 @@ export class TransportTopology {
     const workload = (id: 1 | 2): TopologyWorkload => ({ id, netns: `mt-${tag}-w${id}`, ipv4: `10.${id}.1.2`, ipv6: `fd00:${id}:1::2` });
     this.nodes = [node(1), node(2)];
     this.workloads = [workload(1), workload(2)];
+    this.wire = `mt-${tag}-ul`;
   }
 
   /** Builds the namespaces; pass `t` to have cleanup() registered with t.teardown first. */
@@ -97,7 +103,7 @@ export class TransportTopology {
   }
 
   private get namespaces(): string[] {
-    return [...this.nodes, ...this.workloads].map((n) => n.netns);
+    return [...[...this.nodes, ...this.workloads].map((n) => n.netns), this.wire];
   }
 
   private async build(): Promise<void> {
@@ -115,11 +121,19 @@ export class TransportTopology {
         ]),
       ),
     );
-    const n2 = this.nodes[1];
+    await ipBatch(this.wire, [
+      'link set lo up',
+      'link add name br0 type bridge',
+      'link set br0 up',
+      ...this.nodes.flatMap((node) => [
+        `link add name ul${node.id} index ${100 + node.id} type veth peer name ul index ${200 + node.id} netns ${node.netns}`,
+        `link set ul${node.id} master br0`,
+        `link set ul${node.id} up`,
+      ]),
+    ]);
     for (const node of this.nodes) {
       const workload = this.workload(node.id);
       const lines = ['link set lo up'];
-      if (node.id === 1) lines.push(`link add name ul index 100 type veth peer name ul index 200 netns ${n2.netns}`);
       lines.push(
         `addr add ${node.underlay.ipv4}/24 dev ul`,
         `addr add ${node.underlay.ipv6}/64 dev ul nodad`,
@@ -179,10 +193,10 @@ export class TransportTopology {
     return parsePing(result.stdout);
   }
 
-  /** One UDP datagram with `payload` from a workload (bash's /dev/udp: no listener needed). */
+  /** One UDP datagram with `payload` from a workload (perl-base: small, and no name lookups). */
   async sendUdp(from: 1 | 2, to: 1 | 2, port: number, payload: string): Promise<void> {
-    if (!/^[A-Za-z0-9!._-]+$/.test(payload)) throw new Error('payload must be shell-safe');
-    await inNetns(this.workload(from).netns, 'bash', ['-c', `printf %s ${payload} > /dev/udp/${this.workload(to).ipv4}/${port}`]);
+    const script = 'use Socket; socket(my $s, PF_INET, SOCK_DGRAM, 0) or die $!; send($s, $ARGV[2], 0, pack_sockaddr_in($ARGV[1], inet_aton($ARGV[0]))) or die $!';
+    await inNetns(this.workload(from).netns, 'perl', ['-e', script, this.workload(to).ipv4, String(port), payload]);
   }
 
   /** Starts tcpdump on an interface of a namespace; resolves once it is capturing. */
@@ -228,9 +242,13 @@ export class Capture {
     return new Capture(process, file);
   }
 
-  /** Stops the capture (SIGINT flushes the file) and returns the pcap bytes. */
-  async stop(): Promise<Buffer> {
+  /**
+   * Stops the capture and returns the pcap bytes. It waits `settleMs` first: tcpdump drops what
+   * is still in its socket buffer when SIGINT arrives, and a packet sent a moment ago may be.
+   */
+  async stop(settleMs = 500): Promise<Buffer> {
     this.stopped ??= (async () => {
+      await new Promise((resolve) => setTimeout(resolve, settleMs));
       this.process.kill('SIGINT');
       await this.process;
     })();

@@ -1,0 +1,643 @@
+/**
+ * IPsec (kernel XFRM, ESP tunnel mode) transport between nodes, keyed by the node handshake.
+ *
+ *   const ipsec = await IpsecTransport.open({});           // adopts states of a previous run
+ *   const [spi] = await ipsec.allocateSpis(1);             // goes into this node's handshake frame
+ *   await ipsec.setPeer({ nodeName, localAddress, remoteAddress, localCidrs, remoteCidrs,
+ *                         inSpi: spi, outSpi: peerFrame.ipsecSpis[0], inKey, outKey });
+ *   await ipsec.setPeer(sameNodeWithNewSpisAndKeys);       // re-authentication: make-before-break
+ *   await ipsec.setPeers(all);                             // the complete set; others removed
+ *   await ipsec.removePeer(nodeName);
+ *   await ipsec.uninstall();                               // every meshauth state and policy
+ *
+ * Per peer: two ESP states, rfc4106(gcm(aes)) with a 128-bit ICV, 64-bit sequence numbers and
+ * kernel soft/hard lifetimes (time, bytes, packets) as a safety net should the agent stop
+ * re-authenticating; and for each same-family pair of (local CIDR, remote CIDR) three policies
+ * (out, in, fwd) whose template binds them to the states through the peer's reqid. meshauth owns
+ * exactly the states and policies whose reqid lies in REQID_BASE…REQID_LAST: it never lists,
+ * changes or removes anything else.
+ *
+ * Keys and SPIs come from the node handshake: the TLS exporter gives a 20-byte key (AES-128 +
+ * 4-byte salt) per direction, each agent allocates the SPI it receives on (allocateSpis) and
+ * sends it in its frame, so outSpi is the SPI the peer allocated. Every command goes to
+ * `ip -batch -` on stdin: keys never appear on a command line.
+ *
+ * Make-before-break re-keying (setPeer for an installed peer with new SPIs and keys):
+ *   1. the new inbound state is added: the peer may start sending on it at any moment;
+ *   2. after switchDelayMs (time for the peer agent to add its own new inbound state), the new
+ *      outbound state is added. For the same reqid and addresses the kernel picks the newest
+ *      valid outbound state (xfrm_state_find prefers the later add_time, and adding a state
+ *      bumps the genid of the older ones so cached bundles are rebuilt), so traffic moves over
+ *      at once: verified by the guest test, which counts packets on both SAs;
+ *   3. after retireAfterMs, the old states are deleted (the peer's packets in flight on the old
+ *      inbound SA still decrypt until then).
+ *
+ * Routes are not this module's: XFRM policies transform whatever the routing table sends toward
+ * the remote pod CIDRs (the CNI routes them to the node), and the outer packet is routed to the
+ * remote node address. Without a peer, traffic follows those routes unencrypted; keeping
+ * unauthenticated traffic out is the eBPF gate's job. Policies cover pod-to-pod traffic only
+ * (node addresses are not in the selectors).
+ */
+import { randomInt } from 'node:crypto';
+import { isIP } from 'node:net';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { silentLogger, type Logger } from '../util/logger.js';
+import { DatapathError } from './errors.js';
+import { checkDisjointOwners, parseCidr, parseCidrs, type Cidr } from './transport-cidrs.js';
+import { NetnsExec, failedBatchLines } from './transport-exec.js';
+import { copyKey, type KeyInput } from './transport-keys.js';
+import {
+  REQID_BASE,
+  REQID_LAST,
+  isMeshauthReqid,
+  parseAllSpis,
+  parsePolicies,
+  parseStates,
+  policyDeleteLine,
+  policyKey,
+  policyUpdateLine,
+  stateAddLine,
+  stateDeleteLine,
+  type Lifetime,
+  type ListedPolicy,
+  type ListedState,
+  type PolicySpec,
+  type SaId,
+} from './transport-xfrm.js';
+
+export { REQID_BASE, REQID_LAST };
+
+/** rfc4106(gcm(aes)) key material: a 128-bit AES key followed by the 4-byte salt. */
+export const ESP_KEY_BYTES = 20;
+/** RFC 4303: SPIs 1-255 are reserved, 0 means none. */
+export const MIN_SPI = 256;
+
+export interface IpsecPeer {
+  /** The remote node, as the authenticated node handshake named it. */
+  nodeName: string;
+  /** This node's and the remote node's addresses: the tunnel endpoints. */
+  localAddress: string;
+  remoteAddress: string;
+  /** Pod CIDRs of this node and of the remote node: the traffic the policies select. */
+  localCidrs: string[];
+  remoteCidrs: string[];
+  /** The SPI this node allocated (allocateSpis) and sent in its frame: the peer sends on it. */
+  inSpi: number;
+  /** The SPI the peer allocated and sent in its frame: this node sends on it. */
+  outSpi: number;
+  /** 20 bytes each from the handshake's TLS exporter: the peer's outKey is this node's inKey. */
+  inKey: KeyInput;
+  outKey: KeyInput;
+}
+
+export interface IpsecLifetimeOptions {
+  softSeconds: number;
+  hardSeconds: number;
+  softBytes: number | bigint;
+  hardBytes: number | bigint;
+  softPackets: number | bigint;
+  hardPackets: number | bigint;
+}
+
+/**
+ * Defaults: keys are replaced at every node re-authentication, which the agent does well within
+ * an hour (before certificates expire); the kernel retires an SA that outlives 4 h anyway.
+ * The byte and packet limits only bound a runaway SA (with 64-bit sequence numbers, nothing
+ * else would).
+ */
+export const DEFAULT_LIFETIME: IpsecLifetimeOptions = {
+  softSeconds: 3 * 3600,
+  hardSeconds: 4 * 3600,
+  softBytes: 2n ** 50n,
+  hardBytes: 2n ** 51n,
+  softPackets: 2n ** 40n,
+  hardPackets: 2n ** 41n,
+};
+
+export interface IpsecOptions {
+  /** Run everything inside /run/netns/<netns> (tests put each node in its own namespace). */
+  netns?: string;
+  lifetime?: Partial<IpsecLifetimeOptions>;
+  /** Re-keying: wait between the new inbound and the new outbound state; default 1000 ms. */
+  switchDelayMs?: number;
+  /** Re-keying: how long the old states stay after the switch; default 10 s. */
+  retireAfterMs?: number;
+  /** Policy priority (lower wins); default 1000. */
+  policyPriority?: number;
+  logger?: Logger;
+}
+
+interface PeerSpec {
+  nodeName: string;
+  local: string;
+  remote: string;
+  localCidrs: Cidr[];
+  remoteCidrs: Cidr[];
+  inSa: SaId;
+  outSa: SaId;
+  inKey: Buffer;
+  outKey: Buffer;
+}
+
+interface InstalledPeer extends PeerSpec {
+  reqid: number;
+  policies: PolicySpec[];
+}
+
+interface Leftover {
+  reqid: number;
+  states: ListedState[];
+  policies: ListedPolicy[];
+}
+
+interface Retirement {
+  sas: SaId[];
+  timer: NodeJS.Timeout;
+  done: Promise<void>;
+  fire: () => void;
+}
+
+/** A line of a batch and the peer it belongs to, so failures are attributed. */
+interface Line {
+  owner: string;
+  text: string;
+}
+
+const NODE_NAME = /^[a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?$/;
+
+function checkSpi(spi: number, what: string): number {
+  if (!Number.isInteger(spi) || spi < MIN_SPI || spi > 0xffff_ffff) throw new DatapathError(`${what}: SPI must be an integer in ${MIN_SPI}-4294967295, got ${spi}`);
+  return spi;
+}
+
+function lifetimeOf(options: Partial<IpsecLifetimeOptions> = {}): Lifetime {
+  const merged = { ...DEFAULT_LIFETIME, ...options };
+  const seconds = (value: number, name: string) => {
+    if (!Number.isInteger(value) || value < 1) throw new DatapathError(`IPsec lifetime ${name} must be a positive number of seconds`);
+    return value;
+  };
+  const count = (value: number | bigint, name: string) => {
+    const big = typeof value === 'bigint' ? value : Number.isInteger(value) ? BigInt(value) : -1n;
+    if (big < 1n || big >= 2n ** 64n) throw new DatapathError(`IPsec lifetime ${name} must be a positive 64-bit count`);
+    return big;
+  };
+  const lifetime = {
+    softSeconds: seconds(merged.softSeconds, 'softSeconds'),
+    hardSeconds: seconds(merged.hardSeconds, 'hardSeconds'),
+    softBytes: count(merged.softBytes, 'softBytes'),
+    hardBytes: count(merged.hardBytes, 'hardBytes'),
+    softPackets: count(merged.softPackets, 'softPackets'),
+    hardPackets: count(merged.hardPackets, 'hardPackets'),
+  };
+  if (lifetime.softSeconds > lifetime.hardSeconds || lifetime.softBytes > lifetime.hardBytes || lifetime.softPackets > lifetime.hardPackets) {
+    throw new DatapathError('IPsec lifetime: every soft limit must be at most its hard limit');
+  }
+  return lifetime;
+}
+
+function nonNegativeMs(value: number | undefined, fallback: number, name: string): number {
+  const ms = value ?? fallback;
+  if (!Number.isFinite(ms) || ms < 0) throw new DatapathError(`IPsec ${name} must be a non-negative number of milliseconds`);
+  return ms;
+}
+
+/** Validates a peer and takes private copies of its keys. */
+function peerSpec(peer: IpsecPeer): PeerSpec {
+  if (typeof peer !== 'object' || peer === null) throw new DatapathError('IPsec peer: expected an object');
+  const { nodeName } = peer;
+  if (typeof nodeName !== 'string' || !NODE_NAME.test(nodeName)) throw new DatapathError(`IPsec peer: bad node name ${JSON.stringify(nodeName)}`);
+  const what = `IPsec peer ${nodeName}`;
+  const family = isIP(peer.localAddress);
+  if (family === 0) throw new DatapathError(`${what}: local address ${JSON.stringify(peer.localAddress)} is not an IP address`);
+  if (isIP(peer.remoteAddress) !== family) throw new DatapathError(`${what}: remote address ${JSON.stringify(peer.remoteAddress)} is not an IPv${family} address like the local one`);
+  const local = parseCidr(peer.localAddress, `${what} local address`).text.split('/')[0]!;
+  const remote = parseCidr(peer.remoteAddress, `${what} remote address`).text.split('/')[0]!;
+  if (local === remote) throw new DatapathError(`${what}: local and remote address are the same`);
+  return {
+    nodeName,
+    local,
+    remote,
+    localCidrs: parseCidrs(peer.localCidrs, `${what} local CIDRs`),
+    remoteCidrs: parseCidrs(peer.remoteCidrs, `${what} remote CIDRs`),
+    inSa: { src: remote, dst: local, spi: checkSpi(peer.inSpi, `${what} inSpi`) },
+    outSa: { src: local, dst: remote, spi: checkSpi(peer.outSpi, `${what} outSpi`) },
+    inKey: copyKey(peer.inKey, ESP_KEY_BYTES, `${what} inKey`),
+    outKey: copyKey(peer.outKey, ESP_KEY_BYTES, `${what} outKey`),
+  };
+}
+
+function policiesOf(spec: PeerSpec, reqid: number): PolicySpec[] {
+  const policies: PolicySpec[] = [];
+  for (const local of spec.localCidrs) {
+    for (const remote of spec.remoteCidrs) {
+      if (local.family !== remote.family) continue;
+      policies.push({ src: local.text, dst: remote.text, dir: 'out', tmplSrc: spec.local, tmplDst: spec.remote, reqid });
+      for (const dir of ['in', 'fwd'] as const) policies.push({ src: remote.text, dst: local.text, dir, tmplSrc: spec.remote, tmplDst: spec.local, reqid });
+    }
+  }
+  return policies;
+}
+
+const sameSa = (a: SaId, b: SaId) => a.src === b.src && a.dst === b.dst && a.spi === b.spi;
+
+/** Owner of the batch lines that remove what a previous run left. */
+const PREVIOUS_RUN = '(previous run)';
+
+function wipe(peer: PeerSpec): void {
+  peer.inKey.fill(0);
+  peer.outKey.fill(0);
+}
+
+/** A listed policy with its selector in canonical form, comparable with a PolicySpec. */
+function canonicalPolicy(policy: ListedPolicy): ListedPolicy {
+  return { ...policy, src: parseCidr(policy.src, 'listed policy').text, dst: parseCidr(policy.dst, 'listed policy').text };
+}
+
+export class IpsecTransport {
+  private readonly installed = new Map<string, InstalledPeer>();
+  /** What each node's pending or installed configuration claims: checked for conflicts at call time. */
+  private readonly claims = new Map<string, { remote: string; remoteCidrs: Cidr[] }>();
+  private readonly reservedSpis = new Set<number>();
+  private readonly retirements = new Map<string, Set<Retirement>>();
+  private readonly busy = new Map<string, Promise<unknown>>();
+  private closed = false;
+
+  private constructor(
+    private readonly exec: NetnsExec,
+    private readonly lifetime: Lifetime,
+    private readonly switchDelayMs: number,
+    private readonly retireAfterMs: number,
+    private readonly priority: number,
+    private readonly logger: Logger,
+    /** States and policies in meshauth's reqid range from a previous run, not yet adopted. */
+    private readonly leftovers: Leftover[],
+  ) {}
+
+  /** Checks the options and finds what a previous run left in the kernel (it keeps working). */
+  static async open(options: IpsecOptions = {}): Promise<IpsecTransport> {
+    const lifetime = lifetimeOf(options.lifetime);
+    const switchDelayMs = nonNegativeMs(options.switchDelayMs, 1000, 'switchDelayMs');
+    const retireAfterMs = nonNegativeMs(options.retireAfterMs, 10_000, 'retireAfterMs');
+    const priority = options.policyPriority ?? 1000;
+    if (!Number.isInteger(priority) || priority < 0 || priority > 0xffff_ffff) throw new DatapathError('IPsec policyPriority must be a 32-bit unsigned integer');
+    const exec = new NetnsExec(options.netns);
+    const logger = options.logger ?? silentLogger();
+    const { states, policies } = await listOwn(exec);
+    const byReqid = new Map<number, Leftover>();
+    const leftover = (reqid: number) => byReqid.get(reqid) ?? byReqid.set(reqid, { reqid, states: [], policies: [] }).get(reqid)!;
+    for (const state of states) leftover(state.reqid).states.push(state);
+    for (const policy of policies) for (const reqid of policy.reqids.filter(isMeshauthReqid)) leftover(reqid).policies.push(policy);
+    if (byReqid.size > 0) logger.info({ peers: byReqid.size, states: states.length, policies: policies.length }, 'found IPsec states of a previous run');
+    return new IpsecTransport(exec, lifetime, switchDelayMs, retireAfterMs, priority, logger, [...byReqid.values()]);
+  }
+
+  /**
+   * Random SPIs (≥ 256, < 2^32) not used by any state in the kernel nor reserved before. They
+   * stay reserved until setPeer installs them as an inSpi or releaseSpis() gives them back
+   * (a handshake that failed).
+   */
+  async allocateSpis(count = 1): Promise<number[]> {
+    if (!Number.isInteger(count) || count < 1 || count > 1024) throw new DatapathError('allocateSpis: count must be 1-1024');
+    const inUse = parseAllSpis(await this.exec.run('ip', ['xfrm', 'state', 'list', 'nokeys']));
+    const spis: number[] = [];
+    while (spis.length < count) {
+      const spi = randomInt(MIN_SPI, 0x1_0000_0000);
+      if (inUse.has(spi) || this.reservedSpis.has(spi) || this.installedSpis().has(spi)) continue;
+      this.reservedSpis.add(spi);
+      spis.push(spi);
+    }
+    return spis;
+  }
+
+  releaseSpis(spis: readonly number[]): void {
+    for (const spi of spis) this.reservedSpis.delete(spi);
+  }
+
+  nodeNames(): string[] {
+    return [...this.installed.keys()].sort();
+  }
+
+  /**
+   * Installs a peer, re-keys it make-before-break (new SPIs and keys), or updates its CIDRs.
+   * Resolves once traffic uses the new outbound state; the old states go retireAfterMs later.
+   */
+  setPeer(peer: IpsecPeer): Promise<void> {
+    const spec = peerSpec(peer);
+    this.claim([spec]);
+    return this.withPeers([spec.nodeName], () => this.apply([spec], [], false));
+  }
+
+  /** Makes `peers` the complete set: installs and re-keys them, removes every other peer and
+   *  whatever a previous run left. One `ip -batch` per phase for all of them. */
+  setPeers(peers: readonly IpsecPeer[]): Promise<void> {
+    const specs = peers.map(peerSpec);
+    const names = new Set<string>();
+    for (const spec of specs) {
+      if (names.has(spec.nodeName)) throw new DatapathError(`IPsec peers: node ${spec.nodeName} listed twice`);
+      names.add(spec.nodeName);
+    }
+    const removals = [...new Set([...this.claims.keys(), ...this.installed.keys()])].filter((name) => !names.has(name));
+    this.claim(specs, removals);
+    return this.withPeers([...names, ...removals], () => this.apply(specs, removals, true));
+  }
+
+  /** Removes a node's policies and states (its retiring ones too); false when there were none. */
+  removePeer(nodeName: string): Promise<boolean> {
+    this.claims.delete(nodeName);
+    return this.withPeers([nodeName], async () => {
+      if (!this.installed.has(nodeName) && !this.retirements.has(nodeName)) return false;
+      await this.apply([], [nodeName], false);
+      return true;
+    });
+  }
+
+  /** Resolves when no operation is running and every retired state is deleted. */
+  async idle(): Promise<void> {
+    for (;;) {
+      const pending = [...this.busy.values(), ...[...this.retirements.values()].flatMap((set) => [...set].map((r) => r.done))];
+      if (pending.length === 0) return;
+      await Promise.allSettled(pending);
+    }
+  }
+
+  /**
+   * Stops the timers and lets go. States and policies stay in the kernel and keep carrying
+   * traffic (until their lifetimes end); the next open() adopts them.
+   */
+  async close(): Promise<void> {
+    this.closed = true;
+    await Promise.allSettled([...this.busy.values()]);
+    for (const set of this.retirements.values()) {
+      for (const retirement of set) {
+        clearTimeout(retirement.timer);
+        retirement.fire();
+      }
+    }
+    this.retirements.clear();
+    for (const peer of this.installed.values()) wipe(peer);
+    this.installed.clear();
+    this.claims.clear();
+  }
+
+  /** Removes every state and policy meshauth owns in this namespace, this run's or not. */
+  async uninstall(): Promise<{ states: number; policies: number }> {
+    await this.close();
+    const removed = await IpsecTransport.uninstallAll({ netns: this.exec.netns });
+    this.logger.info(removed, 'IPsec states and policies removed');
+    return removed;
+  }
+
+  /** The same without an open transport (for `meshauth uninstall`). */
+  static async uninstallAll(options: { netns?: string } = {}): Promise<{ states: number; policies: number }> {
+    const exec = new NetnsExec(options.netns);
+    const { states, policies } = await listOwn(exec);
+    // Policies first: no moment where a policy demands a state that is already gone.
+    await exec.ipBatch(policies.map((p) => policyDeleteLine(p)), { force: true });
+    await exec.ipBatch(states.map((s) => stateDeleteLine(s)), { force: true });
+    const left = await listOwn(exec);
+    if (left.states.length > 0 || left.policies.length > 0) {
+      throw new DatapathError(`IPsec uninstall left ${left.states.length} states and ${left.policies.length} policies behind`);
+    }
+    return { states: states.length, policies: policies.length };
+  }
+
+  /** Checks the new specs against every other node's claims, then records them. */
+  private claim(specs: readonly PeerSpec[], removals: readonly string[] = []): void {
+    if (this.closed) throw new DatapathError('the IPsec transport is closed');
+    const next = new Map(this.claims);
+    for (const name of removals) next.delete(name);
+    for (const spec of specs) next.set(spec.nodeName, { remote: spec.remote, remoteCidrs: spec.remoteCidrs });
+    const byAddress = new Map<string, string>();
+    for (const [name, claim] of next) {
+      const other = byAddress.get(claim.remote);
+      if (other !== undefined) throw new DatapathError(`IPsec peers ${other} and ${name} have the same address ${claim.remote}`);
+      byAddress.set(claim.remote, name);
+    }
+    checkDisjointOwners([...next].map(([owner, claim]) => ({ owner, cidrs: claim.remoteCidrs })), 'IPsec remote CIDRs');
+    for (const spec of specs) {
+      const current = this.installed.get(spec.nodeName);
+      const unchanged = current !== undefined && sameSa(current.inSa, spec.inSa) && current.inKey.equals(spec.inKey);
+      if (!unchanged && !this.reservedSpis.has(spec.inSa.spi)) {
+        throw new DatapathError(`IPsec peer ${spec.nodeName}: inSpi ${spec.inSa.spi} was not allocated by allocateSpis()`);
+      }
+    }
+    this.claims.clear();
+    for (const [name, claim] of next) this.claims.set(name, claim);
+  }
+
+  /** Runs `operation` after every earlier operation on any of these peers. */
+  private withPeers<T>(names: readonly string[], operation: () => Promise<T>): Promise<T> {
+    const earlier = names.map((name) => this.busy.get(name)).filter((p): p is Promise<unknown> => p !== undefined);
+    const run = Promise.allSettled(earlier).then(operation);
+    const settled = run.catch(() => undefined);
+    for (const name of names) this.busy.set(name, settled);
+    void settled.then(() => {
+      for (const name of names) if (this.busy.get(name) === settled) this.busy.delete(name);
+    });
+    return run;
+  }
+
+  private async apply(specs: readonly PeerSpec[], removals: readonly string[], dropLeftovers: boolean): Promise<void> {
+    const failures = new Map<string, string>();
+    try {
+      await this.program(specs, removals, dropLeftovers, failures);
+    } catch (err) {
+      for (const name of [...specs.map((s) => s.nodeName), ...removals]) failures.set(name, (err as Error).message);
+    }
+    // A failed peer keeps what it had: its claim goes back to the installed configuration.
+    for (const name of failures.keys()) {
+      const current = this.installed.get(name);
+      if (current) this.claims.set(name, { remote: current.remote, remoteCidrs: current.remoteCidrs });
+      else this.claims.delete(name);
+    }
+    if (failures.size > 0) {
+      const detail = [...failures].map(([name, message]) => `${name}: ${message}`).join('; ');
+      throw new DatapathError(`IPsec programming failed for ${detail}`);
+    }
+  }
+
+  /** Plans and runs the batches; records per-peer failures and commits the rest. */
+  private async program(specs: readonly PeerSpec[], removals: readonly string[], dropLeftovers: boolean, failures: Map<string, string>): Promise<void> {
+    const phase1: Line[] = [];
+    const phase2: Line[] = [];
+    const rollback = new Map<string, string[]>();
+    const commits = new Map<string, () => void>();
+    const rekeyed: string[] = [];
+    const reqidsTaken = new Set<number>();
+
+    for (const spec of specs) {
+      const name = spec.nodeName;
+      const current = this.installed.get(name);
+      const sameKeys = current !== undefined && current.inKey.equals(spec.inKey) && current.outKey.equals(spec.outKey);
+      if (current && sameKeys && sameSa(current.inSa, spec.inSa) && sameSa(current.outSa, spec.outSa)) {
+        // Same SAs: only the policies may change (new pod CIDRs).
+        const policies = policiesOf(spec, current.reqid);
+        phase1.push(...this.policyLines(name, policies, current.policies));
+        commits.set(name, () => this.installed.set(name, { ...spec, reqid: current.reqid, policies }));
+        continue;
+      }
+      if (current && (current.inSa.spi === spec.inSa.spi || current.outSa.spi === spec.outSa.spi)) {
+        failures.set(name, 'a re-key needs new SPIs in both directions (an SPI never carries a second key)');
+        continue;
+      }
+      const adopted = current ? undefined : this.adoptLeftover(spec);
+      const reqid = current?.reqid ?? adopted?.reqid ?? this.newReqid(reqidsTaken);
+      reqidsTaken.add(reqid);
+      const policies = policiesOf(spec, reqid);
+      const inLine = { owner: name, text: stateAddLine(spec.inSa, reqid, spec.inKey, this.lifetime) };
+      const outLine = { owner: name, text: stateAddLine(spec.outSa, reqid, spec.outKey, this.lifetime) };
+      if (!current) {
+        // New peer: states before policies, so no packet meets a policy without its state.
+        phase1.push(inLine, outLine, ...this.policyLines(name, policies, adopted?.policies ?? []));
+        rollback.set(name, [...policies.map(policyDeleteLine), stateDeleteLine(spec.inSa), stateDeleteLine(spec.outSa)]);
+        commits.set(name, () => {
+          this.installed.set(name, { ...spec, reqid, policies });
+          if (adopted && adopted.states.length > 0) this.retire(name, adopted.states);
+        });
+      } else {
+        phase1.push(inLine);
+        phase2.push(outLine, ...this.policyLines(name, policies, current.policies));
+        rollback.set(name, [stateDeleteLine(spec.inSa), stateDeleteLine(spec.outSa), ...current.policies.map((p) => policyUpdateLine(p, this.priority))]);
+        rekeyed.push(name);
+        commits.set(name, () => {
+          this.installed.set(name, { ...spec, reqid, policies });
+          this.retire(name, [current.inSa, current.outSa]);
+          wipe(current);
+        });
+      }
+    }
+
+    for (const name of removals) {
+      const current = this.installed.get(name);
+      const retiring = [...(this.retirements.get(name) ?? [])];
+      const sas = [...(current ? [current.inSa, current.outSa] : []), ...retiring.flatMap((r) => r.sas)];
+      // Policies first: no moment where a policy demands a state that is already gone.
+      phase1.push(...(current?.policies ?? []).map((p) => ({ owner: name, text: policyDeleteLine(p) })));
+      phase1.push(...sas.map((sa) => ({ owner: name, text: stateDeleteLine(sa) })));
+      commits.set(name, () => {
+        if (current) wipe(current);
+        this.installed.delete(name);
+        for (const retirement of retiring) {
+          clearTimeout(retirement.timer);
+          retirement.fire();
+        }
+        this.retirements.delete(name);
+      });
+    }
+    if (dropLeftovers) {
+      for (const leftover of this.leftovers.splice(0)) {
+        phase1.push(...leftover.policies.map((p) => ({ owner: PREVIOUS_RUN, text: policyDeleteLine(p) })));
+        phase1.push(...leftover.states.map((s) => ({ owner: PREVIOUS_RUN, text: stateDeleteLine(s) })));
+      }
+    }
+
+    await this.runPhase(phase1, failures);
+    if (rekeyed.some((name) => !failures.has(name))) {
+      await sleep(this.switchDelayMs);
+      await this.runPhase(phase2.filter((line) => !failures.has(line.owner)), failures);
+    }
+    const rollbackLines = [...failures.keys()].flatMap((name) => rollback.get(name) ?? []);
+    if (rollbackLines.length > 0) await this.exec.ipBatch(rollbackLines, { force: true });
+
+    for (const [name, commit] of commits) {
+      if (failures.has(name)) continue;
+      commit();
+      const spec = specs.find((s) => s.nodeName === name);
+      if (spec) this.reservedSpis.delete(spec.inSa.spi);
+    }
+    this.logger.info(
+      {
+        installed: specs.map((s) => s.nodeName).filter((n) => !failures.has(n) && !rekeyed.includes(n)),
+        rekeyed: rekeyed.filter((n) => !failures.has(n)),
+        removed: removals.filter((n) => !failures.has(n)),
+        failed: [...failures.keys()],
+      },
+      'IPsec peers programmed',
+    );
+  }
+
+  /** Updates for the wanted policies (idempotent: it also repairs drift), deletes for the rest. */
+  private policyLines(owner: string, wanted: readonly PolicySpec[], previous: readonly Pick<PolicySpec, 'src' | 'dst' | 'dir'>[]): Line[] {
+    const keep = new Set(wanted.map(policyKey));
+    const stale = previous.filter((p) => !keep.has(policyKey(p)));
+    return [...wanted.map((p) => ({ owner, text: policyUpdateLine(p, this.priority) })), ...stale.map((p) => ({ owner, text: policyDeleteLine(p) }))];
+  }
+
+  /** Runs one batch with -force (every line is tried) and records which owners had a line fail. */
+  private async runPhase(lines: readonly Line[], failures: Map<string, string>): Promise<void> {
+    if (lines.length === 0) return;
+    const result = await this.exec.ipBatch(lines.map((l) => l.text), { force: true });
+    if (result.exitCode === 0) return;
+    const messages = result.stderr.split('\n');
+    const failed = failedBatchLines(result.stderr);
+    if (failed.length === 0) throw this.exec.failure('ip', ['-force', '-batch', '-'], result);
+    for (const number of failed) {
+      const owner = lines[number - 1]?.owner ?? '(unknown)';
+      // ip prints the error just before its "Command failed -:N" line.
+      const at = messages.findIndex((m) => m.includes(`Command failed -:${number}`));
+      const message = (at > 0 ? messages[at - 1] : undefined)?.trim() || 'failed';
+      if (!failures.has(owner)) failures.set(owner, message);
+    }
+  }
+
+  /** The previous run's states for this address pair (same reqid), to be replaced. */
+  private adoptLeftover(spec: PeerSpec): Leftover | undefined {
+    const ends = new Set([spec.local, spec.remote]);
+    const index = this.leftovers.findIndex(
+      (leftover) => leftover.states.length > 0 && leftover.states.every((s) => ends.has(parseCidr(s.src, 'state').text.split('/')[0]!) && ends.has(parseCidr(s.dst, 'state').text.split('/')[0]!)),
+    );
+    if (index === -1) return undefined;
+    const [adopted] = this.leftovers.splice(index, 1);
+    return { ...adopted!, policies: adopted!.policies.map(canonicalPolicy) };
+  }
+
+  private newReqid(taken: ReadonlySet<number>): number {
+    const used = new Set([...taken, ...[...this.installed.values()].map((p) => p.reqid), ...this.leftovers.map((l) => l.reqid)]);
+    for (let reqid = REQID_BASE + 1; reqid <= REQID_LAST; reqid++) if (!used.has(reqid)) return reqid;
+    throw new DatapathError('no free IPsec reqid: more than 65535 peers');
+  }
+
+  private installedSpis(): Set<number> {
+    const spis = new Set<number>();
+    for (const peer of this.installed.values()) spis.add(peer.inSa.spi);
+    for (const set of this.retirements.values()) for (const r of set) for (const sa of r.sas) spis.add(sa.spi);
+    return spis;
+  }
+
+  /** Deletes the given states retireAfterMs from now (or at once when the peer is removed). */
+  private retire(owner: string, sas: SaId[]): void {
+    let fire!: () => void;
+    const done = new Promise<void>((resolve) => {
+      fire = resolve;
+    });
+    const retirement: Retirement = {
+      sas,
+      done,
+      fire,
+      timer: setTimeout(() => {
+        void this.withPeers([owner], async () => {
+          const result = await this.exec.ipBatch(sas.map(stateDeleteLine), { force: true });
+          // "No such process": the state expired or was removed already; anything else is logged.
+          if (result.exitCode !== 0 && !/No such process/.test(result.stderr)) {
+            this.logger.warn({ node: owner, error: result.stderr.trim() }, 'could not delete retired IPsec states');
+          }
+        }).finally(() => {
+          this.retirements.get(owner)?.delete(retirement);
+          fire();
+        });
+      }, this.retireAfterMs),
+    };
+    const set = this.retirements.get(owner) ?? new Set<Retirement>();
+    set.add(retirement);
+    this.retirements.set(owner, set);
+  }
+}
+
+/** meshauth's states and policies (reqid in its range) in a namespace. */
+async function listOwn(exec: NetnsExec): Promise<{ states: ListedState[]; policies: ListedPolicy[] }> {
+  const [stateText, policyText] = await Promise.all([exec.run('ip', ['xfrm', 'state', 'list', 'nokeys']), exec.run('ip', ['xfrm', 'policy', 'list'])]);
+  return {
+    states: parseStates(stateText).filter((s) => isMeshauthReqid(s.reqid)),
+    policies: parsePolicies(policyText).filter((p) => !p.qualified && p.reqids.length > 0 && p.reqids.every(isMeshauthReqid)),
+  };
+}
