@@ -1,4 +1,7 @@
 import test from 'ava';
+import { mkdtemp, rm, stat } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { NumericIds } from '../src/auth/numeric-ids.js';
 import { planNode } from '../src/agent/plan.js';
 import { ClusterState, normalizeIp } from '../src/cluster/state.js';
@@ -75,9 +78,6 @@ test('the plan: ipcache for every endpoint, desired pairs for local endpoints, p
 });
 
 test('numeric ids are stable, reversible, persisted, and start at 1', async (t) => {
-  const { mkdtemp, rm, stat } = await import('node:fs/promises');
-  const { tmpdir } = await import('node:os');
-  const { join } = await import('node:path');
   const dir = await mkdtemp(join(tmpdir(), 'meshauth-ids-'));
   t.teardown(() => rm(dir, { recursive: true, force: true }));
   const ids = await NumericIds.load(join(dir, 'ids.json'));

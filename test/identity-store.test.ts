@@ -15,13 +15,16 @@ class ManualProvider implements IdentityProvider {
   readonly name = 'file' as const;
   sink?: ProviderSink;
   wanted: string[] = [];
-  async start(sink: ProviderSink): Promise<void> {
+  start(sink: ProviderSink): Promise<void> {
     this.sink = sink;
+    return Promise.resolve();
   }
   setWanted(ids: readonly SpiffeId[]): void {
     this.wanted = ids.map((id) => id.toString());
   }
-  async stop(): Promise<void> {}
+  stop(): Promise<void> {
+    return Promise.resolve();
+  }
 }
 
 async function setup(options: { now?: () => Date } = {}) {

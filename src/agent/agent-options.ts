@@ -3,6 +3,9 @@ import { durationMs } from '../config/zod-helpers.js';
 
 /** auth: the cache of authenticated pairs and when they are re-authenticated. */
 export const authOptionsSchema = z.strictObject({
+  /** Authenticate pairs policy requires as soon as both endpoints exist; false: only on demand
+   *  (when the gate signals a dropped packet), for clusters with very many possible pairs. */
+  proactive: z.boolean().default(true),
   /** Pairs held at most (the BPF auth map is sized to match). */
   cacheSize: z.number().int().min(16).max(4_194_304).default(524_288),
   /** Re-authenticate at this fraction of a pair's lifetime ... */
@@ -36,4 +39,19 @@ export const datapathOptionsSchema = z.strictObject({
   pinDir: z.string().default('/sys/fs/bpf/meshauth'),
   /** Network namespace holding the workloads' host-side interfaces (default: the agent's own). */
   netns: z.string().optional(),
+});
+
+/** transport: how payload travels between nodes, keyed by the node handshakes. */
+export const transportOptionsSchema = z.strictObject({
+  /** wireguard or ipsec: meshauth programs the tunnel; none: the CNI carries traffic (pairs are still gated). */
+  mode: z.enum(['wireguard', 'ipsec', 'none']).default('wireguard'),
+  wireguard: z
+    .strictObject({
+      interface: z.string().regex(/^[A-Za-z0-9_.-]{1,15}$/, '1-15 of A-Z a-z 0-9 _ . -').default('meshauth0'),
+      listenPort: z.number().int().min(1).max(65535).default(51820),
+      /** kernel (production), userspace (wireguard-go), or auto: the kernel module when available. */
+      implementation: z.enum(['kernel', 'userspace', 'auto']).default('auto'),
+      mtu: z.number().int().min(1280).max(65535).default(1420),
+    })
+    .prefault({}),
 });

@@ -35,11 +35,12 @@ import { ControlServer } from './control-server.js';
 import { PeerManager } from './peers.js';
 import { planNode, type NodePlan } from './plan.js';
 import type { AgentStatus } from './status.js';
-import { NoTransport, type Transport } from './transport.js';
+import type { Transport } from './transport.js';
+import { createTransport } from './transport-factory.js';
 
 export interface AgentDependencies {
   logger: Logger;
-  /** The payload transport; default: none (the CNI carries traffic). */
+  /** The payload transport; default: the one the config's transport section selects. */
   transport?: Transport;
 }
 
@@ -78,7 +79,7 @@ export class Agent {
   ) {
     this.registry = createRegistry();
     this.state = new ClusterState(config.nodeName);
-    this.transport = deps.transport ?? new NoTransport();
+    this.transport = deps.transport ?? createTransport(config, deps.logger, () => this.state.nodes.get(config.nodeName)?.address);
     this.metrics = new AgentMetrics(this.registry, {
       datapathCounters: () => this.datapath?.counters(),
       onCollectError: (err) => deps.logger.warn({ err: (err as Error).message }, 'reading the datapath counters failed'),
@@ -194,6 +195,7 @@ export class Agent {
       authenticateLocal: (pair) => this.authenticateLocalPair(pair),
       nodeLink: (node) => this.peers.link(node),
       timing,
+      proactive: () => this.config.auth.proactive,
       logger,
       onReauth: (trigger) => {
         if (trigger === 'reauth' || trigger === 'rotation' || trigger === 'bundle-change' || trigger === 'restored') this.metrics.reauth(trigger);
@@ -261,7 +263,8 @@ export class Agent {
       (key) => JSON.stringify(config[key]) !== JSON.stringify(this.config[key]),
     );
     if (restartOnly.length > 0) this.deps.logger.warn({ keys: restartOnly }, 'these config changes take effect only after a restart');
-    this.config = { ...this.config, cluster: config.cluster, auth: { ...this.config.auth } };
+    // The cluster section and the proactive switch apply at once; the rest waits for a restart.
+    this.config = { ...this.config, cluster: config.cluster, auth: { ...this.config.auth, proactive: config.auth.proactive } };
     if (!this.config.kubernetes.enabled) this.state.replaceAll(staticSnapshot(config.cluster));
     else this.queueReplan();
     this.deps.logger.info('configuration reloaded');

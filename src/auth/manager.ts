@@ -35,6 +35,8 @@ export interface AuthManagerOptions {
     /** How long the node that does not initiate a proactive pair waits for its peer to do it. */
     proactiveGraceMs: number;
   };
+  /** Authenticate desired pairs ahead of traffic (default); false: only on datapath signals. */
+  proactive?: () => boolean;
   logger: Logger;
   onReauth?: (trigger: AuthTrigger) => void;
   /** What became of each datapath signal (the meshauth_signals_total{status} label). */
@@ -236,6 +238,7 @@ export class AuthManager {
    * missing then. Same-node pairs need no handshake.
    */
   private want(pair: PairKey): void {
+    if (this.options.proactive?.() === false) return;
     if (pair.remoteNode === this.options.localNode || this.initiatesProactively(pair)) this.ensure(pair, 'proactive');
     else this.scheduleFor(pairKeyString(pair), this.now() + this.options.timing.proactiveGraceMs, 'proactive');
   }

@@ -2,7 +2,6 @@ import type { Command } from 'commander';
 import { Agent } from '../agent/agent.js';
 import { ConfigError, loadConfigFile, parseConfig, type Config } from '../config/config.js';
 import { createLogger, type Logger } from '../util/logger.js';
-import { createTransport } from '../agent/transport-factory.js';
 
 export function registerAgentCommand(program: Command): void {
   program
@@ -13,7 +12,7 @@ export function registerAgentCommand(program: Command): void {
       const logger = createLogger();
       const load = (): Promise<Config> => (options.config ? loadConfigFile(options.config) : Promise.resolve(parseConfig({}, 'embedded defaults')));
       const config = await load();
-      const agent = await Agent.start(config, { logger, transport: await createTransport(config, logger) });
+      const agent = await Agent.start(config, { logger });
       await runUntilSignalled(agent, load, logger);
     });
 }

@@ -11,7 +11,7 @@ import { vaultOptionsSchema } from '../identity/providers/vault-options.js';
 import { staticClusterSchema } from '../cluster/static-options.js';
 import { kubernetesOptionsSchema } from '../cluster/kubernetes/options.js';
 import { handshakeOptionsSchema } from '../handshake/handshake-options.js';
-import { authOptionsSchema, controlOptionsSchema, datapathOptionsSchema, metricsOptionsSchema } from '../agent/agent-options.js';
+import { authOptionsSchema, controlOptionsSchema, datapathOptionsSchema, metricsOptionsSchema, transportOptionsSchema } from '../agent/agent-options.js';
 
 const identitySchema = z
   .strictObject({
@@ -55,6 +55,7 @@ export const configSchema = z.strictObject({
   /** Nodes, endpoints and MutualAuthPolicies from the Kubernetes API. */
   kubernetes: kubernetesOptionsSchema.prefault({}),
   handshake: handshakeOptionsSchema.prefault({}),
+  transport: transportOptionsSchema.prefault({}),
   auth: authOptionsSchema.prefault({}),
   datapath: datapathOptionsSchema.prefault({}),
   metrics: metricsOptionsSchema.prefault({}),

@@ -17,7 +17,7 @@ const { logger, text } = capturedLogger();
 const wgSecrets = await wireguardSecrets();
 const espKeys = ipsecSecrets();
 const secrets = [...wgSecrets.privateKeys, ...wgSecrets.psks, ...espKeys];
-const scanner = process.env.NOSCAN ? { stop: async () => ({ scans: 0, hits: [], commandsSeen: [] }) } : new CmdlineScanner(secrets);
+const scanner = new CmdlineScanner(secrets);
 const topology = await TransportTopology.create();
 record('setup', true, { topologyReadyMs: Date.now() - started });
 try {

@@ -30,6 +30,7 @@ export function agentConfig(dir: string, spec: AgentSpec, cluster: ConfigInput['
     identity: { provider: 'dev', dev: { caDir: join(dir, 'ca'), ttl: '1h' } },
     handshake: { listenAddress: spec.address, sourceAddress: spec.address, port },
     datapath: { enabled: false },
+    transport: { mode: 'none' },
     metrics: { enabled: false },
     control: { socket: join(dir, spec.name, 'control.sock') },
     cluster,

@@ -278,27 +278,30 @@ export interface ScanReport {
 }
 
 // Runs in a worker thread: a tight loop over /proc that the test's event loop cannot starve.
+// Kernel threads (empty command line, they never exec) are skipped after the first look, and an
+// environment is read once per (pid, command line): both only change with an exec.
 const SCANNER_SOURCE = `
 const { workerData, parentPort } = require('node:worker_threads');
 const fs = require('node:fs');
 const flag = new Int32Array(workerData.flag);
 const needles = workerData.needles.map((s) => Buffer.from(s));
+const kernelThreads = new Set([String(process.pid)]);
 const seen = new Map();
 const hits = [];
 let scans = 0;
+const read = (path) => { try { return fs.readFileSync(path); } catch { return undefined; } };
 while (Atomics.load(flag, 0) === 0) {
   for (const pid of fs.readdirSync('/proc')) {
-    if (!/^[0-9]+$/.test(pid) || pid === String(process.pid)) continue;
-    let cmdline;
-    try { cmdline = fs.readFileSync('/proc/' + pid + '/cmdline'); } catch { continue; }
+    if (!/^[0-9]+$/.test(pid) || kernelThreads.has(pid)) continue;
+    const cmdline = read('/proc/' + pid + '/cmdline');
+    if (cmdline === undefined) continue;
+    if (cmdline.length === 0 && scans === 0) { kernelThreads.add(pid); continue; }
     const command = cmdline.toString().split('\\0').filter(Boolean).join(' ').slice(0, 200);
-    if (command && !seen.has(pid + command)) seen.set(pid + command, command);
-    let environ = Buffer.alloc(0);
-    try { environ = fs.readFileSync('/proc/' + pid + '/environ'); } catch {}
-    for (const needle of needles) {
-      if (cmdline.includes(needle)) hits.push({ pid, where: 'cmdline', command });
-      if (environ.includes(needle)) hits.push({ pid, where: 'environ', command });
-    }
+    for (const needle of needles) if (cmdline.includes(needle)) hits.push({ pid, where: 'cmdline', command });
+    if (seen.has(pid + ' ' + command)) continue;
+    seen.set(pid + ' ' + command, command);
+    const environ = read('/proc/' + pid + '/environ') ?? Buffer.alloc(0);
+    for (const needle of needles) if (environ.includes(needle)) hits.push({ pid, where: 'environ', command });
   }
   scans++;
   Atomics.wait(flag, 0, 0, 2);
