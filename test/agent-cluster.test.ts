@@ -79,11 +79,10 @@ test('an endpoint removed by a config reload takes its pair out at once, on both
   await eventually(() => pairsOf(a).length === 2 && pairsOf(b).length === 2, 'both pairs on both sides');
   const without = structuredClone(spec)!;
   without.endpoints = without.endpoints!.filter((e) => e.spiffeId !== API);
-  const removedAt = Date.now();
   a.reload(parseConfig({ ...configA, cluster: without }));
   b.reload(parseConfig({ ...configB, cluster: without }));
-  await eventually(() => pairsOf(a).length === 1 && pairsOf(b).length === 1, 'the API pair is gone on both nodes', 100);
-  t.true(Date.now() - removedAt < 100);
+  // Removal is not timed or polled: it happens before the event loop's next turn.
+  await new Promise((resolve) => setImmediate(resolve));
   t.deepEqual(pairsOf(a).map((p) => p.localId), [WEB]);
   t.deepEqual(pairsOf(b).map((p) => p.remoteId), [WEB]);
 });

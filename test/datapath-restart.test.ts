@@ -9,13 +9,13 @@ import { execa } from 'execa';
 import { Datapath, monotonicNowNs } from '../src/datapath/datapath.js';
 import { attachedProgram } from '../src/datapath/loader.js';
 import { sleep } from '../src/util/backoff.js';
+import { builtCli } from './helpers/cli.js';
 import { Cluster, IDENTITY, isRoot } from './helpers/datapath-fixture.js';
 import type { AgentPlan } from './helpers/datapath-agent.js';
 import type { Workload } from './helpers/netns.js';
 
 const privileged = isRoot() ? test.serial : test.skip;
 const AGENT = fileURLToPath(new URL('./helpers/datapath-agent.ts', import.meta.url));
-const CLI = fileURLToPath(new URL('../src/cli/main.ts', import.meta.url));
 
 function workloads(cluster: Cluster): [Workload, Workload, Workload, Workload] {
   return ['w1a', 'w1b', 'w2a', 'w2b'].map((name) => cluster.w(name)) as [Workload, Workload, Workload, Workload];
@@ -139,7 +139,7 @@ privileged('`meshauth datapath uninstall` detaches everywhere and unpins', async
   for (const agent of cluster.agents) agent.close();
   t.false(await cluster.topology.reaches(w1a, w2a, 'udp', 4));
 
-  const status = await execa(process.execPath, ['--import', 'tsx', CLI, 'datapath', 'status', '--pin-dir', cluster.topology.nodes[0].pinDir]);
+  const status = await execa(process.execPath, [builtCli(), 'datapath', 'status', '--pin-dir', cluster.topology.nodes[0].pinDir]);
   t.like(JSON.parse(status.stdout), {
     interfaces: [
       { name: 'hw1a', netns: cluster.topology.nodes[0].netns },
@@ -150,14 +150,14 @@ privileged('`meshauth datapath uninstall` detaches everywhere and unpins', async
   });
 
   const [node1, node2] = cluster.topology.nodes;
-  await execa(process.execPath, ['--import', 'tsx', CLI, 'datapath', 'uninstall', '--pin-dir', node1.pinDir]);
+  await execa(process.execPath, [builtCli(), 'datapath', 'uninstall', '--pin-dir', node1.pinDir]);
   await Datapath.uninstall({ pinDir: node2.pinDir });
   t.false(existsSync(node1.pinDir));
   t.false(existsSync(node2.pinDir));
   t.deepEqual(await attachedPrograms(cluster), new Array(8).fill(undefined));
   t.true(await cluster.topology.reaches(w1a, w2a, 'udp', 4), 'no gate, no drop');
 
-  const usage = await execa(process.execPath, ['--import', 'tsx', CLI, 'datapath', 'uninstall', '--pin-dir', 'relative'], {
+  const usage = await execa(process.execPath, [builtCli(), 'datapath', 'uninstall', '--pin-dir', 'relative'], {
     reject: false,
   });
   t.is(usage.exitCode, 2);

@@ -2,7 +2,6 @@ import test from 'ava';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { execa } from 'execa';
 import { ControlServer } from '../src/agent/control-server.js';
 import { runCli } from './helpers/cli.js';
 import { sampleStatus } from './helpers/sample-status.js';
@@ -53,14 +52,7 @@ test('no agent: exit 1 with one clear line', async (t) => {
 
 test('another user: exit 1, "permission denied"', async (t) => {
   t.is(process.getuid?.(), 0, 'this test runs as root (as CI does) to run the CLI as the user nobody');
-  const result = await execa(process.execPath, ['--import', 'tsx', 'src/cli/main.ts', 'status', '--socket', socketPath], {
-    cwd: join(import.meta.dirname, '..'),
-    uid: 65534,
-    gid: 65534,
-    reject: false,
-    stdin: 'ignore',
-    timeout: 60_000,
-  });
+  const result = await runCli(['status', '--socket', socketPath], { uid: 65534, gid: 65534 });
   t.is(result.exitCode, 1);
   t.is(result.stdout, '');
   t.regex(result.stderr, new RegExp(`^meshauth: permission denied on ${socketPath} \\(run as the agent's user, usually root\\)$`));

@@ -259,7 +259,7 @@ export class Agent {
 
   /** SIGHUP: re-applies the static cluster section of a new config. Other changes need a restart. */
   reload(config: Config): void {
-    const restartOnly = (['nodeName', 'trustDomain', 'stateDir', 'identity', 'handshake', 'datapath', 'metrics', 'control', 'kubernetes'] as const).filter(
+    const restartOnly = (['nodeName', 'trustDomain', 'stateDir', 'identity', 'handshake', 'transport', 'datapath', 'metrics', 'control', 'kubernetes'] as const).filter(
       (key) => JSON.stringify(config[key]) !== JSON.stringify(this.config[key]),
     );
     if (restartOnly.length > 0) this.deps.logger.warn({ keys: restartOnly }, 'these config changes take effect only after a restart');

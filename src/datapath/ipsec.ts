@@ -321,7 +321,7 @@ export class IpsecTransport {
    * Installs a peer, re-keys it make-before-break (new SPIs and keys), or updates its CIDRs.
    * Resolves once traffic uses the new outbound state; the old states go retireAfterMs later.
    */
-  setPeer(peer: IpsecPeer): Promise<void> {
+  async setPeer(peer: IpsecPeer): Promise<void> {
     const spec = peerSpec(peer);
     this.claim([spec]);
     return this.withPeers([spec.nodeName], () => this.apply([spec], [], false));
@@ -329,7 +329,7 @@ export class IpsecTransport {
 
   /** Makes `peers` the complete set: installs and re-keys them, removes every other peer and
    *  whatever a previous run left. One `ip -batch` per phase for all of them. */
-  setPeers(peers: readonly IpsecPeer[]): Promise<void> {
+  async setPeers(peers: readonly IpsecPeer[]): Promise<void> {
     const specs = peers.map(peerSpec);
     const names = new Set<string>();
     for (const spec of specs) {
@@ -342,7 +342,8 @@ export class IpsecTransport {
   }
 
   /** Removes a node's policies and states (its retiring ones too); false when there were none. */
-  removePeer(nodeName: string): Promise<boolean> {
+  async removePeer(nodeName: string): Promise<boolean> {
+    if (this.closed) throw new DatapathError('the IPsec transport is closed');
     this.claims.delete(nodeName);
     return this.withPeers([nodeName], async () => {
       if (!this.installed.has(nodeName) && !this.retirements.has(nodeName)) return false;
@@ -464,6 +465,7 @@ export class IpsecTransport {
     const commits = new Map<string, () => void>();
     const rekeyed: string[] = [];
     const reqidsTaken = new Set<number>();
+    const adoptedBy = new Map<string, Leftover>();
 
     for (const spec of specs) {
       const name = spec.nodeName;
@@ -481,28 +483,30 @@ export class IpsecTransport {
         continue;
       }
       const adopted = current ? undefined : this.adoptLeftover(spec);
+      if (adopted) adoptedBy.set(name, adopted);
       const reqid = current?.reqid ?? adopted?.reqid ?? this.newReqid(reqidsTaken);
       reqidsTaken.add(reqid);
       const policies = policiesOf(spec, reqid);
       const inLine = { owner: name, text: stateAddLine(spec.inSa, reqid, spec.inKey, this.lifetime) };
       const outLine = { owner: name, text: stateAddLine(spec.outSa, reqid, spec.outKey, this.lifetime) };
-      if (!current) {
+      const previous = current ? { sas: [current.inSa, current.outSa], policies: current.policies } : adopted && adopted.states.length > 0 ? adopted : undefined;
+      if (!previous) {
         // New peer: states before policies, so no packet meets a policy without its state.
         phase1.push(inLine, outLine, ...this.policyLines(name, policies, adopted?.policies ?? []));
         rollback.set(name, [...policies.map(policyDeleteLine), stateDeleteLine(spec.inSa), stateDeleteLine(spec.outSa)]);
-        commits.set(name, () => {
-          this.installed.set(name, { ...spec, reqid, policies });
-          if (adopted && adopted.states.length > 0) this.retire(name, adopted.states);
-        });
+        commits.set(name, () => this.installed.set(name, { ...spec, reqid, policies }));
       } else {
+        // Re-key, or the first key of this run for a peer the previous run programmed (its
+        // states still carry traffic): make-before-break either way.
         phase1.push(inLine);
-        phase2.push(outLine, ...this.policyLines(name, policies, current.policies));
-        rollback.set(name, [stateDeleteLine(spec.inSa), stateDeleteLine(spec.outSa), ...current.policies.map((p) => policyUpdateLine(p, this.priority))]);
+        phase2.push(outLine, ...this.policyLines(name, policies, previous.policies));
+        const restore = current ? current.policies.map((p) => policyUpdateLine(p, this.priority)) : [];
+        rollback.set(name, [stateDeleteLine(spec.inSa), stateDeleteLine(spec.outSa), ...restore]);
         rekeyed.push(name);
         commits.set(name, () => {
           this.installed.set(name, { ...spec, reqid, policies });
-          this.retire(name, [current.inSa, current.outSa]);
-          wipe(current);
+          this.retire(name, 'sas' in previous ? previous.sas : previous.states);
+          if (current) wipe(current);
         });
       }
     }
@@ -539,6 +543,7 @@ export class IpsecTransport {
     const rollbackLines = [...failures.keys()].flatMap((name) => rollback.get(name) ?? []);
     if (rollbackLines.length > 0) await this.exec.ipBatch(rollbackLines, { force: true });
 
+    for (const [name, adopted] of adoptedBy) if (failures.has(name)) this.leftovers.push(adopted);
     for (const [name, commit] of commits) {
       if (failures.has(name)) continue;
       commit();

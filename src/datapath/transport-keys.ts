@@ -1,5 +1,5 @@
 // Key material for the transports: how callers hand keys in, and the node's WireGuard key pair.
-import { createPrivateKey, createPublicKey, generateKeyPairSync, type KeyObject } from 'node:crypto';
+import { createPrivateKey, createPublicKey, generateKeyPairSync, randomBytes, type KeyObject } from 'node:crypto';
 import { link, mkdir, readFile, stat, unlink, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { inspect } from 'node:util';
@@ -96,10 +96,9 @@ async function createKeyFile(path: string): Promise<WireGuardKeyPair> {
   const pem = privateKey.export({ type: 'pkcs8', format: 'pem' });
   // Written to a fresh 0600 file and linked into place: never a moment with a partial key or
   // wider permissions, and when another process created the key first, its key wins.
-  const temporary = `${path}.${process.pid}.tmp`;
+  const temporary = `${path}.${randomBytes(6).toString('hex')}.tmp`;
   let raced = false;
   try {
-    await unlink(temporary).catch(() => undefined);
     await writeFile(temporary, pem, { mode: 0o600, flag: 'wx' });
     await link(temporary, path);
   } catch (err) {

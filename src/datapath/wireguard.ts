@@ -235,7 +235,7 @@ export class WireGuardTransport {
    * changed PSKs, endpoints and allowed-ips are updated in place; others are removed, including
    * peers left by a previous run), then reconciles the routes.
    */
-  setPeers(peers: readonly WireGuardPeer[]): Promise<void> {
+  async setPeers(peers: readonly WireGuardPeer[]): Promise<void> {
     const programmed = peers.map((peer) => programmedPeer(peer, this.publicKey));
     const names = new Set<string>();
     const publicKeys = new Set<string>();
@@ -260,7 +260,7 @@ export class WireGuardTransport {
   }
 
   /** Adds or updates one peer (new PSK after a re-authentication, new endpoint or CIDRs). */
-  upsertPeer(peer: WireGuardPeer): Promise<void> {
+  async upsertPeer(peer: WireGuardPeer): Promise<void> {
     const next = programmedPeer(peer, this.publicKey);
     return this.serialized(async () => {
       const others = [...this.peers.values()].filter((p) => p.nodeName !== next.nodeName);

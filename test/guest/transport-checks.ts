@@ -37,13 +37,14 @@ export function leakedIn(text: string, secrets: readonly (Buffer | string)[]): n
 const UDP_MARKER = 'meshauth-udp-marker';
 
 /** Captures on the wire and at the destination workload while `traffic` runs. */
-async function wireCapture(topo: TransportTopology, wireFilter: string[], traffic: () => Promise<unknown>) {
+async function wireCapture(topo: TransportTopology, wireFilter: string[]) {
   const wire = await topo.capture(topo.wire, 'br0');
   const destination = await topo.capture(topo.workload(2).netns, 'eth0');
-  await traffic();
+  const replies = await sendMarkers(topo);
   const [wireBytes, destinationBytes] = await Promise.all([wire.stop(), destination.stop()]);
   const hasMarker = (pcap: Buffer) => pcap.includes(PING_MARKER) || pcap.includes(Buffer.from(UDP_MARKER));
   return {
+    replies,
     wireHasMarker: hasMarker(wireBytes),
     destinationHasMarker: hasMarker(destinationBytes),
     tunnelPackets: await wire.count(wireFilter),
@@ -117,10 +118,10 @@ export async function wireguardChecks(
     await wg2.upsertPeer(peerFor(1, psk));
     const first = await topo.ping(1, 2, { count: 3, intervalS: 0.1, deadlineS: 5 });
     const status = await wg1.peerStatus();
-    record('wg.matching-psk-passes', first.received === 3 && status[0]?.latestHandshake !== undefined && status[0]?.nodeName === 'node2', { first, status });
+    record('wg.matching-psk-passes', first.received >= 3 && status[0]?.latestHandshake !== undefined && status[0]?.nodeName === 'node2', { first, status });
 
-    const wire = await wireCapture(topo, ['udp', 'port', String(port)], () => sendMarkers(topo));
-    record('wg.wire-encrypted', !wire.wireHasMarker && wire.destinationHasMarker && wire.tunnelPackets > 0 && wire.plaintextOnWire === 0, wire);
+    const wire = await wireCapture(topo, ['udp', 'port', String(port)]);
+    record('wg.wire-encrypted', wire.replies.v4 >= 3 && wire.replies.v6 >= 2 && !wire.wireHasMarker && wire.destinationHasMarker && wire.tunnelPackets > 0 && wire.plaintextOnWire === 0, wire);
 
     // A PSK change on both sides (a re-authentication) while 100 echoes per second flow.
     const loop = topo.ping(1, 2, { count: 300, intervalS: 0.01, deadlineS: 10 });
@@ -137,7 +138,7 @@ export async function wireguardChecks(
     await wg1.removePeer('node2');
     await wg1.upsertPeer(peerFor(2, psk3));
     const stale = await topo.ping(1, 2, { count: 2, intervalS: 0.2, deadlineS: 2 });
-    record('wg.new-psk-in-effect', fresh.received === 2 && stale.received === 0, { fresh, stale });
+    record('wg.new-psk-in-effect', fresh.received >= 2 && stale.received === 0, { fresh, stale });
 
     const removed = await wg1.removePeer('node2');
     const { stdout: peersLeft } = await execa('nsenter', [`--net=/run/netns/${topo.node(1).netns}`, 'wg', 'show', wg1.interfaceName, 'peers']);
@@ -216,8 +217,8 @@ export async function ipsecChecks(topo: TransportTopology, options: { keys: Buff
 
     const current = await negotiate();
     await program(current);
-    const wire = await wireCapture(topo, ['esp'], () => sendMarkers(topo));
-    record('ipsec.wire-encrypted', !wire.wireHasMarker && wire.destinationHasMarker && wire.tunnelPackets > 0 && wire.plaintextOnWire === 0, wire);
+    const wire = await wireCapture(topo, ['esp']);
+    record('ipsec.wire-encrypted', wire.replies.v4 >= 3 && wire.replies.v6 >= 2 && !wire.wireHasMarker && wire.destinationHasMarker && wire.tunnelPackets > 0 && wire.plaintextOnWire === 0, wire);
 
     const loop = topo.ping(1, 2, { count: 400, intervalS: 0.01, deadlineS: 12 });
     await new Promise((resolve) => setTimeout(resolve, 500));

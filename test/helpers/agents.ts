@@ -34,7 +34,9 @@ export function agentConfig(dir: string, spec: AgentSpec, cluster: ConfigInput['
     metrics: { enabled: false },
     control: { socket: join(dir, spec.name, 'control.sock') },
     cluster,
-    auth: { proactiveGrace: '200ms', failureBackoff: { initial: '100ms', max: '1s' } },
+    // The grace is long enough that the proactive initiator is always the one that initiates,
+    // however loaded the machine.
+    auth: { proactiveGrace: '5s', failureBackoff: { initial: '100ms', max: '1s' } },
     ...spec.overrides,
   };
 }

@@ -228,8 +228,9 @@ export class Capture {
   ) {}
 
   static async start(netns: string, iface: string, file: string, filter: string[]): Promise<Capture> {
-    // -Z root: Debian's tcpdump would drop to its own user before opening the output file.
-    const args = [`--net=/run/netns/${netns}`, 'tcpdump', '-i', iface, '-n', '-U', '-s', '0', '-Z', 'root', '-w', file, ...filter];
+    // --immediate-mode: packets reach tcpdump at once, not when a ring block fills or its 1 s
+    // timeout ends; -Z root: Debian's tcpdump would drop to its own user before opening the file.
+    const args = [`--net=/run/netns/${netns}`, 'tcpdump', '-i', iface, '-n', '-U', '--immediate-mode', '-s', '0', '-Z', 'root', '-w', file, ...filter];
     const process = execa('nsenter', args, CAPTURE_OPTIONS);
     let stderr = '';
     await new Promise<void>((resolve, reject) => {
