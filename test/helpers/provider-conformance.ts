@@ -2,12 +2,14 @@
 // test file calls providerConformance() with a harness that wires the provider to a real (or
 // realistic) backend. The checks are generic: they hold for streaming providers (spiffe,
 // spire-delegated) and issuing ones (dev, vault) alike.
-import { EventEmitter } from 'node:events';
 import { X509Certificate, createPrivateKey } from 'node:crypto';
 import test, { type ExecutionContext } from 'ava';
 import { pino, type Logger } from 'pino';
-import type { IdentityProvider, ProviderError, ProviderSink, RawBundles, RawSvid } from '../../src/identity/types.js';
+import type { IdentityProvider, RawBundles, RawSvid } from '../../src/identity/types.js';
 import { SpiffeId } from '../../src/identity/spiffe-id.js';
+import { RecordingSink } from './recording-sink.js';
+
+export { RecordingSink };
 
 export interface ConformanceHarness {
   provider: IdentityProvider;
@@ -26,8 +28,6 @@ export interface HarnessEnv {
   logger: Logger;
 }
 
-// Generous because two cores run several test files at once and RSA key generation is slow.
-const DELIVERY_TIMEOUT_MS = 15_000;
 const STOP_PROMPT_MS = 2_000;
 // Longer than the half-life of the short TTLs harnesses use, so a renewal timer that survived
 // stop() would fire inside this window.
@@ -89,64 +89,6 @@ export function providerConformance(name: string, makeHarness: (env: HarnessEnv)
   });
 }
 
-/** A sink that records every call, so tests can wait for a state and count calls after stop().
- *  Exported for provider-specific tests too. */
-export class RecordingSink implements ProviderSink {
-  readonly svidStates: RawSvid[][] = [];
-  readonly bundleStates: RawBundles[] = [];
-  readonly errors: ProviderError[] = [];
-  private readonly events = new EventEmitter();
-
-  svids(svids: RawSvid[]): void {
-    this.svidStates.push([...svids]);
-    this.events.emit('call');
-  }
-
-  bundles(bundles: RawBundles): void {
-    this.bundleStates.push(new Map(bundles));
-    this.events.emit('call');
-  }
-
-  error(err: ProviderError): void {
-    this.errors.push(err);
-    this.events.emit('call');
-  }
-
-  get calls(): number {
-    return this.svidStates.length + this.bundleStates.length + this.errors.length;
-  }
-
-  /** Resolves with find()'s first result other than undefined or false, re-checked after every sink call. */
-  until<T>(find: () => T | undefined | false, what: string, timeoutMs = DELIVERY_TIMEOUT_MS): Promise<T> {
-    return new Promise((resolve, reject) => {
-      // Runs inside the provider's sink call, so a failed check must reject here, never throw into the provider.
-      const check = (): void => {
-        let found: T | undefined | false;
-        try {
-          found = find();
-        } catch (err) {
-          finish();
-          reject(err instanceof Error ? err : new Error(String(err)));
-          return;
-        }
-        if (found === undefined || found === false) return;
-        finish();
-        resolve(found);
-      };
-      const timer = setTimeout(() => {
-        finish();
-        const errors = this.errors.map((err) => `${err.kind}: ${err.message}`).join('; ');
-        reject(new Error(`timed out after ${timeoutMs} ms waiting for ${what} (${this.svidStates.length} SVID states, ${this.bundleStates.length} bundle states, errors: ${errors || 'none'})`));
-      }, timeoutMs);
-      const finish = (): void => {
-        clearTimeout(timer);
-        this.events.off('call', check);
-      };
-      this.events.on('call', check);
-      check();
-    });
-  }
-}
 
 interface DeliveredSvid {
   leaf: X509Certificate;

@@ -1,7 +1,13 @@
-// A ProviderSink that records every call, for provider tests that wait for a state to arrive.
+// A ProviderSink that records every call, so provider tests (and the shared conformance suite)
+// can wait for a state to arrive and count calls after stop().
 import { EventEmitter } from 'node:events';
 import type { ProviderError, ProviderSink, RawBundles, RawSvid } from '../../src/identity/types.js';
 
+// Generous because two cores run several test files at once and RSA key generation is slow.
+const DELIVERY_TIMEOUT_MS = 15_000;
+
+/** A sink that records every call, so tests can wait for a state and count calls after stop().
+ *  Exported for provider-specific tests too. */
 export class RecordingSink implements ProviderSink {
   readonly svidStates: RawSvid[][] = [];
   readonly bundleStates: RawBundles[] = [];
@@ -32,19 +38,31 @@ export class RecordingSink implements ProviderSink {
     return this.errors.map((err) => err.kind);
   }
 
-  /** Resolves with find()'s first non-undefined result, re-checked after every sink call. */
-  until<T>(find: () => T | undefined, what: string, timeoutMs = 10_000): Promise<T> {
+  get calls(): number {
+    return this.svidStates.length + this.bundleStates.length + this.errors.length;
+  }
+
+  /** Resolves with find()'s first result other than undefined or false, re-checked after every sink call. */
+  until<T>(find: () => T | undefined | false, what: string, timeoutMs = DELIVERY_TIMEOUT_MS): Promise<T> {
     return new Promise((resolve, reject) => {
+      // Runs inside the provider's sink call, so a failed check must reject here, never throw into the provider.
       const check = (): void => {
-        const found = find();
-        if (found === undefined) return;
+        let found: T | undefined | false;
+        try {
+          found = find();
+        } catch (err) {
+          finish();
+          reject(err instanceof Error ? err : new Error(String(err)));
+          return;
+        }
+        if (found === undefined || found === false) return;
         finish();
         resolve(found);
       };
       const timer = setTimeout(() => {
         finish();
         const errors = this.errors.map((err) => `${err.kind}: ${err.message}`).join('; ');
-        reject(new Error(`timed out waiting for ${what} (${this.svidStates.length} SVID states, last ${JSON.stringify(this.latestIds())}; ${this.bundleStates.length} bundle states; errors: ${errors || 'none'})`));
+        reject(new Error(`timed out after ${timeoutMs} ms waiting for ${what} (${this.svidStates.length} SVID states, ${this.bundleStates.length} bundle states, errors: ${errors || 'none'})`));
       }, timeoutMs);
       const finish = (): void => {
         clearTimeout(timer);
