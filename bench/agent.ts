@@ -1,51 +1,55 @@
-// Agent-scale benchmark (root): `npm run bench:agent [-- --json]`.
+// Agent-scale benchmark (root): `npm run bench:agent [-- --json]`. Every figure is printed with its
+// ratio to the target; with --json the last line is one JSON object.
 //
 //   rss_mb_100k          RSS of a child process holding 100,000 authenticated pairs the way the agent
 //                        records them (AuthManager.setDesired + record → AuthCache → the real pinned BPF
 //                        auth map), next to the same child holding none. Children, so the harness's own
-//                        heap does not count; both run under tsx, which a built agent does not load.
+//                        heap does not count; the bench runs built code (npm run build), as an agent does.
 //   restore_ms_100k      AuthCache.restore() in a fresh child process (a restarting agent: cold JIT) over a
 //                        pinned map filled with batchSetAuth, whose numbers a persisted NumericIds names.
-//   reauth_peak_to_mean  10,000 pairs recorded at the same instant through AuthManager.record: the most
-//                        re-authentications its scheduler has due in any 1 s (sliding) window, over the mean
-//                        per second across the jitter window. The due times are read back from the manager's
-//                        own scheduler, so this is the production scheduling, not a re-implementation.
-//   revoke_ms_p99        AuthManager.setDesired without one pair (what the agent does when an endpoint,
-//                        identity or policy goes away) until the entry is gone from the pinned map, read
-//                        back through the map; 100,000 pairs held, 200 revocations.
+//   reauth_peak_to_mean  10,000 pairs recorded at the same instant through AuthManager.record, all led by
+//                        this node: the most re-authentications its scheduler has due in any 1 s (sliding)
+//                        window, over the mean per second across the jitter window. The due times are read
+//                        back from the manager's own scheduler: the production scheduling, not a copy of it.
+//   revoke_ms_p99        AuthManager.setDesired with a keyed plan without one more pair (what the agent does
+//                        when an endpoint, identity or policy goes away; computing the plan itself is not
+//                        timed) until that pair's entry is gone from the pinned map,
+//                        read back through the map; 100,000 pairs held, 200 revocations (and, for
+//                        information, the same with 10,000 pairs held).
 //   first_connect_*      two real agents (static cluster config, shared dev CA, transport none, handshakes
 //                        over loopback) gating two workloads in network namespaces (test/helpers/netns.ts).
 //                        Each round makes a new pair appear (a new identity on the server's endpoint) and
-//                        times a TCP connect from the client, in the client's namespace, started as soon as
-//                        the agents have applied the change. Baseline: the same connect before any gate is
-//                        attached. Also: the first connect of a new pair once its proactive authentication
-//                        has completed, and the on-demand path (proactive off: the dropped SYN's signal
-//                        triggers the handshake, TCP retransmits the SYN).
+//                        times one TCP connect, measured by the client in its namespace:
+//                          proactive      the connect starts as soon as the agents have applied the change;
+//                          authenticated  the connect starts once the proactive handshake has completed;
+//                          on demand      proactive off: the dropped SYN's signal triggers the handshake;
+//                          baseline       the gate detached from both workloads.
+//                        Kinds are interleaved, and every connect but the first two follows the same idle
+//                        time (a connect after a pause is slower than one right after another).
 //
-// Pin dirs, namespaces and temp dirs are unique per run and removed at the end, also after a failure.
-import { fork } from 'node:child_process';
+// Pin dirs, namespaces and temp dirs are unique per run and removed at the end, also after a failure
+// or an interruption (SIGINT/SIGTERM).
+import { fork, spawn } from 'node:child_process';
 import { randomBytes, randomInt } from 'node:crypto';
-import { existsSync } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
-import { execa } from 'execa';
-import { Agent } from '../src/agent/agent.js';
+// Only what holds pairs is imported statically: the RSS children load this file, and must not
+// load the whole agent. The two-agent part imports the rest when it runs.
+import type { Agent } from '../src/agent/agent.js';
 import { authOptionsSchema } from '../src/agent/agent-options.js';
 import { AuthCache } from '../src/auth/cache.js';
 import { AuthManager, type AuthManagerOptions, type PairAuthentication } from '../src/auth/manager.js';
 import { NumericIds } from '../src/auth/numeric-ids.js';
 import type { ReauthScheduler } from '../src/auth/scheduler.js';
-import { pairKeyString, type PairKey } from '../src/auth/types.js';
-import { parseConfig, type ConfigInput } from '../src/config/config.js';
+import { keyed, pairKeyString, type KeyedPair, type PairKey } from '../src/auth/types.js';
+import type { ConfigInput } from '../src/config/config.js';
 import { Datapath, monotonicNowNs, type AuthEntry } from '../src/datapath/datapath.js';
 import type { AuthKey } from '../src/datapath/layout.js';
 import { sleep } from '../src/util/backoff.js';
 import { silentLogger } from '../src/util/logger.js';
-import { assertGateBuilt } from '../test/helpers/datapath-fixture.js';
-import { Topology } from '../test/helpers/netns.js';
 
 const json = process.argv.includes('--json');
 const TARGETS = {
@@ -59,9 +63,16 @@ const HELD_PAIRS = 100_000;
 const REAUTH_PAIRS = 10_000;
 const REVOCATIONS = 200;
 const RESTORE_RUNS = 3;
-const BASELINE_CONNECTS = 15;
+const RSS_RUNS = 3;
 const CONNECT_ROUNDS = 5;
 const ON_DEMAND_ROUNDS = 3;
+
+/** Set by SIGINT/SIGTERM: the run stops at the next checkpoint and cleans up (a second signal exits at once). */
+let interruptedBy: string | undefined;
+
+function checkpoint(): void {
+  if (interruptedBy) throw new Error(`interrupted by ${interruptedBy}`);
+}
 
 const TD = 'bench.test';
 const LOCAL_NODE = 'node-000';
@@ -206,11 +217,39 @@ function runChild<T>(task: ChildTask): Promise<T> {
 
 // ---- the measurements ----
 
-async function memory(pinDir: string): Promise<{ empty: HoldResult; full: HoldResult }> {
+interface MemoryFigures {
+  empty: HoldResult;
+  /** The run with the median RSS of RSS_RUNS (the garbage collector's headroom varies). */
+  full: HoldResult;
+  fullRunsMb: number[];
+  /** A node process with nothing loaded. */
+  bareNodeMb: number;
+}
+
+/** RSS of a plain `node -e` with the given loader flags, after a full GC. */
+function bareRss(execArgv: string[]): Promise<number> {
+  const script = 'global.gc(); global.gc(); setTimeout(() => console.log(process.memoryUsage().rss), 200);';
+  return new Promise((resolve, reject) => {
+    const child = spawn(process.execPath, [...execArgv, '--expose-gc', '-e', script], { stdio: ['ignore', 'pipe', 'inherit'] });
+    let out = '';
+    child.stdout.on('data', (chunk: Buffer) => (out += chunk.toString()));
+    child.once('error', reject);
+    child.once('exit', (code) => (code === 0 ? resolve(megabytes(Number(out))) : reject(new Error(`node -e exited with ${code}`))));
+  });
+}
+
+async function memory(pinDir: string): Promise<MemoryFigures> {
   const empty = await runChild<HoldResult>({ kind: 'hold', pinDir, pairs: 0 });
-  const full = await runChild<HoldResult>({ kind: 'hold', pinDir, pairs: HELD_PAIRS });
-  if (full.held !== HELD_PAIRS) throw new Error(`the child held ${full.held} pairs, not ${HELD_PAIRS}`);
-  return { empty, full };
+  const runs: HoldResult[] = [];
+  for (let run = 0; run < RSS_RUNS; run++) {
+    checkpoint();
+    const full = await runChild<HoldResult>({ kind: 'hold', pinDir, pairs: HELD_PAIRS });
+    if (full.held !== HELD_PAIRS) throw new Error(`the child held ${full.held} pairs, not ${HELD_PAIRS}`);
+    runs.push(full);
+  }
+  runs.sort((a, b) => a.rssMb - b.rssMb);
+  const full = runs[Math.floor(runs.length / 2)]!;
+  return { empty, full, fullRunsMb: runs.map((r) => r.rssMb), bareNodeMb: await bareRss([]) };
 }
 
 async function restore(pinDir: string, idsPath: string): Promise<RestoreResult[]> {
@@ -226,6 +265,7 @@ async function restore(pinDir: string, idsPath: string): Promise<RestoreResult[]
   }
   const runs: RestoreResult[] = [];
   for (let run = 0; run < RESTORE_RUNS; run++) {
+    checkpoint();
     const result = await runChild<RestoreResult>({ kind: 'restore', pinDir, idsPath });
     if (result.restored !== HELD_PAIRS) throw new Error(`restore rebuilt ${result.restored} entries, not ${HELD_PAIRS}`);
     runs.push(result);
@@ -244,11 +284,18 @@ function peakInWindow(sorted: readonly number[], width: number): number {
   return peak;
 }
 
-async function reauthSpread(pinDir: string): Promise<{ peakToMean: number; peak: number; mean: number; firstS: number; lastS: number }> {
+interface ReauthFigures {
+  peakToMean: number;
+  peak: number;
+  mean: number;
+  firstS: number;
+  lastS: number;
+}
+
+async function reauthSpread(pinDir: string): Promise<ReauthFigures> {
   const datapath = await Datapath.open({ pinDir });
   try {
-    const ids = await NumericIds.load();
-    const { manager } = benchManager(datapath, ids);
+    const { manager } = benchManager(datapath, await NumericIds.load());
     const pairs = benchPairs(REAUTH_PAIRS);
     const at = Date.now();
     recordAll(manager, pairs, at);
@@ -270,20 +317,30 @@ async function reauthSpread(pinDir: string): Promise<{ peakToMean: number; peak:
   }
 }
 
-async function revocation(pinDir: string): Promise<number[]> {
+/**
+ * Revocation latency with `held` pairs: each round drops one more pair from the desired set and
+ * times setDesired until the pair's entry is gone from the pinned map, read back through it.
+ */
+async function revocation(pinDir: string, held: number): Promise<number[]> {
   const datapath = await Datapath.open({ pinDir });
   try {
     const ids = await NumericIds.load();
     const { manager } = benchManager(datapath, ids);
-    const pairs = benchPairs(HELD_PAIRS);
+    const pairs = benchPairs(held);
     recordAll(manager, pairs, Date.now());
+    const keyedPairs = pairs.map(keyed);
+    const revoked = new Set<number>();
     const latencies: number[] = [];
     for (let round = 0; round < REVOCATIONS; round++) {
+      checkpoint();
       const index = Math.floor(((round + 0.5) / REVOCATIONS) * pairs.length);
-      const victim = pairs[index]!;
-      const key = authKeyOf(ids, victim);
+      const key = authKeyOf(ids, pairs[index]!);
       if (datapath.getAuth(key) === undefined) throw new Error('the pair to revoke has no map entry');
-      const remaining = pairs.filter((_, i) => i !== index);
+      revoked.add(index);
+      // The agent hands setDesired its plan: a map keyed by the pairs' key strings, built once per
+      // plan (outside this timing, like the plan itself).
+      const remaining = new Map<string, KeyedPair>();
+      for (const [i, pair] of keyedPairs.entries()) if (!revoked.has(i)) remaining.set(pair.key, pair);
       const start = performance.now();
       manager.setDesired(remaining);
       while (datapath.getAuth(key) !== undefined) {
@@ -291,8 +348,6 @@ async function revocation(pinDir: string): Promise<number[]> {
         await sleep(1);
       }
       latencies.push(performance.now() - start);
-      manager.setDesired(pairs);
-      manager.record(authenticated(victim, Date.now()), 'proactive');
     }
     manager.stop();
     return latencies;
@@ -317,39 +372,43 @@ for line in sys.stdin:
 `;
 const PROBE_TCP_PORT = 7001; // test/helpers/netns-probe.py accepts here in every workload
 const CONNECT_TIMEOUT_S = 10;
+/** Idle time before a timed connect, the same for every kind (a connect after a pause is slower than back to back). */
+const IDLE_BEFORE_CONNECT_MS = 300;
 
 /** A TCP client inside a namespace that times its own connects (no process start per connect). */
 class Connector {
   private readonly waiters: ((reply: { ok: boolean; ms: number }) => void)[] = [];
-  private constructor(private readonly process: ReturnType<typeof Connector.spawn>) {
-    createInterface({ input: process.stdout }).on('line', (line) => this.waiters.shift()?.(JSON.parse(line) as { ok: boolean; ms: number }));
+  private readonly exited: Promise<void>;
+  private readonly process;
+
+  constructor(netns: string) {
+    this.process = spawn('nsenter', [`--net=/run/netns/${netns}`, 'python3', '-u', '-c', CONNECT_SCRIPT], { stdio: ['pipe', 'pipe', 'inherit'] });
+    this.exited = new Promise((resolve) => this.process.once('exit', () => resolve()));
+    this.process.stdin.on('error', () => {}); // a dead connector fails its connect below instead
+    createInterface({ input: this.process.stdout }).on('line', (line) => this.waiters.shift()?.(JSON.parse(line) as { ok: boolean; ms: number }));
+    void this.exited.then(() => {
+      for (const waiter of this.waiters.splice(0)) waiter({ ok: false, ms: Number.NaN });
+    });
   }
 
-  private static spawn(netns: string) {
-    return execa('nsenter', [`--net=/run/netns/${netns}`, 'python3', '-u', '-c', CONNECT_SCRIPT], { buffer: false, reject: false, stdin: 'pipe', stdout: 'pipe', stderr: 'inherit' });
-  }
-
-  static start(netns: string): Connector {
-    return new Connector(Connector.spawn(netns));
-  }
-
-  /** Connect duration in ms; throws when the connect failed. */
+  /** Connect duration in ms, as the client measured it; throws when the connect failed. */
   connect(dst: string): Promise<number> {
     return new Promise((resolve, reject) => {
-      this.waiters.push((reply) => (reply.ok ? resolve(reply.ms) : reject(new Error(`TCP connect to ${dst} failed after ${reply.ms.toFixed(0)} ms`))));
+      this.waiters.push((reply) => (reply.ok ? resolve(reply.ms) : reject(new Error(`TCP connect to ${dst} failed (${reply.ms.toFixed(0)} ms)`))));
       this.process.stdin.write(`${dst} ${PROBE_TCP_PORT} ${CONNECT_TIMEOUT_S}\n`);
     });
   }
 
   async stop(): Promise<void> {
-    this.process.kill('SIGKILL');
-    await this.process;
+    if (this.process.exitCode === null && this.process.signalCode === null) this.process.kill('SIGKILL');
+    await this.exited;
   }
 }
 
 async function waitFor(check: () => boolean, message: string, timeoutMs = 15_000): Promise<void> {
   const deadline = performance.now() + timeoutMs;
   while (!check()) {
+    checkpoint();
     if (performance.now() > deadline) throw new Error(`timed out: ${message}`);
     await sleep(1);
   }
@@ -357,14 +416,14 @@ async function waitFor(check: () => boolean, message: string, timeoutMs = 15_000
 
 interface ConnectRound {
   connectMs: number;
-  /** Endpoints appeared → the pair authenticated on both nodes. */
-  authMs: number;
+  /** Endpoints appeared → the pair authenticated on both nodes (only where the round waits for it). */
+  authMs?: number;
   /** Packets the two gates dropped for want of an entry during the round. */
   drops: number;
 }
 
 interface FirstConnect {
-  baselineMs: number[];
+  baseline: ConnectRound[];
   proactive: ConnectRound[];
   proactiveAuthenticated: ConnectRound[];
   onDemand: ConnectRound[];
@@ -375,18 +434,18 @@ const DB = (label: string) => `spiffe://${TD}/ns/shop/sa/db-${label}`;
 const IDLE = `spiffe://${TD}/ns/shop/sa/idle`;
 
 async function firstConnect(cleanups: (() => unknown)[]): Promise<FirstConnect> {
+  const { Agent: AgentClass } = await import('../src/agent/agent.js');
+  const { parseConfig } = await import('../src/config/config.js');
+  const { assertGateBuilt } = await import('../test/helpers/datapath-fixture.js');
+  const { Topology } = await import('../test/helpers/netns.js');
   assertGateBuilt();
   const topology = await Topology.create({ teardown: (fn) => cleanups.push(fn) });
   const client = topology.workload('w1a');
   const server = topology.workload('w2a');
-  const connector = Connector.start(client.netns);
+  const connector = new Connector(client.netns);
   cleanups.push(() => connector.stop());
-
-  // Ungated baseline: no agent has attached a gate yet. The first connects also fill the
-  // neighbour caches along the path, which every later connect finds warm as well.
+  // Fills the neighbour caches along the path (no gate yet), so that no round pays for ARP.
   for (let i = 0; i < 3; i++) await connector.connect(server.ipv4);
-  const baselineMs: number[] = [];
-  for (let i = 0; i < BASELINE_CONNECTS; i++) baselineMs.push(await connector.connect(server.ipv4));
 
   const dir = await mkdtemp(join(tmpdir(), 'meshauth-bench-agent-'));
   cleanups.push(() => rm(dir, { recursive: true, force: true }));
@@ -394,7 +453,8 @@ async function firstConnect(cleanups: (() => unknown)[]): Promise<FirstConnect> 
   const port = 4250;
   const names = ['node-a', 'node-b'] as const;
   const nodes = names.map((name, i) => ({ name, address: `${loopback}.${i + 1}`, podCidrs: [`10.${i + 1}.0.0/16`], port }));
-  // The client endpoint stays; the server endpoint's identity changes each round: a new pair.
+  const nodeOf = (node: 0 | 1) => topology.node(node === 0 ? 1 : 2);
+  // The client endpoint stays; each round gives the server endpoint a new identity: a new pair.
   // "idle" is in no required pair: it only gets the gate attached to the server's interface.
   const config = (node: 0 | 1, serverId: string, proactive: boolean): ConfigInput => ({
     nodeName: names[node],
@@ -402,7 +462,7 @@ async function firstConnect(cleanups: (() => unknown)[]): Promise<FirstConnect> 
     stateDir: join(dir, names[node]),
     identity: { provider: 'dev', dev: { caDir: join(dir, 'ca'), ttl: '1h' } },
     handshake: { listenAddress: nodes[node]!.address, sourceAddress: nodes[node]!.address, port },
-    datapath: { enabled: true, pinDir: topology.node(node === 0 ? 1 : 2).pinDir, netns: topology.node(node === 0 ? 1 : 2).netns },
+    datapath: { enabled: true, pinDir: nodeOf(node).pinDir, netns: nodeOf(node).netns },
     transport: { mode: 'none' },
     metrics: { enabled: false },
     control: { socket: join(dir, names[node], 'control.sock') },
@@ -420,37 +480,59 @@ async function firstConnect(cleanups: (() => unknown)[]): Promise<FirstConnect> 
   cleanups.push(async () => {
     for (const agent of agents) await agent.stop();
   });
-  for (const node of [0, 1] as const) agents.push(await Agent.start(parseConfig(config(node, IDLE, true)), { logger: silentLogger() }));
+  for (const node of [0, 1] as const) agents.push(await AgentClass.start(parseConfig(config(node, IDLE, true)), { logger: silentLogger() }));
   await waitFor(() => agents.every((agent) => agent.status().peers.every((peer) => peer.state === 'up')), 'node links up');
   for (const agent of agents) await agent.settled(); // gates attached
-  await connector.connect(server.ipv4); // through both gates, no authentication required
+
+  // Handles of our own on the agents' pins, to take the gate off for the baseline and put it back.
+  const gates: Datapath[] = [];
+  cleanups.push(() => gates.forEach((gate) => gate.close()));
+  for (const node of [0, 1] as const) gates.push(await Datapath.open({ pinDir: nodeOf(node).pinDir }));
+  const gated = [client.hostInterface, server.hostInterface];
 
   const holds = (serverId: string) =>
     agents.every((agent) => agent.status().pairs.some((pair) => (pair.remoteId === serverId || pair.localId === serverId) && pair.state === 'authenticated'));
   const dropped = () => agents.reduce((sum, agent) => sum + Number(agent.status().datapath?.counters.droppedNoEntry ?? 0), 0);
   let label = 0;
-  const round = async (options: { proactive: boolean; waitForAuthentication: boolean }): Promise<ConnectRound> => {
+  const newPair = async (options: { proactive: boolean; waitForAuthentication: boolean }): Promise<ConnectRound> => {
     const serverId = DB(String(label++));
     const dropsBefore = dropped();
     const appeared = performance.now();
     agents.forEach((agent, node) => agent.reload(parseConfig(config(node as 0 | 1, serverId, options.proactive))));
     // The agents apply a change in a microtask: after this the gates know the new endpoint.
     await new Promise((resolve) => setImmediate(resolve));
-    if (options.waitForAuthentication) await waitFor(() => holds(serverId), `pair with ${serverId} authenticated`);
+    let authMs: number | undefined;
+    if (options.waitForAuthentication) {
+      await waitFor(() => holds(serverId), `pair with ${serverId} authenticated`);
+      authMs = performance.now() - appeared;
+      await sleep(Math.max(0, appeared + IDLE_BEFORE_CONNECT_MS - performance.now()));
+    }
     const connectMs = await connector.connect(server.ipv4);
     await waitFor(() => holds(serverId), `pair with ${serverId} authenticated`);
-    const authMs = performance.now() - appeared;
-    return { connectMs, authMs: options.waitForAuthentication ? authMs : Number.NaN, drops: dropped() - dropsBefore };
+    return { connectMs, ...(authMs !== undefined && { authMs }), drops: dropped() - dropsBefore };
   };
-  const proactive: ConnectRound[] = [];
-  const proactiveAuthenticated: ConnectRound[] = [];
-  const onDemand: ConnectRound[] = [];
+  const ungated = async (): Promise<ConnectRound> => {
+    await gates[0]!.detach([client.hostInterface]);
+    await gates[1]!.detach([server.hostInterface]);
+    try {
+      await sleep(IDLE_BEFORE_CONNECT_MS);
+      return { connectMs: await connector.connect(server.ipv4), drops: 0 };
+    } finally {
+      await gates[0]!.install({ interfaces: [gated[0]!] });
+      await gates[1]!.install({ interfaces: [gated[1]!] });
+    }
+  };
+
+  // Interleaved, so that drift and background load hit every kind alike.
+  const result: FirstConnect = { baseline: [], proactive: [], proactiveAuthenticated: [], onDemand: [] };
   for (let i = 0; i < CONNECT_ROUNDS; i++) {
-    proactive.push(await round({ proactive: true, waitForAuthentication: false }));
-    proactiveAuthenticated.push(await round({ proactive: true, waitForAuthentication: true }));
+    checkpoint();
+    result.baseline.push(await ungated());
+    result.proactiveAuthenticated.push(await newPair({ proactive: true, waitForAuthentication: true }));
+    result.proactive.push(await newPair({ proactive: true, waitForAuthentication: false }));
+    if (i < ON_DEMAND_ROUNDS) result.onDemand.push(await newPair({ proactive: false, waitForAuthentication: false }));
   }
-  for (let i = 0; i < ON_DEMAND_ROUNDS; i++) onDemand.push(await round({ proactive: false, waitForAuthentication: false }));
-  return { baselineMs, proactive, proactiveAuthenticated, onDemand };
+  return result;
 }
 
 // ---- report ----
@@ -462,47 +544,56 @@ function percentile(values: readonly number[], p: number): number {
 
 const median = (values: readonly number[]) => percentile(values, 50);
 const fmt = (n: number) => (Math.abs(n) >= 1000 ? Math.round(n).toLocaleString('en-US') : n.toFixed(Math.abs(n) < 10 ? 3 : 1));
+const list = (values: readonly number[]) => `[${values.map((v) => v.toFixed(v < 10 ? 2 : 0)).join(', ')}]`;
+const thousands = (n: number) => n.toLocaleString('en-US');
 
 function report(label: string, value: number, unit: string, target: number): void {
   const ok = value <= target;
-  console.log(`${label.padEnd(52)} ${fmt(value).padStart(10)} ${unit.padEnd(4)} target ≤ ${fmt(target)} (${(value / target).toFixed(2)}× target) ${ok ? 'ok' : 'MISSED'}`);
+  console.log(`${label.padEnd(58)} ${fmt(value).padStart(9)} ${unit.padEnd(3)} target ≤ ${fmt(target)} (${(value / target).toFixed(2)}× target) ${ok ? 'ok' : 'MISSED'}`);
 }
 
 function info(label: string, text: string): void {
-  console.log(`${label.padEnd(52)} ${text}`);
+  console.log(`${label.padEnd(58)} ${text}`);
 }
-
-const list = (values: readonly number[]) => `[${values.map((v) => v.toFixed(v < 10 ? 2 : 0)).join(', ')}]`;
 
 async function main(): Promise<void> {
   if (process.getuid?.() !== 0) throw new Error('the agent benchmark needs root (BPF maps, network namespaces)');
   const tag = randomBytes(4).toString('hex');
   const pinDir = (label: string) => `/sys/fs/bpf/meshauth-bench-agent-${tag}-${label}`;
   const cleanups: (() => unknown)[] = [];
-  const scratch = await mkdtemp(join(tmpdir(), 'meshauth-bench-agent-'));
-  cleanups.push(() => rm(scratch, { recursive: true, force: true }));
-  for (const label of ['memory', 'restore', 'reauth', 'revoke']) {
-    cleanups.push(async () => {
-      if (existsSync(pinDir(label))) await Datapath.uninstall({ pinDir: pinDir(label) });
+  for (const signal of ['SIGINT', 'SIGTERM'] as const) {
+    process.on(signal, () => {
+      if (interruptedBy) process.exit(130);
+      interruptedBy = signal;
     });
   }
+  const scratch = await mkdtemp(join(tmpdir(), 'meshauth-bench-agent-'));
+  cleanups.push(() => rm(scratch, { recursive: true, force: true }));
+  for (const label of ['memory', 'restore', 'reauth', 'revoke', 'revoke-small']) cleanups.push(() => Datapath.uninstall({ pinDir: pinDir(label) }));
   try {
     const rss = await memory(pinDir('memory'));
     const restores = await restore(pinDir('restore'), join(scratch, 'numeric-ids.json'));
+    checkpoint();
     const reauth = await reauthSpread(pinDir('reauth'));
-    const revokes = await revocation(pinDir('revoke'));
+    const revokes = await revocation(pinDir('revoke'), HELD_PAIRS);
+    const revokesSmall = await revocation(pinDir('revoke-small'), REAUTH_PAIRS);
     const connects = await firstConnect(cleanups);
+    checkpoint();
 
     const restoreMs = median(restores.map((r) => r.restoreMs));
-    const baselineMs = median(connects.baselineMs);
-    const proactiveMs = median(connects.proactive.map((r) => r.connectMs));
-    const authenticatedMs = median(connects.proactiveAuthenticated.map((r) => r.connectMs));
-    const onDemandMs = median(connects.onDemand.map((r) => r.connectMs));
+    const connectMs = (rounds: ConnectRound[]) => rounds.map((r) => r.connectMs);
+    const baselineMs = median(connectMs(connects.baseline));
+    const proactiveMs = median(connectMs(connects.proactive));
+    const authenticatedMs = median(connectMs(connects.proactiveAuthenticated));
+    const onDemandMs = median(connectMs(connects.onDemand));
     const result = {
       rss_mb_100k: rss.full.rssMb,
       rss_mb_0: rss.empty.rssMb,
       rss_mb_delta_100k: rss.full.rssMb - rss.empty.rssMb,
+      rss_bytes_per_pair: ((rss.full.rssMb - rss.empty.rssMb) * 1024 * 1024) / HELD_PAIRS,
       heap_mb_100k: rss.full.heapMb,
+      rss_mb_100k_runs: rss.fullRunsMb,
+      rss_mb_node_alone: rss.bareNodeMb,
       restore_ms_100k: restoreMs,
       restore_runs_ms: restores.map((r) => r.restoreMs),
       restore_open_ms: median(restores.map((r) => r.openMs)),
@@ -511,47 +602,52 @@ async function main(): Promise<void> {
       reauth_peak_to_mean: reauth.peakToMean,
       reauth_peak_per_s: reauth.peak,
       reauth_mean_per_s: reauth.mean,
+      revoke_held_pairs: HELD_PAIRS,
       revoke_ms_p99: percentile(revokes, 99),
       revoke_ms_p50: median(revokes),
       revoke_ms_max: Math.max(...revokes),
+      revoke_ms_p99_10k: percentile(revokesSmall, 99),
+      revoke_ms_p50_10k: median(revokesSmall),
       first_connect_ms_baseline: baselineMs,
       first_connect_ms_proactive: proactiveMs,
       first_connect_ratio_proactive: proactiveMs / baselineMs,
       first_connect_ms_proactive_authenticated: authenticatedMs,
       first_connect_ratio_proactive_authenticated: authenticatedMs / baselineMs,
-      proactive_auth_ms: median(connects.proactiveAuthenticated.map((r) => r.authMs)),
+      proactive_auth_ms: median(connects.proactiveAuthenticated.map((r) => r.authMs!)),
       first_connect_ms_on_demand: onDemandMs,
-      first_connect_proactive_drops: connects.proactive.map((r) => r.drops),
-      first_connect_on_demand_drops: connects.onDemand.map((r) => r.drops),
+      first_connect_ratio_on_demand: onDemandMs / baselineMs,
+      first_connect_drops_proactive: connects.proactive.map((r) => r.drops),
+      first_connect_drops_proactive_authenticated: connects.proactiveAuthenticated.map((r) => r.drops),
+      first_connect_drops_on_demand: connects.onDemand.map((r) => r.drops),
     };
 
     console.log(`meshauth agent benchmark, Node ${process.version}, ${new Date().toISOString()}`);
     info('RSS, child holding 0 pairs (baseline)', `${fmt(rss.empty.rssMb)} MB (heap ${fmt(rss.empty.heapMb)} MB)`);
-    report(`RSS, child holding ${HELD_PAIRS.toLocaleString('en-US')} pairs`, rss.full.rssMb, 'MB', TARGETS.rssMb);
-    info(
-      '  delta over the 0-pair baseline',
-      `${fmt(result.rss_mb_delta_100k)} MB (${((result.rss_mb_delta_100k * 1024 * 1024) / HELD_PAIRS).toFixed(0)} B/pair; heap ${fmt(rss.full.heapMb)} MB)`,
-    );
-    report(`AuthCache.restore(), ${HELD_PAIRS.toLocaleString('en-US')} entries (median of ${RESTORE_RUNS})`, restoreMs, 'ms', TARGETS.restoreMs);
+    report(`RSS, child holding ${thousands(HELD_PAIRS)} pairs (median of ${RSS_RUNS})`, rss.full.rssMb, 'MB', TARGETS.rssMb);
+    info('  runs', `${list(rss.fullRunsMb)} MB`);
+    info('  delta over the 0-pair baseline', `${fmt(result.rss_mb_delta_100k)} MB, ${fmt(result.rss_bytes_per_pair)} B/pair (heap ${fmt(rss.full.heapMb)} MB)`);
+    info('  of the baseline: node alone', `${fmt(rss.bareNodeMb)} MB`);
+    report(`AuthCache.restore(), ${thousands(HELD_PAIRS)} entries (median of ${RESTORE_RUNS})`, restoreMs, 'ms', TARGETS.restoreMs);
     info('  runs; open + ids load; adoptRestored; RSS after', `${list(result.restore_runs_ms)} ms; ${fmt(result.restore_open_ms)} ms; ${fmt(result.restore_adopt_ms)} ms; ${fmt(result.restore_rss_mb)} MB`);
-    report(`re-auth peak 1 s / mean, ${REAUTH_PAIRS.toLocaleString('en-US')} pairs at once`, reauth.peakToMean, '', TARGETS.reauthPeakToMean);
+    report(`re-auth peak 1 s / mean, ${thousands(REAUTH_PAIRS)} pairs at once`, reauth.peakToMean, '', TARGETS.reauthPeakToMean);
     info(
       '  peak, mean per s; due window',
       `${reauth.peak}/s vs ${reauth.mean.toFixed(2)}/s; due ${fmt(reauth.firstS)}–${fmt(reauth.lastS)} s after authentication (lifetime ${LIFETIME_MS / 1000} s)`,
     );
-    report(`revocation p99, ${HELD_PAIRS.toLocaleString('en-US')} pairs held (${REVOCATIONS})`, result.revoke_ms_p99, 'ms', TARGETS.revokeP99Ms);
+    report(`revocation p99, ${thousands(HELD_PAIRS)} pairs held (${REVOCATIONS})`, result.revoke_ms_p99, 'ms', TARGETS.revokeP99Ms);
     info('  p50, max', `${fmt(result.revoke_ms_p50)} ms, ${fmt(result.revoke_ms_max)} ms`);
-    info(`first connect, ungated baseline (median of ${BASELINE_CONNECTS})`, `${fmt(baselineMs)} ms ${list(connects.baselineMs)}`);
-    report(`first connect, new pair, proactive (median of ${CONNECT_ROUNDS}) / baseline`, result.first_connect_ratio_proactive, '×', TARGETS.firstConnectRatio);
-    info('  connect ms; gate drops per round', `${list(connects.proactive.map((r) => r.connectMs))}; ${JSON.stringify(result.first_connect_proactive_drops)}`);
-    report('first connect, new pair, after proactive auth / baseline', result.first_connect_ratio_proactive_authenticated, '×', TARGETS.firstConnectRatio);
+    info(`revocation p99, p50, ${thousands(REAUTH_PAIRS)} pairs held (${REVOCATIONS})`, `${fmt(result.revoke_ms_p99_10k)} ms, ${fmt(result.revoke_ms_p50_10k)} ms`);
+    info(`first connect, gate detached (baseline, median of ${CONNECT_ROUNDS})`, `${fmt(baselineMs)} ms ${list(connectMs(connects.baseline))}`);
+    report(`first connect, new pair, connect right away, proactive / baseline`, result.first_connect_ratio_proactive, '×', TARGETS.firstConnectRatio);
+    info('  connect ms; SYNs dropped by the gates', `${list(connectMs(connects.proactive))}; ${JSON.stringify(result.first_connect_drops_proactive)}`);
+    report('first connect, new pair, after its proactive auth / baseline', result.first_connect_ratio_proactive_authenticated, '×', TARGETS.firstConnectRatio);
     info(
       '  connect ms; endpoints appear → pair on both nodes',
-      `${list(connects.proactiveAuthenticated.map((r) => r.connectMs))}; ${list(connects.proactiveAuthenticated.map((r) => r.authMs))} ms`,
+      `${list(connectMs(connects.proactiveAuthenticated))}; ${list(connects.proactiveAuthenticated.map((r) => r.authMs!))} ms`,
     );
     info(
       `first connect, new pair, on demand (median of ${ON_DEMAND_ROUNDS})`,
-      `${fmt(onDemandMs)} ms (${(onDemandMs / baselineMs).toFixed(0)}× baseline) ${list(connects.onDemand.map((r) => r.connectMs))}; drops ${JSON.stringify(result.first_connect_on_demand_drops)}`,
+      `${fmt(onDemandMs)} ms (${fmt(result.first_connect_ratio_on_demand)}× baseline) ${list(connectMs(connects.onDemand))}; drops ${JSON.stringify(result.first_connect_drops_on_demand)}`,
     );
     if (json) console.log(JSON.stringify(result));
   } finally {

@@ -27,7 +27,7 @@ async function setup(overrides: Partial<AuthManagerOptions> & { localNode?: stri
     cache,
     localNode: overrides.localNode ?? 'node-a',
     authenticate: (pair) => {
-      calls.push(pair);
+      calls.push({ localId: pair.localId, remoteId: pair.remoteId, remoteNode: pair.remoteNode });
       return Promise.resolve(authenticated(pair));
     },
     authenticateLocal: () => undefined,
@@ -95,7 +95,7 @@ test('on demand: signals start one handshake, duplicates are counted, failures b
   const { manager, signals } = await setup({
     proactive: () => false,
     authenticate: (pair) => {
-      calls.push(pair);
+      calls.push({ localId: pair.localId, remoteId: pair.remoteId, remoteNode: pair.remoteNode });
       return fail ? Promise.reject(Object.assign(new Error('nope'), { failureClass: 'refused' })) : Promise.resolve(authenticated(pair));
     },
   });

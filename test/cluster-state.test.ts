@@ -66,7 +66,11 @@ test('the plan: ipcache for every endpoint, desired pairs for local endpoints, p
   const plan = planNode(state, ids, 'disabled');
   t.deepEqual([...plan.ipcache.keys()].sort(), ['10.0.1.2/32', '10.0.1.3/32', 'fd00:2::2/128']);
   t.is(plan.ipcache.get('fd00:2::2/128')?.node, ids.node('b'));
-  t.deepEqual(plan.pairs, [{ localId: web.spiffeId, remoteId: db.spiffeId, remoteNode: 'b' }]);
+  t.deepEqual(
+    [...plan.pairs.values()].map(({ localId, remoteId, remoteNode }) => ({ localId, remoteId, remoteNode })),
+    [{ localId: web.spiffeId, remoteId: db.spiffeId, remoteNode: 'b' }],
+  );
+  for (const [key, pair] of plan.pairs) t.is(pair.key, key);
   t.deepEqual(plan.localIdentities.sort(), [api.spiffeId, web.spiffeId].sort());
   t.deepEqual(plan.interfaces.sort(), ['veth-api', 'veth-web']);
   // Default disabled: only web→db (egress on this node) is an exception.
@@ -74,7 +78,7 @@ test('the plan: ipcache for every endpoint, desired pairs for local endpoints, p
 
   const strict = planNode(state, ids, 'required');
   t.is(strict.policy.size, 0, 'with default required every pair is required: no exceptions');
-  t.is(strict.pairs.length, 4, 'web↔api, web→db, api→db; same-node pairs included');
+  t.is(strict.pairs.size, 4, 'web↔api, web→db, api→db; same-node pairs included');
 });
 
 test('numeric ids are stable, reversible, persisted, and start at 1', async (t) => {

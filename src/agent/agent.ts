@@ -79,7 +79,7 @@ export class Agent {
   ) {
     this.registry = createRegistry();
     this.state = new ClusterState(config.nodeName);
-    this.transport = deps.transport ?? createTransport(config, deps.logger, () => this.state.nodes.get(config.nodeName)?.address);
+    this.transport = deps.transport ?? createTransport(config, deps.logger, () => this.state.nodes.get(config.nodeName));
     this.metrics = new AgentMetrics(this.registry, {
       datapathCounters: () => this.datapath?.counters(),
       onCollectError: (err) => deps.logger.warn({ err: (err as Error).message }, 'reading the datapath counters failed'),
@@ -383,11 +383,12 @@ export class Agent {
     const pair: PairKey = { localId: request.localId.toString(), remoteId: request.remoteId.toString(), remoteNode: request.remoteNode };
     // Only pairs policy requires, between endpoints that exist where they claim to run, carried
     // by an authenticated node link.
-    return this.isDesired(pair) && this.peers.link(request.remoteNode) !== undefined;
-  }
-
-  private isDesired(pair: PairKey): boolean {
-    return (this.plan?.pairs ?? []).some((p) => p.localId === pair.localId && p.remoteId === pair.remoteId && p.remoteNode === pair.remoteNode);
+    if (!this.auth.isDesired(pair)) return false;
+    // Each side of a node handshake brings the link up on its own (after programming the
+    // transport): a peer that was quicker may ask for a pair before our side is up. That passes
+    // in a moment, so it is a refusal the initiator retries, not a policy denial.
+    if (this.peers.link(request.remoteNode) === undefined) throw new HandshakeFailure('refused', `no authenticated link to node ${request.remoteNode} yet`);
+    return true;
   }
 
   private async authenticatePair(pair: PairKey): Promise<PairAuthentication> {

@@ -1,6 +1,6 @@
 import { isIP } from 'node:net';
 import type { NumericIds } from '../auth/numeric-ids.js';
-import type { PairKey } from '../auth/types.js';
+import { pairKeyString, type KeyedPair } from '../auth/types.js';
 import { decide } from '../cluster/policy.js';
 import type { ClusterState } from '../cluster/state.js';
 import type { EndpointInfo, PolicyMode } from '../cluster/types.js';
@@ -12,8 +12,8 @@ export interface NodePlan {
   ipcache: Map<string, IpcacheEntry>;
   /** Policy-map entries where a pair's requirement differs from the default. */
   policy: Map<string, { key: PolicyKey; authType: number }>;
-  /** Identity pairs this node must hold authenticated. */
-  pairs: PairKey[];
+  /** Identity pairs this node must hold authenticated, by key string. */
+  pairs: Map<string, KeyedPair>;
   /** SPIFFE IDs of this node's own endpoints: the SVIDs it needs, and no others. */
   localIdentities: string[];
   /** Host-side interfaces of this node's endpoints: where the gate attaches. */
@@ -32,25 +32,26 @@ export function planNode(state: ClusterState, ids: NumericIds, defaultMode: Poli
     ipcache.set(hostPrefix(endpoint.ip), { identity: ids.identity(endpoint.spiffeId), node: ids.node(endpoint.node) });
   }
   const policy = new Map<string, { key: PolicyKey; authType: number }>();
-  const pairs = new Map<string, PairKey>();
+  const pairs = new Map<string, KeyedPair>();
   const locals = state.localEndpoints();
   // Policy is evaluated per endpoint pair (label selectors see pods, not identities); the
   // results are keyed by identity, so endpoints of one identity collapse into one pair.
   for (const local of locals) {
     for (const remote of state.endpoints.values()) {
       if (remote.ip === local.ip) continue;
-      const pair = { localId: local.spiffeId, remoteId: remote.spiffeId, remoteNode: remote.node };
       const outbound = decide(rules, local, remote, defaultMode);
       const inbound = decide(rules, remote, local, defaultMode);
       addPolicy(policy, ids, local, remote, 'egress', outbound, defaultMode);
       addPolicy(policy, ids, local, remote, 'ingress', inbound, defaultMode);
-      if (outbound === 'required' || inbound === 'required') pairs.set(`${pair.localId}\n${pair.remoteId}\n${pair.remoteNode}`, pair);
+      if (outbound !== 'required' && inbound !== 'required') continue;
+      const key = pairKeyString({ localId: local.spiffeId, remoteId: remote.spiffeId, remoteNode: remote.node });
+      if (!pairs.has(key)) pairs.set(key, { localId: local.spiffeId, remoteId: remote.spiffeId, remoteNode: remote.node, key });
     }
   }
   return {
     ipcache,
     policy,
-    pairs: [...pairs.values()],
+    pairs,
     localIdentities: [...new Set(locals.map((e) => e.spiffeId))],
     interfaces: [...new Set(locals.flatMap((e) => (e.interface ? [e.interface] : [])))],
   };

@@ -67,10 +67,10 @@ export class AuthCache {
     return this.pairs.peek(pairKeyString(key));
   }
 
-  /** Records a pair and writes its BPF entry. */
-  upsert(pair: CachedPair): void {
+  /** Records a pair and writes its BPF entry; `key` is the pair's key string when the caller holds it. */
+  upsert(pair: CachedPair, key = pairKeyString(pair)): void {
     this.options.map.setAuth(this.authKey(pair), this.toMonotonic(pair.expiresAt));
-    this.pairs.set(pairKeyString(pair), pair);
+    this.pairs.set(key, pair);
   }
 
   /** Removes a pair and its BPF entry; true if it was cached. */

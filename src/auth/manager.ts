@@ -4,7 +4,7 @@ import type { PairStatus } from '../agent/status.js';
 import type { SignalStatus } from '../metrics/agent-metrics.js';
 import type { AuthCache } from './cache.js';
 import { ReauthScheduler, type ReauthTiming } from './scheduler.js';
-import { pairKeyString, type AuthTrigger, type CachedPair, type PairKey } from './types.js';
+import { keyed, pairKeyString, type AuthTrigger, type CachedPair, type KeyedPair, type PairKey } from './types.js';
 
 /** What the handshake layer reports for a pair, from either role. */
 export interface PairAuthentication extends PairKey {
@@ -62,14 +62,23 @@ interface PairProgress {
  * trust-bundle changes. Removing a pair from the desired set removes its entry at once.
  */
 export class AuthManager {
-  private desired = new Map<string, PairKey>();
+  private desired: ReadonlyMap<string, KeyedPair> = new Map();
   private readonly progress = new Map<string, PairProgress>();
   private readonly inFlight = new Map<string, Promise<void>>();
-  /** Why each scheduled pair is due, for the trigger label when it fires. */
+  /** Why a scheduled pair is due, for the trigger label when it fires; only where that is not
+   *  the default (re-authentication of a cached pair, proactive for a missing one). */
   private readonly dueTrigger = new Map<string, AuthTrigger>();
   private readonly scheduler: ReauthScheduler<string>;
   private readonly now: () => number;
   private stopped = false;
+  /** Local identities this process has had an SVID for (see onLocalSvid). */
+  private readonly svidSeen = new Set<string>();
+  /**
+   * Whether the cache may hold pairs nobody desires: pairs restored from the pinned map, before
+   * the first setDesired. Otherwise it holds desired pairs only (record() refuses the others), so
+   * setDesired removes what left the set without scanning the whole cache.
+   */
+  private sweepCache = true;
 
   constructor(private readonly options: AuthManagerOptions) {
     this.now = options.now ?? Date.now;
@@ -78,23 +87,33 @@ export class AuthManager {
 
   /** Re-schedules pairs restored from the pinned map: they keep enforcing until re-authenticated. */
   adoptRestored(pairs: readonly CachedPair[]): void {
+    this.sweepCache = true;
     for (const pair of pairs) this.scheduleReauth(pair);
   }
 
   /**
    * The full set of pairs policy requires between local and known remote endpoints. New ones are
    * authenticated proactively; cached pairs no longer in the set are removed from the datapath.
+   * A map keyed by each pair's key string (as the agent's plan builds it) is taken as it is, and
+   * must not be changed afterwards; a list is keyed here.
    */
-  setDesired(pairs: readonly PairKey[]): void {
-    const next = new Map(pairs.map((pair) => [pairKeyString(pair), pair]));
+  setDesired(pairs: ReadonlyMap<string, KeyedPair> | readonly PairKey[]): void {
+    const next: ReadonlyMap<string, KeyedPair> = pairs instanceof Map ? pairs : keyedMap(pairs as readonly PairKey[]);
     const previous = this.desired;
     this.desired = next;
-    const removed = this.options.cache.deleteWhere((pair) => !next.has(pairKeyString(pair)));
-    for (const key of previous.keys()) {
+    // Revocation first. The previous set names what left; scanning the whole cache instead (a key
+    // string built per cached pair) doubled the cost of every change with 100,000 pairs held.
+    let removed = 0;
+    for (const [key, pair] of previous) {
       if (next.has(key)) continue;
+      if (this.options.cache.delete(pair)) removed++;
       this.scheduler.cancel(key);
       this.dueTrigger.delete(key);
       this.progress.delete(key);
+    }
+    if (this.sweepCache) {
+      this.sweepCache = false;
+      removed += this.options.cache.deleteWhere((pair) => !next.has(pairKeyString(pair)));
     }
     if (removed > 0) this.options.logger.info({ removed }, 'pairs no longer desired removed from the datapath');
     for (const [key, pair] of next) {
@@ -119,19 +138,26 @@ export class AuthManager {
     this.ensure(pair, 'on-demand');
   }
 
+  /** Whether policy requires this pair now (the responder's authorization check). */
+  isDesired(pair: PairKey): boolean {
+    return this.desired.has(pairKeyString(pair));
+  }
+
   /** A successful handshake (either role) for a pair. Pairs nobody desires are not recorded. */
   record(result: PairAuthentication, trigger: AuthTrigger): boolean {
-    const key = pairKeyString(result);
-    if (!this.desired.has(key)) return false;
+    const wanted = this.desired.get(pairKeyString(result));
+    if (!wanted) return false;
+    const key = wanted.key;
     const link = result.remoteNode === this.options.localNode ? undefined : this.options.nodeLink(result.remoteNode);
     if (result.remoteNode !== this.options.localNode && !link) {
       this.options.logger.debug({ pair: describe(result) }, 'pair authenticated, but its node has no live transport: not recorded');
       return false;
     }
+    // The desired pair's strings, shared with the plan, rather than the result's copies.
     const pair: CachedPair = {
-      localId: result.localId,
-      remoteId: result.remoteId,
-      remoteNode: result.remoteNode,
+      localId: wanted.localId,
+      remoteId: wanted.remoteId,
+      remoteNode: wanted.remoteNode,
       authenticatedAt: result.authenticatedAt,
       // A pair is valid only as long as the transport that carries it.
       expiresAt: Math.min(result.expiresAt, link?.expiresAt ?? Number.POSITIVE_INFINITY),
@@ -140,9 +166,9 @@ export class AuthManager {
       trigger,
       epoch: link?.epoch ?? 0,
     };
-    this.options.cache.upsert(pair);
+    this.options.cache.upsert(pair, key);
     this.progress.delete(key);
-    this.scheduleReauth(pair);
+    this.scheduleReauth(pair, key);
     return true;
   }
 
@@ -150,8 +176,13 @@ export class AuthManager {
    * A local identity got a new SVID. Pairs waiting for it (it had none yet) are authenticated at
    * once; pairs authenticated with the old SVID are re-authenticated, spread over a short window
    * so a rotation does not become a handshake storm, and always before the old SVID expires.
+   * The first SVID of an identity in this process rotates nothing: pairs restored from the pinned
+   * map were authenticated by the previous run, and keep the re-authentication adoptRestored
+   * scheduled before their expiry (a restart re-handshakes no valid pair).
    */
   onLocalSvid(localId: string): void {
+    const first = !this.svidSeen.has(localId);
+    this.svidSeen.add(localId);
     for (const pair of this.desired.values()) {
       const involved = pair.localId === localId || (pair.remoteNode === this.options.localNode && pair.remoteId === localId);
       if (involved && !this.options.cache.get(pair)) this.want(pair);
@@ -159,6 +190,7 @@ export class AuthManager {
     const now = this.now();
     for (const pair of this.options.cache.values()) {
       if (pair.localId !== localId || !this.desired.has(pairKeyString(pair))) continue;
+      if (first && pair.trigger === 'restored') continue;
       const window = Math.min(ROTATION_SPREAD_MS, Math.max(0, pair.expiresAt - now) / 2);
       this.scheduleFor(pairKeyString(pair), this.scheduler.dueTime(now, now + window, { fraction: 0.5, jitter: 1 }), 'rotation');
     }
@@ -202,7 +234,9 @@ export class AuthManager {
       const cached = this.options.cache.get(pair);
       const progress = this.progress.get(key);
       out.push({
-        ...pair,
+        localId: pair.localId,
+        remoteId: pair.remoteId,
+        remoteNode: pair.remoteNode,
         state: cached ? 'authenticated' : (progress?.state ?? 'pending'),
         ...(cached && { expiresAt: new Date(cached.expiresAt).toISOString(), lastAuthenticatedAt: new Date(cached.authenticatedAt).toISOString() }),
         ...((cached?.trigger ?? progress?.trigger) && { trigger: cached?.trigger ?? progress?.trigger }),
@@ -287,17 +321,19 @@ export class AuthManager {
   }
 
   private scheduleFor(key: string, dueAt: number, trigger: AuthTrigger): void {
-    this.dueTrigger.set(key, trigger);
+    if (trigger === 'reauth' || trigger === 'proactive') this.dueTrigger.delete(key);
+    else this.dueTrigger.set(key, trigger);
     this.scheduler.schedule(key, dueAt);
   }
 
-  private scheduleReauth(pair: CachedPair): void {
+
+  private scheduleReauth(pair: CachedPair, key = pairKeyString(pair)): void {
     // Both nodes hold the pair; the proactive initiator re-authenticates first and refreshes the
     // other side through its responder. The other node re-authenticates only if that never came.
     const { fraction, jitter } = this.options.timing;
     const leads = pair.remoteNode === this.options.localNode || this.initiatesProactively(pair);
     const timing = leads ? { fraction, jitter } : { fraction: fraction + (1 - fraction) / 2, jitter: Math.min(jitter, (1 - fraction) / 2) };
-    this.scheduleFor(pairKeyString(pair), this.scheduler.dueTime(pair.authenticatedAt, pair.expiresAt, timing), 'reauth');
+    this.scheduleFor(key, this.scheduler.dueTime(pair.authenticatedAt, pair.expiresAt, timing), 'reauth');
   }
 
   private reauthWhere(predicate: (pair: CachedPair) => boolean, trigger: AuthTrigger, options: { removeOnFailure?: boolean } = {}): void {
@@ -317,6 +353,15 @@ export class AuthManager {
 const SIGNAL_EXPIRY_MARGIN_MS = 1_000;
 // A rotation re-authenticates the identity's pairs within at most this long.
 const ROTATION_SPREAD_MS = 30_000;
+
+function keyedMap(pairs: readonly PairKey[]): Map<string, KeyedPair> {
+  const map = new Map<string, KeyedPair>();
+  for (const pair of pairs) {
+    const entry = keyed(pair);
+    map.set(entry.key, entry);
+  }
+  return map;
+}
 
 function trustDomainOf(spiffeId: string): string {
   return spiffeId.slice('spiffe://'.length).split('/')[0] ?? '';

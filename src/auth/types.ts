@@ -22,6 +22,16 @@ export interface CachedPair extends PairKey {
   epoch: number;
 }
 
+/** A desired pair carrying its key string, so that the desired set, the cache and the scheduler
+ *  share one string per pair instead of each building their own (it matters at 100,000 pairs). */
+export interface KeyedPair extends PairKey {
+  readonly key: string;
+}
+
+export function keyed(pair: PairKey): KeyedPair {
+  return { localId: pair.localId, remoteId: pair.remoteId, remoteNode: pair.remoteNode, key: pairKeyString(pair) };
+}
+
 export function pairKeyString(key: PairKey): string {
   return `${key.localId}\n${key.remoteId}\n${key.remoteNode}`;
 }
