@@ -26,6 +26,8 @@ const EXPECTED_CHECKS = [
   'ipsec.rekey-lossless',
   'ipsec.rekey-switches-to-new-sa',
   'ipsec.old-states-retired',
+  'ipsec.refuses-conflicts',
+  'ipsec.restart-adopts',
   'ipsec.remove-cleans-up',
   'ipsec.uninstall',
   'ipsec.hard-lifetime-fails-closed',

@@ -6,7 +6,9 @@
 // environment or in the logs.
 import test from 'ava';
 import { execa } from 'execa';
+import { Registry } from 'prom-client';
 import { DatapathError } from '../src/datapath/errors.js';
+import { TransportMetrics } from '../src/metrics/transport-metrics.js';
 import { WireGuardTransport } from '../src/datapath/wireguard.js';
 import { CmdlineScanner, TransportTopology } from './helpers/transport-topology.js';
 import { capturedLogger, leakedIn, wireguardChecks, wireguardSecrets } from './guest/transport-checks.js';
@@ -45,8 +47,10 @@ privileged('userspace WireGuard between two node namespaces, keyed by the handsh
   const scanner = new CmdlineScanner(allSecrets);
   const topology = await TransportTopology.create(t);
   const checks = new Map<string, { ok: boolean; detail: unknown }>();
+  const registry = new Registry();
+  const metrics = new TransportMetrics(registry);
   try {
-    await wireguardChecks(topology, { implementation: 'userspace', secrets, logger, record: (check, ok, detail) => checks.set(check, { ok, detail }) });
+    await wireguardChecks(topology, { implementation: 'userspace', secrets, logger, metrics, record: (check, ok, detail) => checks.set(check, { ok, detail }) });
   } finally {
     const report = await scanner.stop();
     const sawTools = report.commandsSeen.some((c) => /\bwg (set|syncconf)\b/.test(c)) && report.commandsSeen.some((c) => /\bip\b.*-batch/.test(c));
@@ -57,6 +61,10 @@ privileged('userspace WireGuard between two node namespaces, keyed by the handsh
     const check = checks.get(name);
     t.true(check?.ok === true, `${name}: ${check ? JSON.stringify(check.detail) : 'did not run'}`);
   }
+  const operations = (await metrics.operations.get()).values.map((v) => `${String(v.labels.operation)}/${String(v.labels.result)}=${v.value}`).sort();
+  t.deepEqual(operations, ['add/success=2', 'rekey/success=3', 'remove/success=3', 'sync/success=2'], 'operations are counted');
+  const exposition = await registry.metrics();
+  t.is(leakedIn(exposition, allSecrets), 0, 'no key in the metrics');
   const logs = text();
   t.true(logs.includes('WireGuard peer updated'), 'the logs were captured');
   t.is(leakedIn(logs, allSecrets), 0, 'no key in the logs');

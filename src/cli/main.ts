@@ -6,6 +6,7 @@ import { registerDevCaCommands } from './dev-ca-command.js';
 import { registerDatapathCommands } from './datapath-command.js';
 import { registerStatusCommand } from './status-command.js';
 import { registerAgentCommand } from './agent-command.js';
+import { registerDemoCommand } from './demo-command.js';
 import { UsageError } from './errors.js';
 
 const program = new Command('meshauth')
@@ -19,6 +20,7 @@ registerDevCaCommands(program);
 registerDatapathCommands(program);
 registerStatusCommand(program);
 registerAgentCommand(program);
+registerDemoCommand(program);
 
 try {
   await program.parseAsync(process.argv);

@@ -41,6 +41,7 @@
 import { randomInt } from 'node:crypto';
 import { isIP } from 'node:net';
 import { setTimeout as sleep } from 'node:timers/promises';
+import type { TransportMetrics, TransportOperation } from '../metrics/transport-metrics.js';
 import { silentLogger, type Logger } from '../util/logger.js';
 import { DatapathError } from './errors.js';
 import { checkDisjointOwners, parseCidr, parseCidrs, type Cidr } from './transport-cidrs.js';
@@ -125,6 +126,7 @@ export interface IpsecOptions {
   /** Policy priority (lower wins); default 1000. */
   policyPriority?: number;
   logger?: Logger;
+  metrics?: TransportMetrics;
 }
 
 interface PeerSpec {
@@ -151,6 +153,7 @@ interface Leftover {
 }
 
 interface Retirement {
+  owner: string;
   sas: SaId[];
   timer: NodeJS.Timeout;
   done: Promise<void>;
@@ -259,6 +262,7 @@ export class IpsecTransport {
   private readonly claims = new Map<string, { remote: string; remoteCidrs: Cidr[] }>();
   private readonly reservedSpis = new Set<number>();
   private readonly retirements = new Map<string, Set<Retirement>>();
+  private readonly dueRetirements: Retirement[] = [];
   private readonly busy = new Map<string, Promise<unknown>>();
   private closed = false;
 
@@ -271,6 +275,7 @@ export class IpsecTransport {
     private readonly logger: Logger,
     /** States and policies in meshauth's reqid range from a previous run, not yet adopted. */
     private readonly leftovers: Leftover[],
+    private readonly metrics: TransportMetrics | undefined,
   ) {}
 
   /** Checks the options and finds what a previous run left in the kernel (it keeps working). */
@@ -288,7 +293,7 @@ export class IpsecTransport {
     for (const state of states) leftover(state.reqid).states.push(state);
     for (const policy of policies) for (const reqid of policy.reqids.filter(isMeshauthReqid)) leftover(reqid).policies.push(policy);
     if (byReqid.size > 0) logger.info({ peers: byReqid.size, states: states.length, policies: policies.length }, 'found IPsec states of a previous run');
-    return new IpsecTransport(exec, lifetime, switchDelayMs, retireAfterMs, priority, logger, [...byReqid.values()]);
+    return new IpsecTransport(exec, lifetime, switchDelayMs, retireAfterMs, priority, logger, [...byReqid.values()], options.metrics);
   }
 
   /**
@@ -324,7 +329,11 @@ export class IpsecTransport {
   async setPeer(peer: IpsecPeer): Promise<void> {
     const spec = peerSpec(peer);
     this.claim([spec]);
-    return this.withPeers([spec.nodeName], () => this.apply([spec], [], false));
+    return this.withPeers([spec.nodeName], () => {
+      const current = this.installed.get(spec.nodeName);
+      const sameSas = current && sameSa(current.inSa, spec.inSa) && sameSa(current.outSa, spec.outSa) && current.inKey.equals(spec.inKey) && current.outKey.equals(spec.outKey);
+      return this.measured(!current ? 'add' : sameSas ? 'update' : 'rekey', () => this.apply([spec], [], false));
+    });
   }
 
   /** Makes `peers` the complete set: installs and re-keys them, removes every other peer and
@@ -338,7 +347,7 @@ export class IpsecTransport {
     }
     const removals = [...new Set([...this.claims.keys(), ...this.installed.keys()])].filter((name) => !names.has(name));
     this.claim(specs, removals);
-    return this.withPeers([...names, ...removals], () => this.apply(specs, removals, true));
+    return this.withPeers([...names, ...removals], () => this.measured('sync', () => this.apply(specs, removals, true)));
   }
 
   /** Removes a node's policies and states (its retiring ones too); false when there were none. */
@@ -347,7 +356,7 @@ export class IpsecTransport {
     this.claims.delete(nodeName);
     return this.withPeers([nodeName], async () => {
       if (!this.installed.has(nodeName) && !this.retirements.has(nodeName)) return false;
-      await this.apply([], [nodeName], false);
+      await this.measured('remove', () => this.apply([], [nodeName], false));
       return true;
     });
   }
@@ -424,6 +433,10 @@ export class IpsecTransport {
     }
     this.claims.clear();
     for (const [name, claim] of next) this.claims.set(name, claim);
+  }
+
+  private measured<T>(operation: TransportOperation, change: () => Promise<T>): Promise<T> {
+    return this.metrics ? this.metrics.observe('ipsec', operation, change, () => this.installed.size) : change();
   }
 
   /** Runs `operation` after every earlier operation on any of these peers. */
@@ -616,25 +629,37 @@ export class IpsecTransport {
       fire = resolve;
     });
     const retirement: Retirement = {
+      owner,
       sas,
       done,
       fire,
-      timer: setTimeout(() => {
-        void this.withPeers([owner], async () => {
-          const result = await this.exec.ipBatch(sas.map(stateDeleteLine), { force: true });
-          // "No such process": the state expired or was removed already; anything else is logged.
-          if (result.exitCode !== 0 && !/No such process/.test(result.stderr)) {
-            this.logger.warn({ node: owner, error: result.stderr.trim() }, 'could not delete retired IPsec states');
-          }
-        }).finally(() => {
-          this.retirements.get(owner)?.delete(retirement);
-          fire();
-        });
-      }, this.retireAfterMs),
+      timer: setTimeout(() => this.retireDue(retirement), this.retireAfterMs),
     };
     const set = this.retirements.get(owner) ?? new Set<Retirement>();
     set.add(retirement);
     this.retirements.set(owner, set);
+  }
+
+  /** Collects retirements whose timers fire together (a burst of re-keys) into one batch. */
+  private retireDue(retirement: Retirement): void {
+    this.dueRetirements.push(retirement);
+    if (this.dueRetirements.length > 1) return;
+    setImmediate(() => {
+      const due = this.dueRetirements.splice(0);
+      const owners = [...new Set(due.map((r) => r.owner))];
+      void this.withPeers(owners, async () => {
+        const result = await this.exec.ipBatch(due.flatMap((r) => r.sas.map(stateDeleteLine)), { force: true });
+        // "No such process": the state expired or was removed already; anything else is logged.
+        const unexpected = result.stderr.split('\n').filter((line) => line.trim() !== '' && !/No such process|Command failed/.test(line));
+        if (unexpected.length > 0) this.logger.warn({ nodes: owners, error: unexpected.join('; ') }, 'could not delete retired IPsec states');
+      }).finally(() => {
+        for (const r of due) {
+          this.retirements.get(r.owner)?.delete(r);
+          if (this.retirements.get(r.owner)?.size === 0) this.retirements.delete(r.owner);
+          r.fire();
+        }
+      });
+    });
   }
 }
 

@@ -36,6 +36,7 @@
 import { setTimeout as sleep } from 'node:timers/promises';
 import { isIP } from 'node:net';
 import { execa, type ResultPromise } from 'execa';
+import type { TransportMetrics, TransportOperation } from '../metrics/transport-metrics.js';
 import { silentLogger, type Logger } from '../util/logger.js';
 import { DatapathError } from './errors.js';
 import { checkDisjointOwners, parseCidr, parseCidrs, type Cidr } from './transport-cidrs.js';
@@ -62,6 +63,7 @@ export interface WireGuardOptions {
   /** Default "wireguard-go" (on PATH). */
   wireguardGoPath?: string;
   logger?: Logger;
+  metrics?: TransportMetrics;
 }
 
 export interface WireGuardPeer {
@@ -166,6 +168,7 @@ export class WireGuardTransport {
     private readonly manageRoutes: boolean,
     private readonly logger: Logger,
     private child: UserspaceChild | undefined,
+    private readonly metrics: TransportMetrics | undefined,
   ) {}
 
   /** This node's WireGuard public key (base64), for its handshake frame. */
@@ -192,6 +195,7 @@ export class WireGuardTransport {
 
     let implementation = await existingImplementation(exec, interfaceName);
     let child: UserspaceChild | undefined;
+    let createdKernelLink = false;
     if (implementation !== undefined) {
       if (wanted !== 'auto' && wanted !== implementation) {
         throw new DatapathError(`interface ${interfaceName} exists as ${implementation} WireGuard, but ${wanted} was asked for`);
@@ -202,6 +206,7 @@ export class WireGuardTransport {
       const added = wanted === 'userspace' ? undefined : await exec.attempt('ip', addKernel);
       if (added?.exitCode === 0) {
         implementation = 'kernel';
+        createdKernelLink = true;
       } else if (wanted === 'kernel' && added) {
         throw exec.failure('ip', addKernel, added);
       } else {
@@ -212,13 +217,15 @@ export class WireGuardTransport {
       }
     }
 
-    const transport = new WireGuardTransport(exec, keys, interfaceName, listenPort, implementation, options.manageRoutes ?? true, logger, child);
+    const transport = new WireGuardTransport(exec, keys, interfaceName, listenPort, implementation, options.manageRoutes ?? true, logger, child, options.metrics);
     try {
       await withSecretFile(`${keys.revealPrivateKey()}\n`, (file) => exec.run('wg', ['set', interfaceName, 'listen-port', String(listenPort), 'private-key', file]));
       await exec.run('ip', ['link', 'set', 'dev', interfaceName, 'mtu', String(mtu), 'up']);
       if (transport.manageRoutes) for (const cidr of await transport.listOwnRoutes()) transport.routes.add(cidr);
     } catch (err) {
-      await transport.stopChild();
+      // Leave nothing half-configured behind: a link this call created goes again.
+      if (child) await transport.stopChild();
+      else if (createdKernelLink) await exec.attempt('ip', ['link', 'del', 'dev', interfaceName]);
       throw err;
     }
     logger.info({ interface: interfaceName, implementation, listenPort, publicKey: keys.publicKey }, 'WireGuard interface ready');
@@ -246,7 +253,7 @@ export class WireGuardTransport {
       publicKeys.add(peer.publicKey);
     }
     checkDisjointOwners(programmed.map((p) => ({ owner: p.nodeName, cidrs: p.allowedIps })), 'WireGuard allowed-ips');
-    return this.serialized(async () => {
+    return this.serialized('sync', async () => {
       // syncconf, like setconf, resets the interface's private key and port unless the config
       // names them; set to the values they already have, the kernel keeps every session.
       const device = ['[Interface]', `PrivateKey = ${this.keys.revealPrivateKey()}`, `ListenPort = ${this.listenPort}`].join('\n');
@@ -262,7 +269,12 @@ export class WireGuardTransport {
   /** Adds or updates one peer (new PSK after a re-authentication, new endpoint or CIDRs). */
   async upsertPeer(peer: WireGuardPeer): Promise<void> {
     const next = programmedPeer(peer, this.publicKey);
-    return this.serialized(async () => {
+    const operation = (): TransportOperation => {
+      const known = this.peers.get(next.nodeName);
+      if (!known) return 'add';
+      return known.publicKey !== next.publicKey || !known.presharedKey.equals(next.presharedKey) ? 'rekey' : 'update';
+    };
+    return this.serialized(operation, async () => {
       const others = [...this.peers.values()].filter((p) => p.nodeName !== next.nodeName);
       const clash = others.find((p) => p.publicKey === next.publicKey);
       if (clash) throw new DatapathError(`WireGuard peer ${next.nodeName}: public key already used by node ${clash.nodeName}`);
@@ -286,7 +298,7 @@ export class WireGuardTransport {
 
   /** Removes a node's peer and its routes; false when there was none. */
   removePeer(nodeName: string): Promise<boolean> {
-    return this.serialized(async () => {
+    return this.serialized('remove', async () => {
       const previous = this.peers.get(nodeName);
       if (!previous) return false;
       await this.exec.run('wg', ['set', this.interfaceName, 'peer', previous.publicKey, 'remove']);
@@ -383,10 +395,12 @@ export class WireGuardTransport {
     return found;
   }
 
-  private serialized<T>(operation: () => Promise<T>): Promise<T> {
+  /** Runs after every earlier change (one at a time), timed and counted when metrics are on. */
+  private serialized<T>(operation: TransportOperation | (() => TransportOperation), change: () => Promise<T>): Promise<T> {
     const run = this.queue.then(() => {
       if (this.closed) throw new DatapathError(`WireGuard interface ${this.interfaceName} is closed`);
-      return operation();
+      if (!this.metrics) return change();
+      return this.metrics.observe('wireguard', typeof operation === 'function' ? operation() : operation, change, () => this.peers.size);
     });
     this.queue = run.catch(() => undefined);
     return run;

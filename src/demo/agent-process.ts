@@ -133,11 +133,12 @@ export class AgentProcess {
       });
   }
 
-  /** The first log line matching, waiting for it up to timeoutMs. */
-  async waitForLog(match: (line: LogLine) => boolean, description: string, timeoutMs = 15_000): Promise<LogLine> {
+  /** The first log line matching (from line `since` on), waiting for it up to timeoutMs. */
+  async waitForLog(match: (line: LogLine) => boolean, description: string, options: { since?: number; timeoutMs?: number } = {}): Promise<LogLine> {
+    const timeoutMs = options.timeoutMs ?? 15_000;
     const deadline = Date.now() + timeoutMs;
     for (;;) {
-      const found = (await this.logs()).find(match);
+      const found = (await this.logs()).slice(options.since ?? 0).find(match);
       if (found) return found;
       if (!this.running) throw new Error(`agent ${this.name} exited (${this.describeExit()}) before logging ${description}; see ${this.options.logPath}`);
       if (Date.now() > deadline) throw new Error(`agent ${this.name} did not log ${description} within ${timeoutMs} ms; see ${this.options.logPath}`);
@@ -191,8 +192,8 @@ export function metricSum(text: string, name: string, labels: Record<string, str
     if (!line.startsWith(name)) continue;
     const match = /^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{(.*)\})?\s+(\S+)/.exec(line);
     if (!match || match[1] !== name) continue;
-    const found = Object.fromEntries([...(match[3] ?? '').matchAll(/(\w+)="((?:[^"\\]|\\.)*)"/g)].map((m) => [m[1], m[2]]));
-    if (Object.entries(labels).every(([key, value]) => found[key] === value)) sum += Number(match[4]);
+    const found = new Map([...(match[3] ?? '').matchAll(/(\w+)="((?:[^"\\]|\\.)*)"/g)].map((m): [string, string] => [m[1]!, m[2]!]));
+    if (Object.entries(labels).every(([key, value]) => found.get(key) === value)) sum += Number(match[4]);
   }
   return sum;
 }

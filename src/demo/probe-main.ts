@@ -1,8 +1,10 @@
 // The traffic probe: one per workload namespace (started under nsenter by probe.ts). It serves a
 // TCP echo port and a UDP port that records what arrives, and on request makes TCP connections,
 // sends datagrams and streams of numbered datagrams. Requests and replies are JSON lines on
-// stdin/stdout, matched by id. Times are CLOCK_MONOTONIC nanoseconds (process.hrtime), the same
-// clock in every process of the host, so the caller can compare them with its own.
+// stdin/stdout, matched by id; a request that could not be carried out is answered with `fault`
+// (a probe that fails, e.g. a TCP connect timing out, is a normal reply with ok: false). Times
+// are CLOCK_MONOTONIC nanoseconds (process.hrtime), the same clock in every process of the host,
+// so the caller can compare them with its own.
 // It imports nothing from meshauth: it starts fast, also under tsx.
 // Usage: probe-main <tcp port> <udp port>
 import { createServer, connect, type Socket } from 'node:net';
@@ -156,11 +158,11 @@ createInterface({ input: process.stdin })
     try {
       request = JSON.parse(line) as Request;
     } catch {
-      return reply({ error: `not JSON: ${line.slice(0, 100)}` });
+      return reply({ fault: `not JSON: ${line.slice(0, 100)}` });
     }
     handle(request).then(
       (result) => reply({ id: request.id, ...result }),
-      (err: unknown) => reply({ id: request.id, error: err instanceof Error ? err.message : String(err) }),
+      (err: unknown) => reply({ id: request.id, fault: err instanceof Error ? err.message : String(err) }),
     );
   })
   // The parent went away: nothing more to do.

@@ -58,7 +58,7 @@ export class Probe {
         const id = typeof message.id === 'number' ? message.id : -1;
         const waiter = probe.pending.get(id);
         probe.pending.delete(id);
-        if (typeof message.error === 'string') waiter?.reject(new Error(`probe in ${netns}: ${message.error}`));
+        if (typeof message.fault === 'string') waiter?.reject(new Error(`probe in ${netns}: ${message.fault}`));
         else waiter?.resolve(message);
       });
       void child.then((result) => {

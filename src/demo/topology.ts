@@ -215,8 +215,16 @@ export class Topology {
  * the namespaces. A namespace that does not exist is skipped.
  */
 export async function removeNamespaces(namespaces: readonly string[]): Promise<void> {
+  await killNamespaceProcesses(namespaces);
+  for (const netns of namespaces) {
+    if (existsSync(`/run/netns/${netns}`)) await execa('ip', ['netns', 'del', netns], { reject: false });
+  }
+}
+
+/** SIGKILLs every process inside these namespaces (only processes started in them: ours). */
+export async function killNamespaceProcesses(namespaces: readonly string[]): Promise<void> {
   const existing = namespaces.filter((netns) => existsSync(`/run/netns/${netns}`));
-  for (let round = 0; round < 50; round++) {
+  for (let round = 0; round < 100; round++) {
     const pids = (await Promise.all(existing.map(namespacePids))).flat();
     if (pids.length === 0) break;
     for (const pid of pids) {
@@ -228,7 +236,6 @@ export async function removeNamespaces(namespaces: readonly string[]): Promise<v
     }
     await sleep(20);
   }
-  for (const netns of existing) await execa('ip', ['netns', 'del', netns], { reject: false });
 }
 
 async function namespacePids(netns: string): Promise<number[]> {

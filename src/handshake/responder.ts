@@ -20,7 +20,8 @@ export interface ResponderOptions {
   nodeIds: NodeIdentityScheme;
   /** The node a source address belongs to (node InternalIP → node name); undefined → refused. */
   resolveNode: (address: string) => string | undefined;
-  /** May this remote identity authenticate to this local identity? Fails closed if it throws. */
+  /** May this remote identity authenticate to this local identity? Fails closed if it throws; a
+   *  thrown HandshakeFailure refuses with its own class (a 'refused' is retried by the initiator). */
   authorize: (request: AuthorizeRequest) => boolean;
   /** This node's frame for a node handshake with the named peer (it may allocate per-peer values, such as IPsec SPIs). */
   localNodeFrame: (peerNode: string) => NodeFrame;
@@ -237,6 +238,8 @@ export class HandshakeResponder {
     try {
       allowed = this.options.authorize({ kind, remoteId: peer.id, localId: local.id, remoteNode });
     } catch (err) {
+      // The hook's own refusal, with the class it chose (e.g. 'refused': try again shortly).
+      if (err instanceof HandshakeFailure) throw err;
       this.options.logger.error({ err }, 'authorization hook failed; refusing');
     }
     if (!allowed) throw new HandshakeFailure('unauthorized', `${peer.id.toString()} may not authenticate to ${local.id.toString()}`);

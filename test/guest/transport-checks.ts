@@ -8,6 +8,7 @@ import { join } from 'node:path';
 import { Writable } from 'node:stream';
 import { pino } from 'pino';
 import { execa } from 'execa';
+import type { TransportMetrics } from '../../src/metrics/transport-metrics.js';
 import type { Logger } from '../../src/util/logger.js';
 import { WireGuardTransport, type WireGuardImplementation, type WireGuardPeer } from '../../src/datapath/wireguard.js';
 import { WireGuardKeyPair } from '../../src/datapath/transport-keys.js';
@@ -80,7 +81,7 @@ export async function wireguardSecrets(): Promise<{ stateDirs: string[]; private
  */
 export async function wireguardChecks(
   topo: TransportTopology,
-  options: { implementation: WireGuardImplementation; secrets: Awaited<ReturnType<typeof wireguardSecrets>>; logger: Logger; record: Record },
+  options: { implementation: WireGuardImplementation; secrets: Awaited<ReturnType<typeof wireguardSecrets>>; logger: Logger; record: Record; metrics?: TransportMetrics },
 ): Promise<void> {
   const { record, secrets } = options;
   const [psk, wrongPsk, psk2, psk3] = secrets.psks as [Buffer, Buffer, Buffer, Buffer];
@@ -95,6 +96,7 @@ export async function wireguardChecks(
         implementation: options.implementation,
         listenPort: port,
         logger: options.logger,
+        metrics: options.metrics,
       }),
     ),
   );
@@ -184,8 +186,11 @@ export async function ipsecChecks(topo: TransportTopology, options: { keys: Buff
   await execa('ip', ['-n', n1.netns, '-batch', '-'], {
     input: `xfrm state add src ${n1.underlay.ipv4} dst 192.168.250.9 proto esp spi 0x4242 reqid 7 mode tunnel aead rfc4106(gcm(aes)) 0x${randomBytes(20).toString('hex')} 128\n`,
   });
-  const open = () => Promise.all(topo.nodes.map((node) => IpsecTransport.open({ netns: node.netns, switchDelayMs: 300, retireAfterMs: 1000, logger: options.logger })));
-  const [ipsec1, ipsec2] = (await open()) as [IpsecTransport, IpsecTransport];
+  const open = () => Promise.all(topo.nodes.map((node) => IpsecTransport.open({ netns: node.netns, switchDelayMs: 300, retireAfterMs: 4000, logger: options.logger })));
+  const opened = await open();
+  // Replaced when the "agent" on node 1 restarts.
+  let ipsec1 = opened[0]!;
+  const ipsec2 = opened[1]!;
 
   /** New SPIs from each side and a key per direction; `tamper` gives n2 a wrong inbound key. */
   const negotiate = async (tamper = false): Promise<[IpsecPeer, IpsecPeer]> => {
@@ -241,6 +246,43 @@ export async function ipsecChecks(topo: TransportTopology, options: { keys: Buff
     await Promise.all([ipsec1.idle(), ipsec2.idle()]);
     const retired = await ownStates(n1.netns);
     record('ipsec.old-states-retired', retired.length === 2 && retired.every((s) => s.spi === next[0].inSpi || s.spi === next[0].outSpi), retired);
+
+    // Refused before anything reaches the kernel: an inbound SPI this side did not allocate, a
+    // second node claiming part of node2's pod CIDRs or its address, a re-key reusing an SPI.
+    const [spare] = await ipsec1.allocateSpis(1);
+    const installed = next[0];
+    const node3 = { ...installed, nodeName: 'node3', remoteAddress: '192.168.250.3', remoteCidrs: ['10.3.0.0/16'], inSpi: spare! };
+    const refusals = await Promise.allSettled([
+      ipsec1.setPeer({ ...installed, inSpi: 0x7777_7777 }),
+      ipsec1.setPeer({ ...node3, remoteCidrs: ['10.2.7.0/24'] }),
+      ipsec1.setPeer({ ...node3, remoteAddress: installed.remoteAddress }),
+      ipsec1.setPeer({ ...installed, inSpi: spare!, inKey: nextKey() }),
+    ]);
+    const reasons = refusals.map((r) => (r.status === 'rejected' ? (r.reason as Error).message : 'accepted'));
+    const expected = [/was not allocated/, /10\.2\.7\.0\/24 of node3 overlaps 10\.2\.0\.0\/16 of node2/, /same address/, /needs new SPIs in both directions/];
+    const stillUp = await topo.ping(1, 2, { count: 2, intervalS: 0.1 });
+    record('ipsec.refuses-conflicts', reasons.every((reason, i) => expected[i]!.test(reason)) && stillUp.received >= 2 && ipsec1.nodeNames().join() === 'node2', {
+      reasons,
+      stillUp,
+    });
+
+    // The agent restarts: the SAs keep carrying traffic without it, and the next handshake's keys
+    // replace them make-before-break (the new process adopts the previous run's reqid).
+    await ipsec1.close();
+    const unattended = await topo.ping(1, 2, { count: 2, intervalS: 0.1 });
+    ipsec1 = await IpsecTransport.open({ netns: n1.netns, switchDelayMs: 300, retireAfterMs: 4000, logger: options.logger });
+    const restartLoop = topo.ping(1, 2, { count: 200, intervalS: 0.01, deadlineS: 10 });
+    await new Promise((resolve) => setTimeout(resolve, 300));
+    const afterRestart = await negotiate();
+    await program(afterRestart);
+    const restartTraffic = await restartLoop;
+    await Promise.all([ipsec1.idle(), ipsec2.idle()]);
+    const adoptedStates = await ownStates(n1.netns);
+    record(
+      'ipsec.restart-adopts',
+      unattended.received >= 2 && restartTraffic.transmitted === 200 && restartTraffic.received === 200 && adoptedStates.length === 2 && adoptedStates.some((s) => s.spi === afterRestart[0].outSpi),
+      { unattended, restartTraffic, adoptedStates },
+    );
 
     const removed = await ipsec1.removePeer('node2');
     const { stdout: policies1 } = await execa('ip', ['-n', n1.netns, 'xfrm', 'policy', 'list']);

@@ -38,7 +38,9 @@ export interface TestNode {
   pinDir: string;
 }
 
-const PROBE_SCRIPT = fileURLToPath(new URL('./netns-probe.py', import.meta.url));
+// Resolved in the source tree, so the compiled helper (dist/test/helpers, used by the benches)
+// finds the script too.
+const PROBE_SCRIPT = fileURLToPath(new URL(import.meta.url.includes('/dist/test/') ? '../../../test/helpers/netns-probe.py' : './netns-probe.py', import.meta.url));
 
 async function ipBatch(netns: string, lines: string[]): Promise<void> {
   await execa('ip', ['-n', netns, '-batch', '-'], { input: `${lines.join('\n')}\n` });

@@ -199,6 +199,34 @@ export class TransportTopology {
     await inNetns(this.workload(from).netns, 'perl', ['-e', script, this.workload(to).ipv4, String(port), payload]);
   }
 
+  /** TCP throughput (Mbit/s) from workload `from` to workload `to`, measured by iperf3. */
+  async iperf(from: 1 | 2, to: 1 | 2, seconds: number): Promise<number> {
+    // --forceflush: without a terminal, iperf3 would hold back "Server listening" in its buffer.
+    const serverArgs = [`--net=/run/netns/${this.workload(to).netns}`, 'iperf3', '--server', '--one-off', '--forceflush'];
+    const server = execa('nsenter', serverArgs, { reject: false, buffer: false, stdout: 'pipe' });
+    try {
+      await new Promise<void>((resolve, reject) => {
+        const timer = setTimeout(() => reject(new Error('iperf3 server did not start within 30 s')), 30_000);
+        server.stdout.on('data', (chunk: Buffer) => {
+          if (chunk.toString().includes('Server listening')) {
+            clearTimeout(timer);
+            resolve();
+          }
+        });
+        void server.then((result) => {
+          clearTimeout(timer);
+          reject(new Error(`iperf3 server exited: ${String(result.exitCode)}`));
+        });
+      });
+      const client = await inNetns(this.workload(from).netns, 'iperf3', ['--client', this.workload(to).ipv4, '--time', String(seconds), '--json']);
+      const report = JSON.parse(client.stdout) as { end: { sum_received: { bits_per_second: number } } };
+      return Math.round(report.end.sum_received.bits_per_second / 1e6);
+    } finally {
+      server.kill();
+      await server;
+    }
+  }
+
   /** Starts tcpdump on an interface of a namespace; resolves once it is capturing. */
   async capture(netns: string, iface: string, filter: string[] = []): Promise<Capture> {
     const file = join(this.workDir!, `${netns}-${iface}-${randomBytes(3).toString('hex')}.pcap`);
