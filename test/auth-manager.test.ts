@@ -178,3 +178,18 @@ test('a rotated local SVID re-authenticates its pairs spread over a window that 
   t.true(pairs.every((pair) => cache.get(pair)?.trigger === 'rotation'));
   manager.stop();
 });
+
+test('a same-node pair waits for its SVIDs without failing, and is authenticated when they arrive', async (t) => {
+  let held = false;
+  const local: PairKey = { localId: id('web'), remoteId: id('api'), remoteNode: 'node-a' };
+  const { manager, cache } = await setup({ authenticateLocal: (pair) => (held ? authenticated(pair) : undefined) });
+  manager.setDesired([local]);
+  await manager.settled();
+  t.is(manager.status()[0]?.state, 'pending', 'pending, not failed');
+  t.is(manager.status()[0]?.lastError, undefined);
+  held = true;
+  manager.onLocalSvid(id('api'));
+  await manager.settled();
+  t.is(cache.get(local)?.trigger, 'proactive');
+  manager.stop();
+});

@@ -294,7 +294,8 @@ export class AuthManager {
     if (trigger === 'reauth' || trigger === 'rotation' || trigger === 'bundle-change') this.options.onReauth?.(trigger);
     try {
       const result = pair.remoteNode === this.options.localNode ? this.options.authenticateLocal(pair) : await this.options.authenticate(pair);
-      if (!result) throw Object.assign(new Error('this node holds no SVID for one of the identities'), { failureClass: 'unknown_identity' });
+      // A same-node pair whose SVIDs are not issued yet: no failure, onLocalSvid brings it back.
+      if (!result) return;
       if (this.stopped) return;
       this.record(result, trigger);
     } catch (err) {
