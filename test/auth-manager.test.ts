@@ -193,3 +193,13 @@ test('a same-node pair waits for its SVIDs without failing, and is authenticated
   t.is(cache.get(local)?.trigger, 'proactive');
   manager.stop();
 });
+
+test('the non-leading node initiates at once when the SVID a pair waited for arrives', async (t) => {
+  const { manager, calls } = await setup({ localNode: 'node-z' });
+  manager.setDesired([WEB_DB]);
+  t.deepEqual(calls, [], 'not the leader: waits its grace');
+  manager.onLocalSvid(WEB_DB.localId);
+  await manager.settled();
+  t.deepEqual(calls, [WEB_DB]);
+  manager.stop();
+});

@@ -185,7 +185,7 @@ export class AuthManager {
     this.svidSeen.add(localId);
     for (const pair of this.desired.values()) {
       const involved = pair.localId === localId || (pair.remoteNode === this.options.localNode && pair.remoteId === localId);
-      if (involved && !this.options.cache.get(pair)) this.want(pair);
+      if (involved && !this.options.cache.get(pair)) this.want(pair, { svidArrived: true });
     }
     const now = this.now();
     for (const pair of this.options.cache.values()) {
@@ -269,11 +269,14 @@ export class AuthManager {
   /**
    * A desired pair without an entry. Both nodes want it, and one handshake serves both: the node
    * with the lower name initiates at once, the other after a grace period, if the pair is still
-   * missing then. Same-node pairs need no handshake.
+   * missing then (or at once when the SVID it waited for arrives). Same-node pairs need no handshake.
    */
-  private want(pair: PairKey): void {
+  private want(pair: PairKey, options: { svidArrived?: boolean } = {}): void {
     if (this.options.proactive?.() === false) return;
-    if (pair.remoteNode === this.options.localNode || this.initiatesProactively(pair)) this.ensure(pair, 'proactive');
+    // The SVID a pair was waiting for just arrived here: the peer's attempt, if it leads, most
+    // likely failed on this very SVID (unknown_identity) and is backing off, so this node starts
+    // the handshake at once instead of waiting out the grace period.
+    if (pair.remoteNode === this.options.localNode || this.initiatesProactively(pair) || options.svidArrived) this.ensure(pair, 'proactive');
     else this.scheduleFor(pairKeyString(pair), this.now() + this.options.timing.proactiveGraceMs, 'proactive');
   }
 
