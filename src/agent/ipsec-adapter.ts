@@ -6,6 +6,9 @@ import type { Transport, TransportPeer } from './transport.js';
 // SPIs are allocated against the kernel's state table (asynchronous), but a node frame is built
 // inside the handshake (synchronous): a small pool of reserved SPIs bridges the two.
 const SPI_POOL = 16;
+// An SPI sent in a frame whose handshake never led to a peer is given back after this long
+// (far beyond any handshake's timeout).
+const UNUSED_SPI_MS = 60_000;
 
 /**
  * IPsec (kernel XFRM) as the agent's transport: per node pair, ESP tunnel-mode states keyed from
@@ -16,6 +19,8 @@ export class IpsecAdapter implements Transport {
   readonly kind = 'ipsec';
   private ipsec?: IpsecTransport;
   private pool: number[] = [];
+  /** SPIs sent in node frames and not yet installed, with when they were sent. */
+  private readonly handedOut = new Map<number, number>();
   private refilling?: Promise<void>;
 
   constructor(
@@ -32,7 +37,9 @@ export class IpsecAdapter implements Transport {
 
   /** One fresh inbound SPI for this peer and handshake; a handshake without one fails and is retried. */
   localFrame(peer: string): Omit<NodeFrame, 'nodeName' | 'podCidrs'> {
+    this.releaseUnused();
     const spi = this.pool.shift();
+    if (spi !== undefined) this.handedOut.set(spi, Date.now());
     this.refill();
     if (spi === undefined) throw new Error(`no IPsec SPI reserved for a handshake with ${peer} yet`);
     return { ipsecSpis: [spi] };
@@ -54,6 +61,7 @@ export class IpsecAdapter implements Transport {
       inKey: peer.keys.espInbound,
       outKey: peer.keys.espOutbound,
     });
+    this.handedOut.delete(peer.localSpi);
   }
 
   async remove(node: string): Promise<void> {
@@ -64,6 +72,14 @@ export class IpsecAdapter implements Transport {
     await this.refilling;
     if (this.ipsec) this.ipsec.releaseSpis(this.pool);
     await this.ipsec?.close();
+  }
+
+  /** Gives back the SPIs of handshakes that failed after this node sent its frame. */
+  private releaseUnused(): void {
+    const cutoff = Date.now() - UNUSED_SPI_MS;
+    const unused = [...this.handedOut].filter(([, sentAt]) => sentAt < cutoff).map(([spi]) => spi);
+    for (const spi of unused) this.handedOut.delete(spi);
+    if (unused.length > 0) this.ipsec?.releaseSpis(unused);
   }
 
   private refill(): void {
