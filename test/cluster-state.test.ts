@@ -81,6 +81,23 @@ test('the plan: ipcache for every endpoint, desired pairs for local endpoints, p
   t.is(strict.pairs.size, 4, 'web↔api, web→db, api→db; same-node pairs included');
 });
 
+test('the plan desires no pair with an endpoint on a node the state does not know; the policy map is unchanged', async (t) => {
+  const ids = await NumericIds.load();
+  const rule: ClusterEvent = {
+    type: 'policy',
+    action: 'upsert',
+    policy: { name: 'p', source: { spiffeId: 'spiffe://td/ns/shop/sa/web' }, destination: { spiffeId: 'spiffe://td/ns/shop/sa/db' }, mode: 'required' },
+  };
+  // Node b deleted while its pod is still listed (Kubernetes removes the pods later).
+  const state = stateWith([nodes[0]!, { type: 'endpoint', action: 'upsert', endpoint: web }, { type: 'endpoint', action: 'upsert', endpoint: db }, rule]);
+  const plan = planNode(state, ids, 'disabled');
+  t.is(plan.pairs.size, 0);
+  t.is(plan.policy.size, 1, 'traffic to db still needs authentication');
+  t.true(plan.ipcache.has('fd00:2::2/128'));
+  state.apply(nodes[1]!);
+  t.deepEqual([...planNode(state, ids, 'disabled').pairs.values()].map((p) => p.remoteNode), ['b'], 'back with the node');
+});
+
 test('numeric ids are stable, reversible, persisted, and start at 1', async (t) => {
   const dir = await mkdtemp(join(tmpdir(), 'meshauth-ids-'));
   t.teardown(() => rm(dir, { recursive: true, force: true }));

@@ -22,8 +22,9 @@ export interface NodePlan {
 
 /**
  * Computes the node's plan. A pair (local L, remote R) is desired when policy requires traffic
- * in either direction between them, because one handshake authenticates both directions. The
- * policy map holds only exceptions to the default, which keeps it small.
+ * in either direction between them, because one handshake authenticates both directions, and R
+ * runs on this node or on a node the cluster state knows. The policy map holds only exceptions to
+ * the default, which keeps it small.
  */
 export function planNode(state: ClusterState, ids: NumericIds, defaultMode: PolicyMode): NodePlan {
   const rules = [...state.policies.values()];
@@ -44,6 +45,10 @@ export function planNode(state: ClusterState, ids: NumericIds, defaultMode: Poli
       addPolicy(policy, ids, local, remote, 'egress', outbound, defaultMode);
       addPolicy(policy, ids, local, remote, 'ingress', inbound, defaultMode);
       if (outbound !== 'required' && inbound !== 'required') continue;
+      // A pair is held over a link to the remote endpoint's node: with that node gone from the
+      // cluster (its Node deleted, its pods not yet), the pair can be neither authenticated nor
+      // kept, so it is not desired; it comes back with the node.
+      if (remote.node !== state.localNode && !state.nodes.has(remote.node)) continue;
       const key = pairKeyString({ localId: local.spiffeId, remoteId: remote.spiffeId, remoteNode: remote.node });
       if (!pairs.has(key)) pairs.set(key, { localId: local.spiffeId, remoteId: remote.spiffeId, remoteNode: remote.node, key });
     }
