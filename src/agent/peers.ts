@@ -2,6 +2,7 @@ import type { NodeAuthResult } from '../handshake/types.js';
 import type { NodeInfo } from '../cluster/types.js';
 import type { NodeLink } from '../auth/manager.js';
 import { ReauthScheduler, type ReauthTiming } from '../auth/scheduler.js';
+import { parseCidr } from '../datapath/transport-cidrs.js';
 import { Backoff } from '../util/backoff.js';
 import type { Logger } from '../util/logger.js';
 import type { PeerStatus } from './status.js';
@@ -78,6 +79,14 @@ export class PeerManager {
   async record(result: NodeAuthResult): Promise<void> {
     const peer = this.peers.get(result.remoteNode);
     if (!peer || this.stopped) return;
+    // The transport routes the CIDRs the peer names in its frame into its tunnel: it may name only
+    // what the cluster state assigns to it (not another node's pods, ours, or 0.0.0.0/0).
+    const unassigned = unassignedCidrs(result.peerFrame.podCidrs, peer.info.podCidrs);
+    if (unassigned.length > 0) {
+      const message = `node ${result.remoteNode} claims pod CIDRs the cluster state does not assign to it: ${unassigned.join(', ')}`;
+      this.fail(result.remoteNode, peer, 'unauthorized', new Error(message));
+      return;
+    }
     try {
       await this.options.transport.upsert({
         node: result.remoteNode,
@@ -161,4 +170,20 @@ export class PeerManager {
     const due = this.scheduler.dueAt(node);
     if (due === undefined || due > this.now() + delay) this.scheduler.schedule(node, this.now() + delay);
   }
+}
+
+/** The claimed CIDRs that are not among the assigned ones (compared in canonical form). */
+function unassignedCidrs(claimed: readonly string[], assigned: readonly string[]): string[] {
+  const canonical = (text: string) => {
+    try {
+      return parseCidr(text, 'pod CIDR').text;
+    } catch {
+      return undefined;
+    }
+  };
+  const allowed = new Set(assigned.map(canonical).filter((text) => text !== undefined));
+  return claimed.filter((text) => {
+    const cidr = canonical(text);
+    return cidr === undefined || !allowed.has(cidr);
+  });
 }
