@@ -1,5 +1,5 @@
 import test from 'ava';
-import { ReauthScheduler } from '../src/auth/scheduler.js';
+import { ReauthScheduler, followerTiming } from '../src/auth/scheduler.js';
 
 test('due times fall inside the jitter window around the fraction of the lifetime', (t) => {
   const scheduler = new ReauthScheduler<string>(() => {});
@@ -58,4 +58,18 @@ test('many reschedules do not grow the heap without bound', (t) => {
   t.is(scheduler.size, 1000);
   t.true((scheduler as unknown as { heap: unknown[] }).heap.length <= 2 * 1000 + 1024 + 1);
   scheduler.stop();
+});
+
+test('the follower re-authenticates only after the leader\'s whole window', (t) => {
+  const leader = { fraction: 2 / 3, jitter: 0.2 };
+  const follower = followerTiming(leader);
+  const scheduler = new ReauthScheduler<string>(() => {});
+  let latestLeader = 0;
+  let earliestFollower = Number.POSITIVE_INFINITY;
+  for (let i = 0; i < 1000; i++) {
+    latestLeader = Math.max(latestLeader, scheduler.dueTime(0, 1000, leader));
+    earliestFollower = Math.min(earliestFollower, scheduler.dueTime(0, 1000, follower));
+  }
+  t.true(earliestFollower > latestLeader, `follower from ${earliestFollower}, leader until ${latestLeader}`);
+  t.true(follower.fraction + follower.jitter / 2 < 1, 'and before the expiry');
 });

@@ -6,7 +6,6 @@ import { AuthManager, type PairAuthentication } from '../auth/manager.js';
 import { MemoryAuthMap } from '../auth/memory-map.js';
 import { NumericIds } from '../auth/numeric-ids.js';
 import type { PairKey } from '../auth/types.js';
-import { KubernetesSource, loadKubeConfig } from '../cluster/kubernetes/source.js';
 import { staticSnapshot } from '../cluster/static-source.js';
 import { ClusterState } from '../cluster/state.js';
 import type { ClusterSource, NodeInfo } from '../cluster/types.js';
@@ -245,6 +244,8 @@ export class Agent {
 
   private async startClusterSource(): Promise<void> {
     if (this.config.kubernetes.enabled) {
+      // Loaded only when used: the Kubernetes client is large, and agents without it start faster.
+      const { KubernetesSource, loadKubeConfig } = await import('../cluster/kubernetes/source.js');
       const source: ClusterSource = new KubernetesSource({
         kubeConfig: loadKubeConfig(this.config.kubernetes.kubeconfig),
         trustDomain: this.config.kubernetes.trustDomain ?? this.config.trustDomain,

@@ -1,12 +1,16 @@
 import type { NodeAuthResult } from '../handshake/types.js';
 import type { NodeInfo } from '../cluster/types.js';
 import type { NodeLink } from '../auth/manager.js';
-import { ReauthScheduler, type ReauthTiming } from '../auth/scheduler.js';
+import { ReauthScheduler, followerTiming, type ReauthTiming } from '../auth/scheduler.js';
 import { parseCidr } from '../datapath/transport-cidrs.js';
 import { Backoff } from '../util/backoff.js';
 import type { Logger } from '../util/logger.js';
 import type { PeerStatus } from './status.js';
 import type { Transport } from './transport.js';
+
+// Longer than any handshake can take (connect + handshake timeouts), so two crossing handshakes
+// always fall within it.
+const CROSSING_WINDOW_MS = 15_000;
 
 export interface PeerManagerOptions {
   localNode: string;
@@ -23,6 +27,8 @@ export interface PeerManagerOptions {
 
 interface Peer {
   info: NodeInfo;
+  /** When a node handshake initiated by the leading node of this pair was last applied. */
+  leaderAppliedAt?: number;
   link?: NodeLink & { authenticatedAt: number };
   state: PeerStatus['state'];
   lastError?: string;
@@ -79,6 +85,18 @@ export class PeerManager {
   async record(result: NodeAuthResult): Promise<void> {
     const peer = this.peers.get(result.remoteNode);
     if (!peer || this.stopped) return;
+    // Two handshakes can cross (both nodes initiate at once) and finish in different orders on the
+    // two sides; each side must then keep the SAME one, or their transport keys differ. Both sides
+    // can tell who initiated a handshake, so the rule is: one initiated by the leading node (the
+    // lower name) always applies; one initiated by the other node is dropped when a leader's
+    // handshake was applied moments before.
+    const leaderInitiated = (result.role === 'initiator') === this.options.localNode < result.remoteNode;
+    const now = this.now();
+    if (leaderInitiated) peer.leaderAppliedAt = now;
+    else if (peer.leaderAppliedAt !== undefined && now - peer.leaderAppliedAt < CROSSING_WINDOW_MS) {
+      this.options.logger.info({ node: result.remoteNode }, 'node handshake crossed one of the leading node: keeping the leader\'s');
+      return;
+    }
     // The transport routes the CIDRs the peer names in its frame into its tunnel: it may name only
     // what the cluster state assigns to it (not another node's pods, ours, or 0.0.0.0/0).
     const unassigned = unassignedCidrs(result.peerFrame.podCidrs, peer.info.podCidrs);
@@ -107,7 +125,7 @@ export class PeerManager {
     if (rekey) this.options.onRekey?.();
     const leads = this.options.localNode < result.remoteNode;
     const { fraction, jitter } = this.options.timing;
-    const timing = leads ? { fraction, jitter } : { fraction: fraction + (1 - fraction) / 2, jitter: Math.min(jitter, (1 - fraction) / 2) };
+    const timing = leads ? { fraction, jitter } : followerTiming({ fraction, jitter });
     this.scheduler.schedule(result.remoteNode, this.scheduler.dueTime(peer.link.authenticatedAt, peer.link.expiresAt, timing));
     this.options.logger.info({ node: result.remoteNode, epoch: peer.link.epoch, transport: this.options.transport.kind, expiresAt: result.expiresAt.toISOString() }, rekey ? 'node link re-keyed' : 'node link up');
     this.options.onLinkChanged(result.remoteNode);

@@ -3,7 +3,7 @@ import type { Logger } from '../util/logger.js';
 import type { PairStatus } from '../agent/status.js';
 import type { SignalStatus } from '../metrics/agent-metrics.js';
 import type { AuthCache } from './cache.js';
-import { ReauthScheduler, type ReauthTiming } from './scheduler.js';
+import { ReauthScheduler, followerTiming, type ReauthTiming } from './scheduler.js';
 import { keyed, pairKeyString, type AuthTrigger, type CachedPair, type KeyedPair, type PairKey } from './types.js';
 
 /** What the handshake layer reports for a pair, from either role. */
@@ -336,7 +336,7 @@ export class AuthManager {
     // other side through its responder. The other node re-authenticates only if that never came.
     const { fraction, jitter } = this.options.timing;
     const leads = pair.remoteNode === this.options.localNode || this.initiatesProactively(pair);
-    const timing = leads ? { fraction, jitter } : { fraction: fraction + (1 - fraction) / 2, jitter: Math.min(jitter, (1 - fraction) / 2) };
+    const timing = leads ? { fraction, jitter } : followerTiming({ fraction, jitter });
     this.scheduleFor(key, this.scheduler.dueTime(pair.authenticatedAt, pair.expiresAt, timing), 'reauth');
   }
 

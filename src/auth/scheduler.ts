@@ -134,3 +134,14 @@ export class ReauthScheduler<K> {
     return top;
   }
 }
+
+/**
+ * The timing of the node that does not lead a pair or link: its window starts after the leader's
+ * ends, so that it re-authenticates only when the leader's re-authentication never came, and the
+ * two never race.
+ */
+export function followerTiming(timing: ReauthTiming): ReauthTiming {
+  const leaderEnd = timing.fraction + timing.jitter / 2;
+  const room = Math.max(0, 1 - leaderEnd);
+  return { fraction: leaderEnd + room / 2, jitter: Math.min(timing.jitter, room / 2) };
+}
