@@ -9,16 +9,8 @@
 // The parsers that check reads the kernel's configuration with are tested here on the host, on
 // output captured from the guest's iproute2.
 import test from 'ava';
-import { existsSync } from 'node:fs';
-import { dirname, resolve } from 'node:path';
-import { fileURLToPath } from 'node:url';
-import { execa } from 'execa';
 import { parseXfrmEvents, parseXfrmPolicies, parseXfrmStates } from './helpers/xfrm-observer.js';
-
-const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..');
-/** CI puts shared/ beside the clone. */
-const RUN_IN_GUEST = resolve(ROOT, '../shared/tools/run-in-guest');
-const BUILT_SCENARIO = resolve(ROOT, 'dist/test/guest/agent-ipsec.js');
+import { runGuestChecks } from './helpers/guest.js';
 
 const EXPECTED_CHECKS = [
   'setup',
@@ -33,36 +25,15 @@ const EXPECTED_CHECKS = [
   'secrets.not-on-cmdline',
 ];
 
-interface CheckLine {
-  check: string;
-  ok: boolean;
-  detail?: unknown;
-}
-
 test('two agents program ESP states and policies from their node handshake, re-key them and remove them (guest VM)', async (t) => {
   t.timeout(330_000, 'the guest run (boot, two agents, a re-authentication)');
-  if (!existsSync(RUN_IN_GUEST)) return t.fail(`${RUN_IN_GUEST} not found: the guest tool comes from shared/tools beside the repository`);
-  if (!existsSync(BUILT_SCENARIO)) return t.fail(`${BUILT_SCENARIO} is missing: run "npm run build" first (npm test does)`);
-  const result = await execa(RUN_IN_GUEST, ['test/guest/agent-ipsec.sh'], { cwd: ROOT, reject: false, env: { GUEST_TIMEOUT: '300' } });
-  if (result.exitCode === 125) {
-    return t.fail(
-      `the guest VM did not run (needs qemu-system-x86, busybox-static, cpio, kmod, xz-utils and linux-image-amd64: scripts/setup.sh installs them):\n${result.stderr}`,
-    );
-  }
-  const checks = new Map<string, CheckLine>();
-  for (const line of result.stdout.split('\n')) {
-    if (!line.startsWith('{')) continue;
-    const parsed = JSON.parse(line) as CheckLine;
-    if (typeof parsed.check === 'string') checks.set(parsed.check, parsed);
-  }
+  const checks = await runGuestChecks(t, {
+    script: 'test/guest/agent-ipsec.sh',
+    expectedChecks: EXPECTED_CHECKS,
+    guestTimeoutSeconds: 300,
+    requiredFiles: ['dist/test/guest/agent-ipsec.js'],
+  });
   t.log(`guest checks: ${JSON.stringify(checks.get('setup')?.detail)}`);
-  for (const name of EXPECTED_CHECKS) {
-    const check = checks.get(name);
-    t.true(check?.ok === true, `${name}: ${check ? JSON.stringify(check.detail) : 'did not run'}`);
-  }
-  const unexpected = [...checks.values()].filter((c) => !c.ok && !EXPECTED_CHECKS.includes(c.check));
-  t.deepEqual(unexpected, [], 'an extra check failed (e.g. the scenario threw)');
-  t.is(result.exitCode, 0, result.stderr);
 });
 
 // Captured from `ip -s xfrm state list` / `ip xfrm policy list` / `ip xfrm monitor nokeys`

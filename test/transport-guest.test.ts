@@ -4,14 +4,7 @@
 // check. This test asserts that each expected check ran and passed. A missing qemu or kernel is
 // a failure with the reason, never a silent pass.
 import test from 'ava';
-import { existsSync } from 'node:fs';
-import { dirname, resolve } from 'node:path';
-import { fileURLToPath } from 'node:url';
-import { execa } from 'execa';
-
-const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..');
-/** CI puts shared/ beside the clone. */
-const RUN_IN_GUEST = resolve(ROOT, '../shared/tools/run-in-guest');
+import { runGuestChecks } from './helpers/guest.js';
 
 const EXPECTED_CHECKS = [
   'wg.implementation',
@@ -35,32 +28,7 @@ const EXPECTED_CHECKS = [
   'secrets.not-in-logs',
 ];
 
-interface CheckLine {
-  check: string;
-  ok: boolean;
-  detail?: unknown;
-}
-
 test('kernel WireGuard and kernel IPsec in the guest VM', async (t) => {
   t.timeout(240_000, 'the guest run (boot, node, every transport check)');
-  if (!existsSync(RUN_IN_GUEST)) return t.fail(`${RUN_IN_GUEST} not found: the guest tool comes from shared/tools beside the repository`);
-  const result = await execa(RUN_IN_GUEST, ['test/guest/transport.sh'], { cwd: ROOT, reject: false, env: { GUEST_TIMEOUT: '220' } });
-  if (result.exitCode === 125) {
-    return t.fail(
-      `the guest VM did not run (needs qemu-system-x86, busybox-static, cpio, kmod, xz-utils and linux-image-amd64: scripts/setup.sh installs them):\n${result.stderr}`,
-    );
-  }
-  const checks = new Map<string, CheckLine>();
-  for (const line of result.stdout.split('\n')) {
-    if (!line.startsWith('{')) continue;
-    const parsed = JSON.parse(line) as CheckLine;
-    if (typeof parsed.check === 'string') checks.set(parsed.check, parsed);
-  }
-  for (const name of EXPECTED_CHECKS) {
-    const check = checks.get(name);
-    t.true(check?.ok === true, `${name}: ${check ? JSON.stringify(check.detail) : 'did not run'}`);
-  }
-  const unexpected = [...checks.values()].filter((c) => !c.ok && !EXPECTED_CHECKS.includes(c.check));
-  t.deepEqual(unexpected, [], 'an extra check failed (e.g. a scenario threw)');
-  t.is(result.exitCode, 0, result.stderr);
+  await runGuestChecks(t, { script: 'test/guest/transport.sh', expectedChecks: EXPECTED_CHECKS, guestTimeoutSeconds: 220 });
 });
