@@ -24,7 +24,7 @@ class RecordingTransport implements Transport {
     this.programmed.set(peer.node, peer.keys.wireguardPsk.reveal().toString());
     return Promise.resolve();
   }
-  remove(): Promise<void> {
+  remove(_node: string): Promise<void> {
     return Promise.resolve();
   }
   close(): Promise<void> {
@@ -87,3 +87,50 @@ for (const order of ['leader first', 'follower first'] as const) {
     b.stop();
   });
 }
+
+test('a trust-bundle change re-validates node links: a peer that no longer validates loses its link and transport peer', async (t) => {
+  const transport = new RecordingTransport();
+  const removed: string[] = [];
+  transport.remove = (node: string) => {
+    removed.push(node);
+    return Promise.resolve();
+  };
+  let attempts = 0;
+  const linkChanges: string[] = [];
+  const peers = new PeerManager({
+    localNode: NODE_A.name,
+    transport,
+    authenticate: () => {
+      attempts++;
+      return Promise.reject(Object.assign(new Error('peer chain no longer validates'), { failureClass: 'untrusted' }));
+    },
+    timing: { fraction: 2 / 3, jitter: 0.2, failureBackoff: { initialMs: 60_000, maxMs: 60_000 }, proactiveGraceMs: 60_000 },
+    logger: silentLogger(),
+    onLinkChanged: (node) => linkChanges.push(node),
+  });
+  peers.setNodes([NODE_A, NODE_B]);
+  await peers.settled();
+  await peers.record(result(NODE_A, NODE_B, 'initiator', 'H1'));
+  t.truthy(peers.link('node-b'));
+  const before = attempts;
+  peers.onBundleChange({ removed: [], changed: ['other.org'] }, 'td');
+  t.is(attempts, before, 'another trust domain: nothing to re-validate');
+  peers.onBundleChange({ removed: [], changed: ['td'] }, 'td');
+  await peers.settled();
+  t.is(attempts, before + 1, 're-authenticated at once');
+  t.is(peers.link('node-b'), undefined, 'the link is down');
+  t.deepEqual(removed, ['node-b']);
+  t.is(linkChanges.at(-1), 'node-b');
+  peers.stop();
+});
+
+test('an unloaded node trust domain takes every link down at once', async (t) => {
+  const transport = new RecordingTransport();
+  const peers = manager(NODE_A, transport);
+  peers.setNodes([NODE_A, NODE_B]);
+  await peers.record(result(NODE_A, NODE_B, 'initiator', 'H1'));
+  t.truthy(peers.link('node-b'));
+  peers.onBundleChange({ removed: ['td'], changed: [] }, 'td');
+  t.is(peers.link('node-b'), undefined);
+  peers.stop();
+});

@@ -208,7 +208,10 @@ export class Agent {
     this.store.on('svid', (svid) => {
       if (!svid.id.equals(nodeId)) this.auth.onLocalSvid(svid.id.toString());
     });
-    this.store.on('bundles', (change) => this.auth.onBundleChange(change));
+    this.store.on('bundles', (change) => {
+      this.auth.onBundleChange(change);
+      this.peers.onBundleChange(change, nodeId.trustDomain);
+    });
 
     // Datapath signals: on-demand authentication.
     if (this.datapath) {

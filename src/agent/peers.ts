@@ -8,6 +8,9 @@ import type { Logger } from '../util/logger.js';
 import type { PeerStatus } from './status.js';
 import type { Transport } from './transport.js';
 
+// Failure classes that mean the peer's certificate is not (or no longer) acceptable.
+const CERTIFICATE_FAILURES = new Set(['untrusted', 'expired', 'bad_certificate']);
+
 // Longer than any handshake can take (connect + handshake timeouts), so two crossing handshakes
 // always fall within it.
 const CROSSING_WINDOW_MS = 15_000;
@@ -29,6 +32,8 @@ interface Peer {
   info: NodeInfo;
   /** When a node handshake initiated by the leading node of this pair was last applied. */
   leaderAppliedAt?: number;
+  /** The trust bundle changed since the link came up: a failed re-validation takes the link down. */
+  revalidating?: boolean;
   link?: NodeLink & { authenticatedAt: number };
   state: PeerStatus['state'];
   lastError?: string;
@@ -121,6 +126,7 @@ export class PeerManager {
     peer.link = { expiresAt: result.expiresAt.getTime(), epoch: ++this.epoch, authenticatedAt: result.authenticatedAt.getTime() };
     peer.state = 'up';
     delete peer.lastError;
+    delete peer.revalidating;
     peer.backoff?.reset();
     if (rekey) this.options.onRekey?.();
     const leads = this.options.localNode < result.remoteNode;
@@ -129,6 +135,26 @@ export class PeerManager {
     this.scheduler.schedule(result.remoteNode, this.scheduler.dueTime(peer.link.authenticatedAt, peer.link.expiresAt, timing));
     this.options.logger.info({ node: result.remoteNode, epoch: peer.link.epoch, transport: this.options.transport.kind, expiresAt: result.expiresAt.toISOString() }, rekey ? 'node link re-keyed' : 'node link up');
     this.options.onLinkChanged(result.remoteNode);
+  }
+
+  /**
+   * Node identities live in one trust domain. When its bundle is unloaded every link goes down at
+   * once; when it changes every link is re-authenticated now, and a link whose peer no longer
+   * validates goes down (with its pairs) instead of living on until its scheduled re-authentication.
+   */
+  onBundleChange(change: { removed: readonly string[]; changed: readonly string[] }, nodeTrustDomain: string): void {
+    if (change.removed.includes(nodeTrustDomain)) {
+      for (const [node, peer] of this.peers) {
+        if (peer.link) this.takeDown(node, peer, 'the trust bundle of node identities was unloaded');
+        this.ensure(node);
+      }
+    } else if (change.changed.includes(nodeTrustDomain)) {
+      for (const [node, peer] of this.peers) {
+        if (!peer.link) continue;
+        peer.revalidating = true;
+        this.ensure(node);
+      }
+    }
   }
 
   status(): PeerStatus[] {
@@ -158,12 +184,7 @@ export class PeerManager {
     const peer = this.peers.get(node);
     if (!peer) return;
     // An expired link is down: its pairs go with it until a new handshake succeeds.
-    if (peer.link && peer.link.expiresAt <= this.now()) {
-      delete peer.link;
-      peer.state = 'pending';
-      this.options.onLinkChanged(node);
-      void this.options.transport.remove(node).catch((err: unknown) => this.options.logger.warn({ node, err: (err as Error).message }, 'removing an expired transport peer failed'));
-    }
+    if (peer.link && peer.link.expiresAt <= this.now()) this.takeDown(node, peer, 'the link expired', 'pending');
     this.ensure(node);
   }
 
@@ -177,8 +198,20 @@ export class PeerManager {
       .finally(() => delete peer.inFlight);
   }
 
+  /** The link is gone: its pairs leave the datapath, its transport peer is removed. */
+  private takeDown(node: string, peer: Peer, reason: string, state: PeerStatus['state'] = 'failed'): void {
+    delete peer.link;
+    delete peer.revalidating;
+    peer.state = state;
+    this.options.logger.warn({ node, reason }, 'node link down');
+    this.options.onLinkChanged(node);
+    void this.options.transport.remove(node).catch((err: unknown) => this.options.logger.warn({ node, err: (err as Error).message }, 'removing the transport peer failed'));
+  }
+
   private fail(node: string, peer: Peer, failureClass: string, err: unknown): void {
     if (this.stopped || this.peers.get(node) !== peer) return;
+    // After a trust-bundle change, a peer whose certificate no longer validates is not kept.
+    if (peer.revalidating && peer.link && CERTIFICATE_FAILURES.has(failureClass)) this.takeDown(node, peer, `re-validation after a trust-bundle change failed: ${failureClass}`);
     peer.lastError = failureClass;
     if (!this.link(node)) peer.state = 'failed';
     peer.backoff ??= new Backoff(this.options.timing.failureBackoff);

@@ -276,7 +276,9 @@ export class AuthManager {
     // The SVID a pair was waiting for just arrived here: the peer's attempt, if it leads, most
     // likely failed on this very SVID (unknown_identity) and is backing off, so this node starts
     // the handshake at once instead of waiting out the grace period.
-    if (pair.remoteNode === this.options.localNode || this.initiatesProactively(pair) || options.svidArrived) this.ensure(pair, 'proactive');
+    if (pair.remoteNode === this.options.localNode || this.initiatesProactively(pair)) this.ensure(pair, 'proactive');
+    // Shortly, not at once: if the leader had not tried yet, its handshake usually lands first.
+    else if (options.svidArrived) this.scheduleFor(pairKeyString(pair), this.now() + SVID_ARRIVAL_DELAY_MS, 'proactive');
     else this.scheduleFor(pairKeyString(pair), this.now() + this.options.timing.proactiveGraceMs, 'proactive');
   }
 
@@ -353,6 +355,9 @@ export class AuthManager {
   }
 }
 
+// How long a non-leading node waits after the SVID of a pair arrived before initiating itself:
+// below the initiator's first retry (200 ms), above a handshake on an idle pair of nodes.
+const SVID_ARRIVAL_DELAY_MS = 50;
 // A signal for a cached pair this close to its expiry means the gate already sees it expired.
 const SIGNAL_EXPIRY_MARGIN_MS = 1_000;
 // A rotation re-authenticates the identity's pairs within at most this long.
