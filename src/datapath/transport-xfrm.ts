@@ -83,7 +83,7 @@ export interface ListedState extends SaId {
 }
 
 /** Splits ip's listing into blocks: a block starts with an unindented line. */
-function blocks(text: string): string[][] {
+export function listingBlocks(text: string): string[][] {
   const result: string[][] = [];
   for (const line of text.split('\n')) {
     if (line.trim() === '') continue;
@@ -96,7 +96,7 @@ function blocks(text: string): string[][] {
 /** ESP states from `ip xfrm state list nokeys`. */
 export function parseStates(text: string): ListedState[] {
   const states: ListedState[] = [];
-  for (const block of blocks(text)) {
+  for (const block of listingBlocks(text)) {
     const head = /^src (\S+) dst (\S+)$/.exec(block[0]!);
     const id = block.map((line) => /^proto esp spi 0x([0-9a-f]+)(?:\(\d+\))? reqid (\d+)/.exec(line)).find(Boolean);
     if (head && id) states.push({ src: head[1]!, dst: head[2]!, spi: parseInt(id[1]!, 16), reqid: Number(id[2]) });
@@ -122,7 +122,7 @@ export interface ListedPolicy {
 /** Policies from `ip xfrm policy list` (socket policies and unknown directions skipped). */
 export function parsePolicies(text: string): ListedPolicy[] {
   const policies: ListedPolicy[] = [];
-  for (const block of blocks(text)) {
+  for (const block of listingBlocks(text)) {
     const selector = /^src (\S+) dst (\S+)(.*)$/.exec(block[0]!);
     const dir = block.map((line) => /^dir (out|in|fwd)\b/.exec(line)).find(Boolean);
     if (!selector || !dir) continue;

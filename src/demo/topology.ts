@@ -193,19 +193,22 @@ export class Topology {
         ),
       );
     }
-    await this.waitForCarrier();
+    await waitForLinksUp(this.namespaces);
   }
 
-  private async waitForCarrier(): Promise<void> {
-    const deadline = Date.now() + 10_000;
-    for (const netns of this.namespaces) {
-      for (;;) {
-        const { stdout } = await execa('ip', ['-n', netns, '-j', 'link', 'show']);
-        const links = JSON.parse(stdout) as { ifname: string; operstate: string }[];
-        if (links.every((link) => link.ifname === 'lo' || link.operstate === 'UP')) break;
-        if (Date.now() > deadline) throw new Error(`topology: links in ${netns} did not come up: ${stdout}`);
-        await sleep(20);
-      }
+}
+
+/** Waits until every link but lo in these namespaces is operationally up: IPv6 ignores an
+ *  interface until then, so traffic sent earlier is lost. */
+export async function waitForLinksUp(namespaces: readonly string[], timeoutMs = 10_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  for (const netns of namespaces) {
+    for (;;) {
+      const { stdout } = await execa('ip', ['-n', netns, '-j', 'link', 'show']);
+      const links = JSON.parse(stdout) as { ifname: string; operstate: string }[];
+      if (links.every((link) => link.ifname === 'lo' || link.operstate === 'UP')) break;
+      if (Date.now() > deadline) throw new Error(`topology: links in ${netns} did not come up: ${stdout}`);
+      await sleep(20);
     }
   }
 }

@@ -15,6 +15,7 @@ import { randomBytes } from 'node:crypto';
 import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
 import { execa, type ResultPromise } from 'execa';
+import { waitForLinksUp } from '../../src/demo/topology.js';
 
 export type Protocol = 'tcp' | 'udp' | 'icmp' | 'raw';
 export type Family = 4 | 6;
@@ -166,21 +167,7 @@ export class Topology {
       ),
     );
     this.workloads.sort((a, b) => a.name.localeCompare(b.name));
-    await this.waitForCarrier();
-  }
-
-  /** IPv6 ignores an interface until its operational state is up. */
-  private async waitForCarrier(): Promise<void> {
-    const deadline = Date.now() + 5000;
-    for (const ns of this.namespaces) {
-      for (;;) {
-        const { stdout } = await execa('ip', ['-n', ns, '-j', 'link', 'show']);
-        const links = JSON.parse(stdout) as { ifname: string; operstate: string }[];
-        if (links.every((link) => link.ifname === 'lo' || link.operstate === 'UP')) break;
-        if (Date.now() > deadline) throw new Error(`links in ${ns} not up: ${stdout}`);
-        await new Promise((resolve) => setTimeout(resolve, 20));
-      }
-    }
+    await waitForLinksUp(this.namespaces);
   }
 
   /**

@@ -22,6 +22,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Worker } from 'node:worker_threads';
 import { execa, type ResultPromise } from 'execa';
+import { waitForLinksUp } from '../../src/demo/topology.js';
 
 export interface TopologyNode {
   id: 1 | 2;
@@ -153,20 +154,7 @@ export class TransportTopology {
         `route add default via fd00:${node.id}:1::1`,
       ]);
     }
-    await this.waitForCarrier();
-  }
-
-  private async waitForCarrier(): Promise<void> {
-    const deadline = Date.now() + 10_000;
-    for (const ns of this.namespaces) {
-      for (;;) {
-        const { stdout } = await execa('ip', ['-n', ns, '-j', 'link', 'show']);
-        const links = JSON.parse(stdout) as { ifname: string; operstate: string }[];
-        if (links.every((link) => link.ifname === 'lo' || link.operstate === 'UP')) break;
-        if (Date.now() > deadline) throw new Error(`links in ${ns} not up: ${stdout}`);
-        await new Promise((resolve) => setTimeout(resolve, 20));
-      }
-    }
+    await waitForLinksUp(this.namespaces);
   }
 
   /** What a CNI would do: route the other node's pod CIDRs to it over the underlay. */

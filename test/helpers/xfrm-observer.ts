@@ -4,6 +4,7 @@
 // make-before-break). iproute2 has no JSON output for xfrm, so these parse its text; the
 // parsers are tested on canned output in test/agent-ipsec.test.ts.
 import { execa, type ResultPromise } from 'execa';
+import { listingBlocks } from '../../src/datapath/transport-xfrm.js';
 
 export interface XfrmState {
   src: string;
@@ -36,17 +37,6 @@ export interface XfrmEvent {
   dir?: string;
 }
 
-/** Splits ip's listing into blocks: a block starts with an unindented line. */
-function blocks(text: string): string[][] {
-  const result: string[][] = [];
-  for (const line of text.split('\n')) {
-    if (line.trim() === '') continue;
-    if (!/^\s/.test(line) || result.length === 0) result.push([line.trim()]);
-    else result[result.length - 1]!.push(line.trim());
-  }
-  return result;
-}
-
 function find(block: readonly string[], pattern: RegExp): RegExpExecArray | undefined {
   for (const line of block) {
     const match = pattern.exec(line);
@@ -61,7 +51,7 @@ const STATE_ID = /^proto esp spi 0x([0-9a-f]+)(?:\(\d+\))? reqid (\d+)(?:\(0x[0-
 /** ESP states from `ip [-s] xfrm state list`. */
 export function parseXfrmStates(text: string): XfrmState[] {
   const states: XfrmState[] = [];
-  for (const block of blocks(text)) {
+  for (const block of listingBlocks(text)) {
     const head = /^src (\S+) dst (\S+)$/.exec(block[0]!);
     const id = find(block, STATE_ID);
     if (!head || !id) continue;
@@ -85,7 +75,7 @@ export function parseXfrmStates(text: string): XfrmState[] {
 /** Policies from `ip xfrm policy list` (socket policies, which have no selector, are skipped). */
 export function parseXfrmPolicies(text: string): XfrmPolicy[] {
   const policies: XfrmPolicy[] = [];
-  for (const block of blocks(text)) {
+  for (const block of listingBlocks(text)) {
     const selector = /^src (\S+) dst (\S+)\s*$/.exec(block[0]!);
     const dir = find(block, /^dir (\S+)(?: priority (\d+))?/);
     if (!selector || !dir) continue;
@@ -107,7 +97,7 @@ const ACTIONS: Record<string, XfrmEvent['action']> = { Deleted: 'delete', Update
 /** State and policy events from `ip xfrm monitor` output (other events are skipped). */
 export function parseXfrmEvents(text: string, at: number): XfrmEvent[] {
   const events: XfrmEvent[] = [];
-  for (const block of blocks(text)) {
+  for (const block of listingBlocks(text)) {
     const head = /^(?:(Deleted|Updated|Expired) )?src (\S+) dst (\S+)/.exec(block[0]!);
     if (!head) continue;
     const action = head[1] ? ACTIONS[head[1]]! : 'add';
