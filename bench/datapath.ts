@@ -14,7 +14,7 @@
 //
 // Topology: test/helpers (two nodes × two workloads in network namespaces, removed at the end).
 import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { machine, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { execa, type ResultPromise } from 'execa';
@@ -117,7 +117,7 @@ async function withEmptyPrograms<T>(cluster: Cluster, measure: () => Promise<T>)
   try {
     await writeFile(join(dir, 'empty.c'), EMPTY_PROGRAM);
     const object = join(dir, 'empty.o');
-    await execa('clang', ['-O2', '-g', '-target', 'bpf', '-I/usr/include/x86_64-linux-gnu', '-c', join(dir, 'empty.c'), '-o', object]);
+    await execa('clang', ['-O2', '-g', '-target', 'bpf', `-I/usr/include/${machine()}-linux-gnu`, '-c', join(dir, 'empty.c'), '-o', object]);
     // Pinned under the node's pin dir (removed with it); tc's own object loader would leave
     // /sys/fs/bpf/tc behind.
     for (const node of cluster.topology.nodes) await execa('bpftool', ['prog', 'loadall', object, `${node.pinDir}/empty`]);
@@ -222,8 +222,10 @@ async function main(): Promise<void> {
     const gated: number[] = [];
     const baseline: number[] = [];
     const setGate = async (on: boolean) => {
-      if (on) for (const [node, agent] of [[1, agent1], [2, agent2]] as const) await agent.install({ interfaces: interfaces(node) });
-      else for (const [node, agent] of [[1, agent1], [2, agent2]] as const) await agent.detach(interfaces(node));
+      if (on) {
+        for (const [node, agent] of [[1, agent1], [2, agent2]] as const) await agent.install({ interfaces: interfaces(node) });
+        cluster.bindInterfaces(); // detaching cleared the bindings
+      } else for (const [node, agent] of [[1, agent1], [2, agent2]] as const) await agent.detach(interfaces(node));
     };
     for (let round = 0; round < THROUGHPUT_ROUNDS; round++) {
       for (const on of round % 2 === 0 ? [false, true] : [true, false]) {

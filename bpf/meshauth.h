@@ -12,7 +12,12 @@
  *
  * Maps (pinned as <pin dir>/maps/<name>; default pin dir /sys/fs/bpf/meshauth):
  *   ipcache    LPM trie   ipcache_key     -> ipcache_value   (prefixes shorter than a host)
- *   ipcache_hosts  hash   ipcache_key     -> ipcache_value   (/32 and /128 entries)
+ *   ipcache_hosts4 hash   __be32 address  -> ipcache_value   (/32 entries)
+ *   ipcache_hosts6 hash   ipv6_host_key   -> ipcache_value   (/128 entries)
+ *   interfaces array      __u32 ifindex   -> ipcache_value   (the workload behind a gated
+ *                                                             interface; identity 0: unbound)
+ *   ipcache_memo   per-CPU array  __u32 slot -> ipcache_memo_entry (recent ipcache answers)
+ *   ipcache_gen    array  __u32 (always 0) -> __u64 (changed by every ipcache write)
  *   policy     hash       policy_key      -> policy_value
  *   auth       hash       auth_key        -> auth_value
  *   ratelimit  LRU hash   auth_key        -> __u64 (monotonic ns of the last signal)
@@ -79,10 +84,30 @@ struct ipcache_key {
 	__u8 addr[16];   /* IPv4 uses the first 4 bytes, the rest is zero */
 };
 
+/* An IPv6 host address: the ipcache_hosts6 key (IPv4 hosts are keyed by the bare __be32). */
+struct ipv6_host_key {
+	__u8 addr[16];
+};
+
 struct ipcache_value {
 	__u32 identity; /* node-local numeric identity, never 0 */
 	__u16 node;     /* node id of the host that owns the address */
 	__u16 pad;
+};
+
+/*
+ * One slot of the gate's per-CPU memo of ipcache answers. Valid while its
+ * generation equals ipcache_gen, which the agent changes (to a fresh random
+ * value) after every ipcache write, so a memoized answer never outlives a change.
+ */
+#define MESHAUTH_IPCACHE_MEMO_SLOTS 256
+struct ipcache_memo_entry {
+	__u64 generation;
+	__u8 addr[16];  /* as in ipcache_key */
+	__u8 family;    /* MESHAUTH_FAMILY_*; 0 in an empty slot */
+	__u8 pad[3];
+	struct ipcache_value value;
+	__u32 pad2;
 };
 
 struct policy_key {

@@ -113,6 +113,18 @@ privileged('an agent killed during traffic leaves enforcement in place, and rest
   await rogueIsDropped(t, cluster, 'after the restart');
 });
 
+privileged('endpoints that name no interface (as Kubernetes gives them) are found through the kernel and gated', async (t) => {
+  // startCluster waits for the gate on every local workload's interface and for web <-> db.
+  const cluster = await startCluster(t, {
+    configure: (_node, config) => ({
+      ...config,
+      cluster: { ...config.cluster, endpoints: config.cluster?.endpoints?.map(({ interface: _named, ...endpoint }) => endpoint) ?? [] },
+    }),
+  });
+  t.true((await cluster.probe('web').tcp(DB.ip, { timeoutMs: 1000, payload: 'found-interfaces' })).ok, 'web -> db');
+  await rogueIsDropped(t, cluster, 'on interfaces the agents found');
+});
+
 /** SVID and bundle files for the file provider, rewritten atomically like cert-manager does. */
 class SvidFiles {
   constructor(private readonly dir: string) {}

@@ -72,7 +72,20 @@ test('the plan: ipcache for every endpoint, desired pairs for local endpoints, p
   );
   for (const [key, pair] of plan.pairs) t.is(pair.key, key);
   t.deepEqual(plan.localIdentities.sort(), [api.spiffeId, web.spiffeId].sort());
-  t.deepEqual(plan.interfaces.sort(), ['veth-api', 'veth-web']);
+  t.deepEqual(
+    [...plan.interfaces].sort(),
+    [
+      ['veth-api', { identity: ids.identity(api.spiffeId), node: ids.node('a') }],
+      ['veth-web', { identity: ids.identity(web.spiffeId), node: ids.node('a') }],
+    ],
+    'each interface bound to its endpoint identity',
+  );
+  // A second address of web's on its interface keeps the binding; another identity there voids it.
+  const shared = (spiffeId: string) =>
+    planNode(stateWith([...nodes, { type: 'endpoint', action: 'upsert', endpoint: web }, { type: 'endpoint', action: 'upsert', endpoint: { ...web, ip: '10.0.1.9', spiffeId } }]), ids, 'disabled');
+  t.deepEqual(shared(web.spiffeId).interfaces.get('veth-web'), { identity: ids.identity(web.spiffeId), node: ids.node('a') });
+  t.true(shared('spiffe://td/ns/shop/sa/other').interfaces.has('veth-web'));
+  t.is(shared('spiffe://td/ns/shop/sa/other').interfaces.get('veth-web'), undefined);
   // Default disabled: only web→db (egress on this node) is an exception.
   t.deepEqual([...plan.policy.values()], [{ key: { localIdentity: ids.identity(web.spiffeId), remoteIdentity: ids.identity(db.spiffeId), direction: 'egress' }, authType: 1 }]);
 

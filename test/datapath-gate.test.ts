@@ -6,8 +6,8 @@ import { randomBytes } from 'node:crypto';
 import { monotonicNowNs } from '../src/datapath/datapath.js';
 import type { Signal } from '../src/datapath/layout.js';
 import { sleep } from '../src/util/backoff.js';
-import { Cluster, isRoot } from './helpers/datapath-fixture.js';
-import type { Family, Protocol } from './helpers/netns.js';
+import { Cluster, IDENTITY, isRoot } from './helpers/datapath-fixture.js';
+import { inNetns, type Family, type Protocol } from './helpers/netns.js';
 
 const privileged = isRoot() ? test.serial : test.skip;
 const PROTOCOLS: Protocol[] = ['tcp', 'udp', 'icmp', 'raw'];
@@ -128,4 +128,73 @@ privileged('IPv6 extension headers are skipped: gated by address, signalled with
   cluster.authorize(a, b);
   t.true(await sendWithOptions('udp'));
   t.true(await sendWithOptions('raw'));
+});
+
+// One UDP datagram with a forged IPv4 source, through a raw socket (the kernel fills in the IP
+// checksum and id).
+const SPOOF_SCRIPT = `
+import socket, struct, sys
+src, dst = sys.argv[1], sys.argv[2]
+udp = struct.pack('!HHHH', 40000, 7002, 12, 0) + b'spof'
+ip = struct.pack('!BBHHHBBH4s4s', 0x45, 0, 20 + len(udp), 0, 0, 64, 17, 0, socket.inet_aton(src), socket.inet_aton(dst))
+socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW).sendto(ip + udp, (dst, 0))
+`;
+
+privileged('the local identity is the interface binding: a forged source address borrows no pair', async (t) => {
+  const cluster = await Cluster.start(t);
+  const [a, neighbour, remote] = [cluster.w('w1a'), cluster.w('w1b'), cluster.w('w2a')];
+  const agent = cluster.agent(1);
+  const signals: Signal[] = [];
+  agent.setConfig({ signalIntervalNs: 1_000_000n }); // one signal per packet here
+  t.teardown(agent.onSignal((signal) => signals.push(signal)));
+  cluster.authorize(neighbour, remote); // the neighbour's pair, which w1a must not be able to use
+  const forge = async () => {
+    const before = agent.counters();
+    await inNetns(a.netns, 'python3', ['-c', SPOOF_SCRIPT, neighbour.ipv4, remote.ipv4]);
+    await sleep(50);
+    const after = agent.counters();
+    return { allowed: after.allowed - before.allowed, dropped: after.droppedNoEntry - before.droppedNoEntry };
+  };
+
+  t.deepEqual(await forge(), { allowed: 0n, dropped: 1n }, 'judged as w1a, whose interface it left');
+  t.deepEqual(
+    signals.map((s) => [s.localIdentity, s.remoteIdentity]),
+    [[IDENTITY.w1a, IDENTITY.w2a]],
+    'and signalled as w1a',
+  );
+  t.deepEqual(agent.interfaceBinding(a.hostInterface), { identity: IDENTITY.w1a, node: 1 });
+
+  // Unbound, the gate falls back to the source address: what a binding protects against.
+  t.true(agent.bindInterface(a.hostInterface, undefined));
+  t.is(agent.interfaceBinding(a.hostInterface), undefined);
+  const spoofed = await forge();
+  t.is(spoofed.dropped, 0n);
+  // Passed as the neighbour, and whatever w2a answered went to the neighbour's address (its pair).
+  t.true(spoofed.allowed >= 1n, 'judged as the neighbour');
+
+  t.false(agent.bindInterface({ name: 'nosuchif0' }, { identity: 1, node: 1 }), 'only interfaces this handle attached');
+  // Detaching clears the binding, so a later interface with the same ifindex starts unbound.
+  t.true(agent.bindInterface(a.hostInterface, { identity: IDENTITY.w1a!, node: 1 }));
+  await agent.detach([a.hostInterface]);
+  await agent.install({ interfaces: [a.hostInterface] });
+  t.is(agent.interfaceBinding(a.hostInterface), undefined);
+});
+
+privileged('an ipcache change decides the very next packet, though the gate memoizes ipcache answers', async (t) => {
+  const cluster = await Cluster.start(t);
+  const [a, b] = [cluster.w('w1a'), cluster.w('w2a')];
+  const agent = cluster.agent(1);
+  const signals: Signal[] = [];
+  agent.setConfig({ signalIntervalNs: 1_000_000n });
+  t.teardown(agent.onSignal((signal) => signals.push(signal)));
+  cluster.authorize(a, b);
+  for (let i = 0; i < 3; i++) t.true(await cluster.topology.reaches(a, b, 'udp', 4), 'memoized on every CPU that saw it');
+
+  agent.setIpcache(b.ipv4, { identity: 299, node: 2 }); // b's address now names another workload
+  t.false(await cluster.topology.reaches(a, b, 'udp', 4));
+  await sleep(50);
+  t.deepEqual(signals.map((s) => [s.localIdentity, s.remoteIdentity]).slice(0, 1), [[IDENTITY.w1a, 299]]);
+
+  agent.setIpcache(b.ipv4, { identity: IDENTITY.w2a!, node: 2 });
+  t.true(await cluster.topology.reaches(a, b, 'udp', 4), 'and back');
 });

@@ -31,6 +31,7 @@ import { createRegistry } from '../metrics/registry.js';
 import { MetricsServer } from '../metrics/server.js';
 import type { Logger } from '../util/logger.js';
 import { ControlServer } from './control-server.js';
+import { GateInterfaces } from './gate-interfaces.js';
 import { PeerManager } from './peers.js';
 import { planNode, type NodePlan } from './plan.js';
 import type { AgentStatus } from './status.js';
@@ -54,8 +55,7 @@ export class Agent {
   private readonly state: ClusterState;
   private plan?: NodePlan;
   private replanQueued = false;
-  private installing: Promise<void> = Promise.resolve();
-  private readonly installed = new Set<string>();
+  private gateInterfaces?: GateInterfaces;
   private readonly startedAt = new Date();
   private readonly timers: NodeJS.Timeout[] = [];
   private readonly closers: (() => Promise<void> | void)[] = [];
@@ -117,6 +117,14 @@ export class Agent {
       this.datapath = await Datapath.open({ pinDir: config.datapath.pinDir, capacities: { auth: config.auth.cacheSize } });
       this.closers.push(() => this.datapath?.close());
       map = this.datapath;
+      const gateInterfaces = new GateInterfaces({
+        datapath: this.datapath,
+        ...(config.datapath.netns !== undefined && { netns: config.datapath.netns }),
+        logger,
+        onResolved: () => this.queueReplan(),
+      });
+      this.gateInterfaces = gateInterfaces;
+      this.closers.push(() => gateInterfaces.stop());
     } else {
       logger.warn('datapath disabled: pairs are authenticated and tracked, but no traffic is gated');
     }
@@ -316,7 +324,7 @@ export class Agent {
 
   /** Waits until handshakes in flight have settled (tests). */
   async settled(): Promise<void> {
-    await this.installing;
+    await this.gateInterfaces?.settled();
     await this.peers.settled();
     await this.auth.settled();
   }
@@ -341,7 +349,8 @@ export class Agent {
 
   private applyPlan(): void {
     const previous = this.plan;
-    const plan = planNode(this.state, this.ids, this.config.cluster.policy.default);
+    const found = this.gateInterfaces?.interfacesOf(this.state.localEndpoints());
+    const plan = planNode(this.state, this.ids, this.config.cluster.policy.default, (endpoint) => found?.get(endpoint.ip) ?? endpoint.interface);
     this.plan = plan;
     const remoteNodes = [...this.state.nodes.values()].filter((node) => node.name !== this.config.nodeName);
     this.peers.setNodes(remoteNodes);
@@ -357,24 +366,10 @@ export class Agent {
       }
       for (const [id, policy] of previous?.policy ?? []) if (!plan.policy.has(id)) this.datapath.deletePolicy(policy.key);
       for (const [id, policy] of plan.policy) if (previous?.policy.get(id)?.authType !== policy.authType) this.datapath.setPolicy(policy.key, policy.authType);
-      this.installInterfaces(plan.interfaces);
+      this.gateInterfaces?.apply(plan.interfaces);
     }
     this.store.setWanted(plan.localIdentities.map((id) => SpiffeId.parse(id)));
     void this.ids.save().catch((err: unknown) => this.deps.logger.error({ err: (err as Error).message }, 'saving the identity numbering failed'));
-  }
-
-  private installInterfaces(interfaces: readonly string[]): void {
-    const fresh = interfaces.filter((name) => !this.installed.has(name));
-    if (fresh.length === 0 || !this.datapath) return;
-    const datapath = this.datapath;
-    for (const name of fresh) this.installed.add(name);
-    const netns = this.config.datapath.netns;
-    this.installing = this.installing
-      .then(() => datapath.install({ interfaces: fresh.map((name) => ({ name, ...(netns !== undefined && { netns }) })) }))
-      .catch((err: unknown) => {
-        for (const name of fresh) this.installed.delete(name);
-        this.deps.logger.error({ interfaces: fresh, err: (err as Error).message }, 'attaching the gate failed');
-      });
   }
 
   private localNodeFrame(peer: string): NodeFrame {

@@ -16,8 +16,12 @@ export interface NodePlan {
   pairs: Map<string, KeyedPair>;
   /** SPIFFE IDs of this node's own endpoints: the SVIDs it needs, and no others. */
   localIdentities: string[];
-  /** Host-side interfaces of this node's endpoints: where the gate attaches. */
-  interfaces: string[];
+  /**
+   * Host-side interfaces of this node's endpoints, where the gate attaches, each with the identity
+   * the gate binds to it; undefined where endpoints of different identities share an interface
+   * (the gate then tells them apart by address).
+   */
+  interfaces: Map<string, IpcacheEntry | undefined>;
 }
 
 /**
@@ -26,7 +30,12 @@ export interface NodePlan {
  * runs on this node or on a node the cluster state knows. The policy map holds only exceptions to
  * the default, which keeps it small.
  */
-export function planNode(state: ClusterState, ids: NumericIds, defaultMode: PolicyMode): NodePlan {
+export function planNode(
+  state: ClusterState,
+  ids: NumericIds,
+  defaultMode: PolicyMode,
+  interfaceOf: (endpoint: EndpointInfo) => string | undefined = (endpoint) => endpoint.interface,
+): NodePlan {
   const rules = [...state.policies.values()];
   const ipcache = new Map<string, IpcacheEntry>();
   for (const endpoint of state.endpoints.values()) {
@@ -58,8 +67,25 @@ export function planNode(state: ClusterState, ids: NumericIds, defaultMode: Poli
     policy,
     pairs,
     localIdentities: [...new Set(locals.map((e) => e.spiffeId))],
-    interfaces: [...new Set(locals.flatMap((e) => (e.interface ? [e.interface] : [])))],
+    interfaces: interfaceBindings(locals, ids, interfaceOf),
   };
+}
+
+function interfaceBindings(
+  locals: readonly EndpointInfo[],
+  ids: NumericIds,
+  interfaceOf: (endpoint: EndpointInfo) => string | undefined,
+): NodePlan['interfaces'] {
+  const bindings: NodePlan['interfaces'] = new Map();
+  for (const endpoint of locals) {
+    const name = interfaceOf(endpoint);
+    if (!name) continue;
+    const entry = { identity: ids.identity(endpoint.spiffeId), node: ids.node(endpoint.node) };
+    const bound = bindings.get(name);
+    const shared = bindings.has(name) && (bound === undefined || bound.identity !== entry.identity);
+    bindings.set(name, shared ? undefined : entry);
+  }
+  return bindings;
 }
 
 function addPolicy(

@@ -3,6 +3,7 @@
  *
  *   const dp = await Datapath.open({ pinDir: '/sys/fs/bpf/meshauth' }); // create or reuse the pinned maps
  *   await dp.install({ interfaces: [{ name: 'lxc1a2b' }, { name: 'veth9', netns: 'node1' }] });
+ *   dp.bindInterface({ name: 'lxc1a2b' }, { identity: 1001, node: 1 });   // the workload behind it
  *   dp.setIpcache('10.0.1.5/32', { identity: 1001, node: 1 });            // and '::/0', 'fd00::/64', ...
  *   dp.setPolicy({ localIdentity: 1001, remoteIdentity: 2002, direction: 'egress' }, AUTH_TYPE.mtls);
  *   dp.setConfig({ defaultMode: 'require' });                           // pairs without a policy entry
@@ -14,8 +15,9 @@
  *   await Datapath.uninstall({ pinDir }); // detach from every interface, unpin everything
  *
  * Semantics (enforced in BPF, so they hold while the agent is down):
- * - both addresses of a packet resolve to identities through the ipcache (longest prefix match;
- *   the local one is the workload's, on the host side of whose interface the gate sits);
+ * - the local identity is the one bound to the interface the gate sits on (bindInterface), so a
+ *   workload cannot pass as a neighbour by spoofing its address; on an unbound interface it is
+ *   the workload address's. The remote address resolves through the ipcache (longest prefix match);
  * - the packet passes while an auth entry {local, remote, remote node, the node's auth type}
  *   exists with an expiry (monotonic ns, the clock of process.hrtime.bigint()) in the future;
  * - otherwise it passes only if no authentication is required: the policy entry for (local,
@@ -30,6 +32,7 @@
  * arrive event-driven (signals.ts, doorbell.ts); install/uninstall use bpftool and tc. All of it
  * needs root (CAP_BPF + CAP_NET_ADMIN). Pins: loader.ts. Layouts: bpf/meshauth.h, layout.ts.
  */
+import { randomBytes } from 'node:crypto';
 import { RawArrayMap, RawMap, RawQueueMap, type MapRef } from 'bpf';
 import { openPinnedMap, updateBatch } from './bpf-maps.js';
 import { DatapathError } from './errors.js';
@@ -45,7 +48,9 @@ import {
   encodeAuthValue,
   encodeConfig,
   encodeIpcacheKey,
+  encodeIpcacheHostKey,
   encodeIpcacheValue,
+  decodeIpcacheValue,
   encodePolicyKey,
   encodePolicyValue,
   type AuthKey,
@@ -66,6 +71,7 @@ import {
   ensureBpffs,
   ensureMaps,
   interfaceExists,
+  interfaceIndex,
   loadPrograms,
   pruneGenerations,
   registeredInterfaces,
@@ -99,8 +105,13 @@ export function monotonicNowNs(): bigint {
 
 const BATCH_CHUNK = 65_536;
 
+/** An unbound interface slot: the gate resolves the local identity from the address. */
+const UNBOUND = Buffer.alloc(STRUCTS.ipcache_value.size);
+
 export class Datapath {
   private closed = false;
+  /** ifindex of each interface this handle attached the gate to, by describeInterface label. */
+  private readonly ifindexes = new Map<string, number>();
   private readonly authKeyScratch = Buffer.alloc(STRUCTS.auth_key.size);
   private readonly authValueScratch = Buffer.alloc(STRUCTS.auth_value.size);
   private readonly counterKeys = COUNTER_NAMES.map((_, index) => {
@@ -114,7 +125,10 @@ export class Datapath {
     private readonly objectPath: string,
     private readonly refs: Record<MapName, MapRef>,
     private readonly ipcache: RawMap,
-    private readonly ipcacheHosts: RawMap,
+    private readonly ipcacheHosts4: RawMap,
+    private readonly ipcacheHosts6: RawMap,
+    private readonly interfaces: RawArrayMap,
+    private readonly ipcacheGen: RawArrayMap,
     private readonly policy: RawMap,
     private readonly auth: RawMap,
     private readonly countersMap: RawMap,
@@ -139,7 +153,10 @@ export class Datapath {
       options.objectPath ?? defaultObjectPath(),
       refs,
       new RawMap(refs.ipcache),
-      new RawMap(refs.ipcache_hosts),
+      new RawMap(refs.ipcache_hosts4),
+      new RawMap(refs.ipcache_hosts6),
+      new RawArrayMap(refs.interfaces),
+      new RawArrayMap(refs.ipcache_gen),
       new RawMap(refs.policy),
       new RawMap(refs.auth),
       new RawMap(refs.counters),
@@ -161,21 +178,26 @@ export class Datapath {
    * Loads the gate and attaches it to the given interfaces and to every interface it was attached
    * to before that still exists (so a restart moves them all to the new programs). Each hook is
    * swapped with `tc filter replace` on the same pref/handle: atomic, no ungated window.
-   * Idempotent. Throws after trying every interface if any could not be attached.
+   * An interface new to the gate starts unbound (see bindInterface); a re-attached one keeps its
+   * binding. Idempotent. Throws after trying every interface if any could not be attached.
    */
   async install(request: { interfaces: WorkloadInterface[] }): Promise<void> {
     this.checkOpen();
     request.interfaces.forEach(validateInterface);
     const requested = new Set(request.interfaces.map(describeInterface));
+    const registered = await registeredInterfaces(this.layout);
+    const known = new Set(registered.map(describeInterface));
     const all = new Map<string, WorkloadInterface>();
-    for (const iface of [...(await registeredInterfaces(this.layout)), ...request.interfaces]) {
-      all.set(describeInterface(iface), iface);
-    }
+    for (const iface of [...registered, ...request.interfaces]) all.set(describeInterface(iface), iface);
     const generation = await loadPrograms(this.layout, this.objectPath);
     const failures: string[] = [];
     for (const [label, iface] of all) {
       try {
+        const ifindex = await interfaceIndex(iface);
+        // A binding left at this ifindex by a vanished interface must not name the new workload.
+        if (ifindex !== undefined && !known.has(label)) this.writeBinding(ifindex, undefined);
         await attach(this.layout, generation, iface);
+        if (ifindex !== undefined) this.ifindexes.set(label, ifindex);
       } catch (err) {
         if (!requested.has(label) && !(await interfaceExists(iface))) await detach(this.layout, iface);
         else failures.push(`${label}: ${(err as Error).message}`);
@@ -185,10 +207,43 @@ export class Datapath {
     if (failures.length > 0) throw new DatapathError(`could not attach the gate to ${failures.join('; ')}`);
   }
 
-  /** Removes the gate from these interfaces (a workload went away). */
+  /** Removes the gate from these interfaces (a workload went away) and clears their bindings. */
   async detach(interfaces: WorkloadInterface[]): Promise<void> {
     this.checkOpen();
-    for (const iface of interfaces) await detach(this.layout, iface);
+    for (const iface of interfaces) {
+      const label = describeInterface(iface);
+      const ifindex = this.ifindexes.get(label) ?? (await interfaceIndex(iface));
+      await detach(this.layout, iface);
+      if (ifindex !== undefined) this.writeBinding(ifindex, undefined);
+      this.ifindexes.delete(label);
+    }
+  }
+
+  /**
+   * Binds the local identity of the traffic through an interface this handle attached the gate to
+   * (the workload behind it), or unbinds it (undefined: the gate falls back to the workload's
+   * address, e.g. when endpoints of different identities share the interface). Returns false when
+   * the interface cannot be bound: not attached by this handle, or an ifindex beyond the map.
+   */
+  bindInterface(iface: WorkloadInterface, entry: IpcacheEntry | undefined): boolean {
+    this.checkOpen();
+    const ifindex = this.ifindexes.get(describeInterface(iface));
+    return ifindex !== undefined && this.writeBinding(ifindex, entry);
+  }
+
+  /** The identity bound to an interface this handle attached the gate to, if any. */
+  interfaceBinding(iface: WorkloadInterface): IpcacheEntry | undefined {
+    this.checkOpen();
+    const ifindex = this.ifindexes.get(describeInterface(iface));
+    if (ifindex === undefined || ifindex >= this.interfaces.ref.maxEntries) return undefined;
+    const entry = decodeIpcacheValue(this.interfaces.get(ifindex));
+    return entry.identity === 0 ? undefined : entry;
+  }
+
+  private writeBinding(ifindex: number, entry: IpcacheEntry | undefined): boolean {
+    if (ifindex >= this.interfaces.ref.maxEntries) return false;
+    this.interfaces.set(ifindex, entry ? encodeIpcacheValue(entry) : UNBOUND);
+    return true;
   }
 
   /** Interfaces the gate is registered on (attached, unless the interface vanished since). */
@@ -200,23 +255,37 @@ export class Datapath {
 
   /**
    * Maps an address or prefix ('10.0.0.0/8', 'fd00::1') to an identity and its node. Host
-   * addresses go to a hash map, shorter prefixes to the LPM trie; the gate tries the hash first,
-   * which is the same longest-prefix match at the cost of one hash lookup for workload addresses.
+   * addresses go to a hash map per family, keyed by the bare address, shorter prefixes to the
+   * LPM trie; the gate tries the hash first, which is the same longest-prefix match at the cost
+   * of one hash lookup for workload addresses.
    */
   setIpcache(prefix: string | IpPrefix, entry: IpcacheEntry): void {
     this.checkOpen();
-    const parsed = toPrefix(prefix);
-    this.ipcacheMapFor(parsed).set(encodeIpcacheKey(parsed), encodeIpcacheValue(entry));
+    const [map, key] = this.ipcacheSlot(toPrefix(prefix));
+    map.set(key, encodeIpcacheValue(entry));
+    this.invalidateIpcacheMemo();
   }
 
   deleteIpcache(prefix: string | IpPrefix): boolean {
     this.checkOpen();
-    const parsed = toPrefix(prefix);
-    return this.ipcacheMapFor(parsed).delete(encodeIpcacheKey(parsed));
+    const [map, key] = this.ipcacheSlot(toPrefix(prefix));
+    const deleted = map.delete(key);
+    if (deleted) this.invalidateIpcacheMemo();
+    return deleted;
   }
 
-  private ipcacheMapFor(prefix: IpPrefix): RawMap {
-    return prefix.length === prefix.address.length * 8 ? this.ipcacheHosts : this.ipcache;
+  /**
+   * The gate memoizes ipcache answers per CPU under the current generation: a new one, after the
+   * write, voids them all. Random rather than counted, so that two processes writing one pin dir
+   * (the agent and `meshauth datapath`) can never both set the same value.
+   */
+  private invalidateIpcacheMemo(): void {
+    this.ipcacheGen.set(0, randomBytes(8));
+  }
+
+  private ipcacheSlot(prefix: IpPrefix): [RawMap, Buffer] {
+    if (prefix.length < prefix.address.length * 8) return [this.ipcache, encodeIpcacheKey(prefix)];
+    return [prefix.family === 4 ? this.ipcacheHosts4 : this.ipcacheHosts6, encodeIpcacheHostKey(prefix)];
   }
 
   // ---- policy and config ----

@@ -9,6 +9,8 @@ import type { IpPrefix } from './ip-prefix.js';
 
 export const FAMILY = { ipv4: 4, ipv6: 6 } as const;
 export const IPCACHE_PREFIX_BASE = 32;
+/** Slots of the gate's per-CPU memo of ipcache answers (see bpf/meshauth.h). */
+export const IPCACHE_MEMO_SLOTS = 256;
 
 export const DIRECTION = { egress: 0, ingress: 1 } as const;
 export type Direction = keyof typeof DIRECTION;
@@ -40,6 +42,8 @@ export type Counters = Record<CounterName, bigint>;
 /** Field byte offsets and struct sizes, exactly as in meshauth.h. */
 export const STRUCTS = {
   ipcache_key: { size: 24, fields: { prefixlen: 0, family: 4, pad: 5, addr: 8 } },
+  ipv6_host_key: { size: 16, fields: { addr: 0 } },
+  ipcache_memo_entry: { size: 40, fields: { generation: 0, addr: 8, family: 24, pad: 25, value: 28, pad2: 36 } },
   ipcache_value: { size: 8, fields: { identity: 0, node: 4, pad: 6 } },
   policy_key: { size: 12, fields: { local_identity: 0, remote_identity: 4, direction: 8, pad: 9 } },
   policy_value: { size: 4, fields: { auth_type: 0, pad: 1 } },
@@ -76,7 +80,11 @@ const F = {
 
 export type MapName =
   | 'ipcache'
-  | 'ipcache_hosts'
+  | 'ipcache_hosts4'
+  | 'ipcache_hosts6'
+  | 'interfaces'
+  | 'ipcache_memo'
+  | 'ipcache_gen'
   | 'policy'
   | 'auth'
   | 'ratelimit'
@@ -98,7 +106,11 @@ export interface MapSpec {
 /** The maps the gate references, with the capacities used when the loader creates them. */
 export const MAP_SPECS: Record<MapName, MapSpec> = {
   ipcache: { type: MapType.LPM_TRIE, keySize: 24, valueSize: 8, maxEntries: 65_536, noPrealloc: true },
-  ipcache_hosts: { type: MapType.HASH, keySize: 24, valueSize: 8, maxEntries: 65_536 },
+  ipcache_hosts4: { type: MapType.HASH, keySize: 4, valueSize: 8, maxEntries: 65_536 },
+  ipcache_hosts6: { type: MapType.HASH, keySize: STRUCTS.ipv6_host_key.size, valueSize: 8, maxEntries: 65_536 },
+  interfaces: { type: MapType.ARRAY, keySize: 4, valueSize: 8, maxEntries: 65_536 },
+  ipcache_memo: { type: MapType.PERCPU_ARRAY, keySize: 4, valueSize: STRUCTS.ipcache_memo_entry.size, maxEntries: IPCACHE_MEMO_SLOTS },
+  ipcache_gen: { type: MapType.ARRAY, keySize: 4, valueSize: 8, maxEntries: 1 },
   policy: { type: MapType.HASH, keySize: 12, valueSize: 4, maxEntries: 65_536 },
   auth: { type: MapType.HASH, keySize: 12, valueSize: 8, maxEntries: 524_288 },
   ratelimit: { type: MapType.LRU_HASH, keySize: 12, valueSize: 8, maxEntries: 65_536 },
@@ -175,6 +187,11 @@ export function encodeIpcacheKey(prefix: IpPrefix, out = Buffer.alloc(STRUCTS.ip
   out.writeUInt8(prefix.family === 4 ? FAMILY.ipv4 : FAMILY.ipv6, F.ipcacheKey.family);
   prefix.address.copy(out, F.ipcacheKey.addr);
   return out;
+}
+
+/** The key of a host entry (/32, /128): the bare address, network byte order. */
+export function encodeIpcacheHostKey(prefix: IpPrefix): Buffer {
+  return Buffer.from(prefix.address);
 }
 
 export function encodeIpcacheValue(entry: IpcacheEntry): Buffer {

@@ -41,7 +41,7 @@ export interface WorkloadInterface {
   netns?: string;
 }
 
-export type MapCapacities = Partial<Record<'ipcache' | 'ipcache_hosts' | 'policy' | 'auth' | 'ratelimit' | 'signals', number>>;
+export type MapCapacities = Partial<Record<'ipcache' | 'ipcache_hosts4' | 'ipcache_hosts6' | 'interfaces' | 'policy' | 'auth' | 'ratelimit' | 'signals', number>>;
 
 const IFNAME = /^[A-Za-z0-9_.:+-]{1,15}$/;
 const NETNS_NAME = /^[A-Za-z0-9_.-]{1,255}$/;
@@ -119,7 +119,7 @@ async function run(file: string, args: string[], input?: string): Promise<string
  * fresh /sys in a private mount namespace, where the bpffs pins are invisible; nsenter enters
  * only the network namespace.
  */
-function runIn(netns: string | undefined, file: string, args: string[], input?: string): Promise<string> {
+export function runIn(netns: string | undefined, file: string, args: string[], input?: string): Promise<string> {
   if (netns === undefined) return run(file, args, input);
   return run('nsenter', [`--net=${netnsPath(netns)}`, file, ...args], input);
 }
@@ -210,12 +210,17 @@ export async function attach(layout: PinLayout, generation: string, iface: Workl
 
 /** Whether the interface (and its namespace) still exists. */
 export async function interfaceExists(iface: WorkloadInterface): Promise<boolean> {
-  if (iface.netns !== undefined && !existsSync(netnsPath(iface.netns))) return false;
+  return (await interfaceIndex(iface)) !== undefined;
+}
+
+/** The interface's ifindex in its namespace, or undefined if it (or the namespace) is gone. */
+export async function interfaceIndex(iface: WorkloadInterface): Promise<number | undefined> {
+  if (iface.netns !== undefined && !existsSync(netnsPath(iface.netns))) return undefined;
   try {
-    await runIn(iface.netns, 'ip', ['link', 'show', 'dev', iface.name]);
-    return true;
+    const [link] = JSON.parse(await runIn(iface.netns, 'ip', ['-j', 'link', 'show', 'dev', iface.name])) as { ifindex?: number }[];
+    return link?.ifindex;
   } catch {
-    return false;
+    return undefined;
   }
 }
 

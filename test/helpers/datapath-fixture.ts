@@ -1,6 +1,7 @@
 // A two-node cluster (test/helpers/netns.ts) with the gate installed on every workload's host-side
 // interface: one Datapath per node, each with its own pin dir, like two agents. Every workload
-// address (IPv4 and IPv6) is in both nodes' ipcache; no pair is authenticated yet.
+// address (IPv4 and IPv6) is in both nodes' ipcache and every interface is bound to its
+// workload's identity; no pair is authenticated yet.
 import { statSync } from 'node:fs';
 import { join } from 'node:path';
 import { Datapath, monotonicNowNs } from '../../src/datapath/datapath.js';
@@ -54,11 +55,20 @@ export class Cluster {
         agent.setIpcache(w.ipv4, { identity: IDENTITY[w.name]!, node: w.node });
         agent.setIpcache(w.ipv6, { identity: IDENTITY[w.name]!, node: w.node });
       }
-      await agent.install({
-        interfaces: topology.workloads.filter((w) => w.node === node.id).map((w) => w.hostInterface),
-      });
+      await agent.install({ interfaces: topology.workloads.filter((w) => w.node === node.id).map((w) => w.hostInterface) });
     }
-    return new Cluster(topology, agents as [Datapath, Datapath]);
+    const cluster = new Cluster(topology, agents as [Datapath, Datapath]);
+    cluster.bindInterfaces();
+    return cluster;
+  }
+
+  /** As the agent does: the gate takes each workload's identity from its interface. */
+  bindInterfaces(): void {
+    for (const w of this.topology.workloads) {
+      if (!this.agent(w.node).bindInterface(w.hostInterface, { identity: IDENTITY[w.name]!, node: w.node })) {
+        throw new Error(`could not bind ${w.name}'s interface`);
+      }
+    }
   }
 
   w(name: string): Workload {
