@@ -4,6 +4,7 @@
 import test from 'ava';
 import { existsSync } from 'node:fs';
 import { readdir, readFile } from 'node:fs/promises';
+import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { execa } from 'execa';
 import { Datapath, monotonicNowNs } from '../src/datapath/datapath.js';
@@ -131,6 +132,28 @@ privileged('re-installing over a running gate swaps programs with no ungated win
   t.true(await cluster.topology.reaches(w2b, w1b, 'tcp', 6));
   t.false(await cluster.topology.reaches(w1b, w2a, 'udp', 4));
   t.truthy(agent1.getAuth({ localIdentity: IDENTITY.w1b!, remoteIdentity: IDENTITY.w2b!, remoteNode: 2 }));
+});
+
+privileged('a later install on the same handle attaches only the new interface, with the programs already loaded', async (t) => {
+  const cluster = await Cluster.start(t);
+  const [w1a, w1b] = workloads(cluster);
+  const agent1 = cluster.agent(1);
+  await agent1.detach([w1b.hostInterface]);
+  const before = await attachedPrograms(cluster);
+  const generations = () => readdir(join(cluster.topology.nodes[0].pinDir, 'progs'));
+  const generationsBefore = await generations();
+
+  await agent1.install({ interfaces: [w1b.hostInterface] });
+  const after = await attachedPrograms(cluster);
+  t.deepEqual(await generations(), generationsBefore, 'no new program generation');
+  t.is(before[2], undefined);
+  t.is(after[0], before[0], "w1a's programs untouched");
+  t.is(after[2], before[0], 'w1b gets the programs w1a runs');
+  t.is(after[3], before[1]);
+  t.truthy(agent1.bindInterface(w1b.hostInterface, { identity: IDENTITY.w1b!, node: 1 }));
+  cluster.authorize(w1b, w1a);
+  t.true(await cluster.topology.reaches(w1b, w1a, 'udp', 4));
+  t.false(await cluster.topology.reaches(w1b, cluster.w('w2a'), 'udp', 4), 'and gates it');
 });
 
 privileged('`meshauth datapath uninstall` detaches everywhere and unpins', async (t) => {

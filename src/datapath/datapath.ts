@@ -33,6 +33,7 @@
  * needs root (CAP_BPF + CAP_NET_ADMIN). Pins: loader.ts. Layouts: bpf/meshauth.h, layout.ts.
  */
 import { randomBytes } from 'node:crypto';
+import { existsSync } from 'node:fs';
 import { RawArrayMap, RawMap, RawQueueMap, type MapRef } from 'bpf';
 import { openPinnedMap, updateBatch } from './bpf-maps.js';
 import { DatapathError } from './errors.js';
@@ -112,6 +113,8 @@ export class Datapath {
   private closed = false;
   /** ifindex of each interface this handle attached the gate to, by describeInterface label. */
   private readonly ifindexes = new Map<string, number>();
+  /** The program generation this handle loaded (progs/<generation>), reused by later installs. */
+  private generation?: string;
   private readonly authKeyScratch = Buffer.alloc(STRUCTS.auth_key.size);
   private readonly authValueScratch = Buffer.alloc(STRUCTS.auth_value.size);
   private readonly counterKeys = COUNTER_NAMES.map((_, index) => {
@@ -176,8 +179,10 @@ export class Datapath {
 
   /**
    * Loads the gate and attaches it to the given interfaces and to every interface it was attached
-   * to before that still exists (so a restart moves them all to the new programs). Each hook is
-   * swapped with `tc filter replace` on the same pref/handle: atomic, no ungated window.
+   * to before that still exists (so a restart moves them all to the new programs). Later calls on
+   * the same handle attach only the given interfaces, with the programs already loaded: a new pod
+   * costs one attach, not a reload and a re-attach of every other. Each hook is swapped with
+   * `tc filter replace` on the same pref/handle: atomic, no ungated window.
    * An interface new to the gate starts unbound (see bindInterface); a re-attached one keeps its
    * binding. Idempotent. Throws after trying every interface if any could not be attached.
    */
@@ -187,9 +192,11 @@ export class Datapath {
     const requested = new Set(request.interfaces.map(describeInterface));
     const registered = await registeredInterfaces(this.layout);
     const known = new Set(registered.map(describeInterface));
+    // Another process (`meshauth datapath install`) may have loaded newer programs and pruned ours.
+    const reuse = this.generation !== undefined && existsSync(this.generation) ? this.generation : undefined;
     const all = new Map<string, WorkloadInterface>();
-    for (const iface of [...registered, ...request.interfaces]) all.set(describeInterface(iface), iface);
-    const generation = await loadPrograms(this.layout, this.objectPath);
+    for (const iface of [...(reuse ? [] : registered), ...request.interfaces]) all.set(describeInterface(iface), iface);
+    const generation = reuse ?? (await loadPrograms(this.layout, this.objectPath));
     const failures: string[] = [];
     for (const [label, iface] of all) {
       try {
@@ -203,7 +210,10 @@ export class Datapath {
         else failures.push(`${label}: ${(err as Error).message}`);
       }
     }
-    await pruneGenerations(this.layout, generation);
+    if (!reuse) {
+      await pruneGenerations(this.layout, generation);
+      this.generation = generation;
+    }
     if (failures.length > 0) throw new DatapathError(`could not attach the gate to ${failures.join('; ')}`);
   }
 

@@ -1,0 +1,67 @@
+// Privileged: the agent's handling of gated interfaces on a real kernel, in a namespace standing
+// in for the host: attach and bind, unbind when the workload leaves (the gate stays: fail closed),
+// attach again when an interface of the same name comes back (CNIs such as Calico derive veth
+// names from the pod's name), and find the interface of an endpoint that names none.
+import test from 'ava';
+import { randomBytes } from 'node:crypto';
+import { execa } from 'execa';
+import { GateInterfaces } from '../src/agent/gate-interfaces.js';
+import { Datapath } from '../src/datapath/datapath.js';
+import { attachedProgram } from '../src/datapath/loader.js';
+import { sleep } from '../src/util/backoff.js';
+import { silentLogger } from '../src/util/logger.js';
+import { assertGateBuilt, TEST_CAPACITIES } from './helpers/datapath-fixture.js';
+
+const privileged = process.getuid?.() === 0 ? test.serial : test.skip;
+
+privileged('interfaces are attached and bound, unbound when their workload leaves, re-attached when recreated, found when unnamed', async (t) => {
+  assertGateBuilt();
+  const tag = randomBytes(3).toString('hex');
+  const host = `mg-${tag}-h`;
+  const workload = `mg-${tag}-w`;
+  const pinDir = `/sys/fs/bpf/meshauth-test-${tag}-gi`;
+  t.teardown(async () => {
+    await Datapath.uninstall({ pinDir });
+    for (const ns of [host, workload]) await execa('ip', ['netns', 'del', ns], { reject: false });
+  });
+  for (const ns of [host, workload]) await execa('ip', ['netns', 'add', ns]);
+  const ip = (args: string[]) => execa('ip', ['-n', host, ...args]);
+  await ip(['link', 'add', 'gi0', 'type', 'veth', 'peer', 'name', 'gp0']);
+  await ip(['link', 'set', 'gi0', 'up']);
+
+  const datapath = await Datapath.open({ pinDir, capacities: TEST_CAPACITIES });
+  t.teardown(() => datapath.close());
+  let resolved = 0;
+  const gates = new GateInterfaces({ datapath, netns: host, logger: silentLogger(), onResolved: () => resolved++ });
+  t.teardown(() => gates.stop());
+  const gi0 = { name: 'gi0', netns: host };
+  const attached = async () => Boolean((await attachedProgram(gi0, 'ingress')) && (await attachedProgram(gi0, 'egress')));
+
+  gates.apply(new Map([['gi0', { identity: 7, node: 1 }]]));
+  await gates.settled();
+  t.true(await attached());
+  t.deepEqual(datapath.interfaceBinding(gi0), { identity: 7, node: 1 });
+
+  gates.apply(new Map());
+  t.is(datapath.interfaceBinding(gi0), undefined, 'its workload gone: unbound');
+  t.true(await attached(), 'and still gated');
+
+  await ip(['link', 'del', 'gi0']);
+  await ip(['link', 'add', 'gi0', 'type', 'veth', 'peer', 'name', 'gp0']);
+  await ip(['link', 'set', 'gi0', 'up']);
+  gates.apply(new Map([['gi0', { identity: 8, node: 1 }]]));
+  await gates.settled();
+  t.true(await attached(), 'the new interface of that name is gated');
+  t.deepEqual(datapath.interfaceBinding(gi0), { identity: 8, node: 1 });
+
+  // An endpoint that names no interface: found through the kernel (a routed veth here).
+  await ip(['link', 'add', 'rv0', 'type', 'veth', 'peer', 'name', 'eth0', 'netns', workload]);
+  await ip(['addr', 'add', '10.98.0.1/24', 'dev', 'rv0']);
+  await ip(['link', 'set', 'rv0', 'up']);
+  const endpoint = { ip: '10.98.0.2', spiffeId: 'spiffe://td/ns/a/sa/b', node: 'n1' };
+  t.deepEqual(gates.interfacesOf([endpoint]), new Map(), 'not known at first');
+  for (let waited = 0; resolved === 0 && waited < 2000; waited += 10) await sleep(10);
+  t.is(resolved, 1, 'the agent is told to plan again');
+  t.deepEqual(gates.interfacesOf([endpoint]), new Map([['10.98.0.2', 'rv0']]));
+  t.deepEqual(gates.interfacesOf([{ ...endpoint, interface: 'named0' }]), new Map([['10.98.0.2', 'named0']]), 'a named interface wins');
+});
