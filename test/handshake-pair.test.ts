@@ -170,6 +170,26 @@ test('pair: an identity the responder does not hold is unknown_identity on both 
   t.is(await metricValue(nodeB.registry, 'meshauth_handshakes_total', { kind: 'unknown', role: 'responder', reason: 'unknown_identity' }), 1);
 });
 
+test('pair: for an identity it wants but holds no SVID for yet, the responder waits for the SVID instead of refusing', async (t) => {
+  const { ca, nodeA, nodeB } = await twoAgents(t, { settings: { retry: { attempts: 1 } } });
+  const API = workloadId('api');
+  nodeB.store!.setWanted([DB, API]);
+  const issuedAt = performance.now() + 150;
+  setTimeout(() => {
+    void Promise.all([nodeIdOf('node-b'), DB, API].map((id) => ca.rawSvid(id))).then((svids) => nodeB.provider!.sink!.svids(svids));
+  }, 150);
+  const result = await nodeA.initiator.authenticatePair(pairRequest(nodeB, WEB, API));
+  t.true(performance.now() >= issuedAt, 'completed once the SVID arrived');
+  t.is(result.remoteId.toString(), API.toString());
+  await responderSettled(nodeB);
+  t.is(nodeB.results.length, 1);
+
+  // Not wanted: refused at once, as before.
+  const started = performance.now();
+  await expectFailure(t, nodeA.initiator.authenticatePair(pairRequest(nodeB, WEB, workloadId('nobody'))), 'unknown_identity');
+  t.true(performance.now() - started < 1000);
+});
+
 test('pair: unknown_identity is retried with backoff (the peer may not hold the SVID yet)', async (t) => {
   const { nodeA, nodeB } = await twoAgents(t, { settings: { retry: { attempts: 3, initialBackoff: '10ms', maxBackoff: '20ms' } } });
   await expectFailure(t, nodeA.initiator.authenticatePair(pairRequest(nodeB, WEB, workloadId('nobody'))), 'unknown_identity');

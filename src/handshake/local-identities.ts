@@ -9,10 +9,14 @@ import { sniForIdentity } from './sni.js';
 export interface SvidSource {
   readonly nodeId: SpiffeId;
   list(): Svid[];
+  /** IDs this node wants SVIDs for, held or still being issued. */
+  wantedList(): string[];
   on(event: 'svid', listener: (svid: Svid) => void): unknown;
   on(event: 'svidRemoved', listener: (id: SpiffeId) => void): unknown;
+  on(event: 'wanted', listener: (ids: string[]) => void): unknown;
   off(event: 'svid', listener: (svid: Svid) => void): unknown;
   off(event: 'svidRemoved', listener: (id: SpiffeId) => void): unknown;
+  off(event: 'wanted', listener: (ids: string[]) => void): unknown;
 }
 
 /** A local identity ready for handshakes: its SVID and the TLS context that presents it. */
@@ -45,6 +49,8 @@ export const TLS_BASE_OPTIONS = {
 
 // Contexts of SVIDs replaced by a rotation stay findable for handshakes already in flight.
 const RECENTLY_REPLACED = 64;
+// Handshakes held at once waiting for an identity being issued; beyond that, refused at once.
+const MAX_WAITING = 256;
 
 /**
  * The SecureContexts of this node's identities, built once per SVID and rebuilt when the store
@@ -55,21 +61,30 @@ export class LocalIdentities {
   private readonly byId = new Map<string, LocalIdentity>();
   private readonly bySni = new Map<string, LocalIdentity>();
   private readonly byFingerprint = new LRUCache<string, LocalIdentity>({ max: RECENTLY_REPLACED });
+  /** SNI → ID of the identities this node wants: a handshake for one not issued yet may wait. */
+  private wantedBySni = new Map<string, string>();
+  private readonly waiting = new Map<string, Set<(context: SecureContext | undefined) => void>>();
+  private waitingCount = 0;
   private readonly onSvid = (svid: Svid): void => this.add(svid);
   private readonly onRemoved = (id: SpiffeId): void => this.remove(id);
+  private readonly onWanted = (ids: string[]): void => this.setWanted(ids);
 
   constructor(
     private readonly store: SvidSource,
     private readonly now: () => Date = () => new Date(),
   ) {
     for (const svid of store.list()) this.add(svid);
+    this.setWanted(store.wantedList());
     store.on('svid', this.onSvid);
     store.on('svidRemoved', this.onRemoved);
+    store.on('wanted', this.onWanted);
   }
 
   close(): void {
     this.store.off('svid', this.onSvid);
     this.store.off('svidRemoved', this.onRemoved);
+    this.store.off('wanted', this.onWanted);
+    for (const sni of [...this.waiting.keys()]) this.settleWaiting(sni, undefined);
   }
 
   /** This agent's node identity (node handshakes). */
@@ -85,6 +100,31 @@ export class LocalIdentities {
   /** The context to present for an SNI; undefined when no local identity has that name. */
   contextForSni(servername: string): SecureContext | undefined {
     return this.live(this.bySni.get(servername))?.context;
+  }
+
+  /**
+   * As contextForSni, but for an identity this node wants and has not been issued yet (a new
+   * workload: the peer's proactive handshake often arrives before its SVID), waits up to
+   * `timeoutMs` for it rather than refusing: the handshake then completes the moment the SVID
+   * arrives, instead of the peer backing off and this node trying again later.
+   */
+  async awaitContextForSni(servername: string, timeoutMs: number): Promise<SecureContext | undefined> {
+    const held = this.contextForSni(servername);
+    if (held || !this.wantedBySni.has(servername) || this.waitingCount >= MAX_WAITING) return held;
+    return new Promise((resolve) => {
+      const waiters = this.waiting.get(servername) ?? new Set();
+      this.waiting.set(servername, waiters);
+      this.waitingCount++;
+      const timer = setTimeout(() => done(undefined), timeoutMs);
+      const done = (context: SecureContext | undefined): void => {
+        clearTimeout(timer);
+        if (!waiters.delete(done)) return;
+        this.waitingCount--;
+        if (waiters.size === 0 && this.waiting.get(servername) === waiters) this.waiting.delete(servername);
+        resolve(context);
+      };
+      waiters.add(done);
+    });
   }
 
   /**
@@ -130,6 +170,17 @@ export class LocalIdentities {
     this.byId.set(svid.id.toString(), identity);
     this.bySni.set(identity.sni, identity);
     this.byFingerprint.set(leaf.fingerprint256, identity);
+    this.settleWaiting(identity.sni, this.live(identity)?.context);
+  }
+
+  private setWanted(ids: readonly string[]): void {
+    this.wantedBySni = new Map(ids.map((id) => [sniForIdentity(id), id]));
+    // No longer wanted: nothing is coming for them.
+    for (const sni of [...this.waiting.keys()]) if (!this.wantedBySni.has(sni)) this.settleWaiting(sni, undefined);
+  }
+
+  private settleWaiting(sni: string, context: SecureContext | undefined): void {
+    for (const done of [...(this.waiting.get(sni) ?? [])]) done(context);
   }
 
   private remove(id: SpiffeId): void {

@@ -44,6 +44,11 @@ interface Connection {
 
 // How often connections still in the TLS handshake are checked against the byte cap.
 const BYTE_CAP_SWEEP_MS = 100;
+/**
+ * How long a handshake for an identity this node wants but is still being issued waits for its
+ * SVID (under the handshake timeout, which still bounds the whole handshake).
+ */
+const WANTED_IDENTITY_WAIT_MS = 2000;
 
 /**
  * The responder: one TCP listener for both kinds of handshake. Connections are admitted per
@@ -76,8 +81,13 @@ export class HandshakeResponder {
       rejectUnauthorized: false,
       ALPNProtocols: [ALPN.pair, ALPN.node],
       // No context for an unknown name: the default context has no certificate, so OpenSSL aborts
-      // with a handshake_failure alert, which initiators read as unknown_identity.
-      SNICallback: (servername, callback) => callback(null, options.identities.contextForSni(servername)),
+      // with a handshake_failure alert, which initiators read as unknown_identity. A name this
+      // node wants but holds no SVID for yet waits a moment for it (see awaitContextForSni).
+      SNICallback: (servername, callback) => {
+        const context = options.identities.contextForSni(servername);
+        if (context) return callback(null, context);
+        void options.identities.awaitContextForSni(servername, WANTED_IDENTITY_WAIT_MS).then((issued) => callback(null, issued));
+      },
       handshakeTimeout: settings.handshakeTimeout,
     });
     this.tls.on('secureConnection', (socket) => this.onSecure(socket));

@@ -33,6 +33,8 @@ interface IdentityStoreEvents {
   /** An ID has no usable SVID any more (withdrawn by the provider, or expired). */
   svidRemoved: [SpiffeId];
   bundles: [BundleChange];
+  /** The wanted IDs changed (setWanted): all of them, the node's own included. */
+  wanted: [string[]];
 }
 
 /**
@@ -77,6 +79,12 @@ export class IdentityStore extends EventEmitter<IdentityStoreEvents> implements 
   setWanted(ids: readonly SpiffeId[]): void {
     this.wanted = new Set([this.options.nodeId.toString(), ...ids.map((id) => id.toString())]);
     this.options.provider.setWanted(this.wantedIds());
+    this.emit('wanted', [...this.wanted]);
+  }
+
+  /** The IDs of the identities this node wants SVIDs for (held or not yet). */
+  wantedList(): string[] {
+    return [...this.wanted];
   }
 
   /** The unexpired SVID for an ID, if held. */

@@ -97,6 +97,9 @@ export class StaticSvids extends EventEmitter implements SvidSource {
   list(): Svid[] {
     return this.svids;
   }
+  wantedList(): string[] {
+    return [];
+  }
 }
 
 export interface AgentOptions {
