@@ -140,7 +140,7 @@ export class AgentProcess {
     for (;;) {
       const found = (await this.logs()).slice(options.since ?? 0).find(match);
       if (found) return found;
-      if (!this.running) throw new Error(`agent ${this.name} exited (${this.describeExit()}) before logging ${description}; see ${this.options.logPath}`);
+      if (!this.running) throw await this.exitedError(`before logging ${description}`);
       if (Date.now() > deadline) throw new Error(`agent ${this.name} did not log ${description} within ${timeoutMs} ms; see ${this.options.logPath}`);
       await sleep(25);
     }
@@ -155,7 +155,7 @@ export class AgentProcess {
     const deadline = Date.now() + timeoutMs;
     let last: unknown;
     for (;;) {
-      if (!this.running) throw new Error(`agent ${this.name} exited (${this.describeExit()}) while waiting for ${description}; see ${this.options.logPath}`);
+      if (!this.running) throw await this.exitedError(`while waiting for ${description}`);
       try {
         const status = await this.status();
         if (check(status)) return status;
@@ -179,8 +179,15 @@ export class AgentProcess {
     return result.stdout;
   }
 
-  private describeExit(): string {
-    return this.exit?.signal ?? `exit code ${this.exit?.code}`;
+  /**
+   * Why a wait ended: the agent exited. Carries the end of its log (stderr, so a crash's stack
+   * too), which a test's cleanup deletes with the rest of the cluster's files.
+   */
+  private async exitedError(when: string): Promise<Error> {
+    const text = (await readFile(this.options.logPath).catch(() => Buffer.alloc(0))).subarray(this.logOffset).toString('utf8');
+    const tail = text.trimEnd().split('\n').slice(-12).join('\n');
+    const exit = this.exit?.signal ?? `exit code ${this.exit?.code}`;
+    return new Error(`agent ${this.name} exited (${exit}) ${when}; the end of ${this.options.logPath}:\n${tail}`);
   }
 }
 
