@@ -86,7 +86,10 @@ export class HandshakeResponder {
       SNICallback: (servername, callback) => {
         const context = options.identities.contextForSni(servername);
         if (context) return callback(null, context);
-        void options.identities.awaitContextForSni(servername, WANTED_IDENTITY_WAIT_MS).then((issued) => callback(null, issued));
+        options.identities
+          .awaitContextForSni(servername, WANTED_IDENTITY_WAIT_MS)
+          .then((issued) => callback(null, issued))
+          .catch((err: unknown) => options.logger.warn({ err: (err as Error).message }, 'answering a held handshake failed'));
       },
       handshakeTimeout: settings.handshakeTimeout,
     });
