@@ -115,14 +115,20 @@ privileged('an agent killed during traffic leaves enforcement in place, and rest
 
 privileged('endpoints that name no interface (as Kubernetes gives them) are found through the kernel and gated', async (t) => {
   // startCluster waits for the gate on every local workload's interface and for web <-> db.
+  // Plus an endpoint on node-a that no interface leads to: counted as ungated until one does.
+  const ghost = { ip: '10.77.0.9', spiffeId: `spiffe://${TRUST_DOMAIN}/ns/demo/sa/ghost`, node: 'node-a' };
   const cluster = await startCluster(t, {
     configure: (_node, config) => ({
       ...config,
-      cluster: { ...config.cluster, endpoints: config.cluster?.endpoints?.map(({ interface: _named, ...endpoint }) => endpoint) ?? [] },
+      cluster: { ...config.cluster, endpoints: [...(config.cluster?.endpoints?.map(({ interface: _named, ...endpoint }) => endpoint) ?? []), ghost] },
     }),
   });
   t.true((await cluster.probe('web').tcp(DB.ip, { timeoutMs: 1000, payload: 'found-interfaces' })).ok, 'web -> db');
   await rogueIsDropped(t, cluster, 'on interfaces the agents found');
+  const ungated = async (node: string) => metricSum(await cluster.agent(node).metrics(), 'meshauth_gate_ungated_endpoints');
+  for (let waited = 0; (await ungated('node-a')) !== 1 && waited < 5000; waited += 100) await sleep(100);
+  t.is(await ungated('node-a'), 1, 'the endpoint without an interface is reported');
+  t.is(await ungated('node-b'), 0);
 });
 
 /** SVID and bundle files for the file provider, rewritten atomically like cert-manager does. */

@@ -349,8 +349,10 @@ export class Agent {
 
   private applyPlan(): void {
     const previous = this.plan;
-    const found = this.gateInterfaces?.interfacesOf(this.state.localEndpoints());
+    const locals = this.state.localEndpoints();
+    const found = this.gateInterfaces?.interfacesOf(locals);
     const plan = planNode(this.state, this.ids, this.config.cluster.policy.default, (endpoint) => found?.get(endpoint.ip) ?? endpoint.interface);
+    if (found) this.metrics.setUngatedEndpoints(locals.filter((endpoint) => !found.has(endpoint.ip)).length);
     this.plan = plan;
     const remoteNodes = [...this.state.nodes.values()].filter((node) => node.name !== this.config.nodeName);
     this.peers.setNodes(remoteNodes);

@@ -67,6 +67,7 @@ export class AgentMetrics {
   readonly pairs: Gauge<'state'>;
   readonly authMapEntries: Gauge;
   readonly authMapCapacity: Gauge;
+  readonly ungatedEndpoints: Gauge;
   readonly reauths: Counter<'trigger'>;
   readonly signals: Counter<'status'>;
   readonly peers: Gauge<'state'>;
@@ -90,6 +91,11 @@ export class AgentMetrics {
     this.authMapCapacity = new Gauge({
       name: 'meshauth_auth_map_capacity',
       help: 'Maximum entries of the pinned BPF auth map',
+      registers,
+    });
+    this.ungatedEndpoints = new Gauge({
+      name: 'meshauth_gate_ungated_endpoints',
+      help: 'Local endpoints whose host-side interface the agent has not found yet: their traffic passes ungated',
       registers,
     });
     this.reauths = new Counter({
@@ -167,6 +173,10 @@ export class AgentMetrics {
   setAuthMap(entries: number, capacity: number): void {
     this.authMapEntries.set(entries);
     this.authMapCapacity.set(capacity);
+  }
+
+  setUngatedEndpoints(count: number): void {
+    this.ungatedEndpoints.set(count);
   }
 
   reauth(trigger: ReauthTrigger): void {
