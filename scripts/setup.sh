@@ -30,7 +30,8 @@ if [ ! -d node_modules ] || [ package-lock.json -nt node_modules/.package-lock.j
 else
   npm run --silent build
 fi
-if npm run | grep -q 'build:bpf'; then npm run --silent build:bpf; fi
+# grep reads all of npm's output: with -q it would stop early and npm would log a broken pipe.
+if npm run | grep 'build:bpf' >/dev/null; then npm run --silent build:bpf; fi
 # Puts the `meshauth` command on PATH (a symlink to this checkout), so `npx meshauth` works.
 [ "$(readlink -f "$(command -v meshauth 2>/dev/null)" 2>/dev/null)" = "$PWD/dist/src/cli/main.js" ] \
   || npm link --no-audit --no-fund --ignore-scripts --loglevel=error >/dev/null
