@@ -4,16 +4,11 @@
 // check. This test asserts that each expected check ran and passed. A missing qemu or kernel is
 // a failure with the reason, never a silent pass.
 import test from 'ava';
+import { WIREGUARD_CHECKS } from './guest/transport-checks.js';
 import { runGuestChecks } from './helpers/guest.js';
 
 const EXPECTED_CHECKS = [
-  'wg.implementation',
-  'wg.forged-handshake-blocks',
-  'wg.matching-psk-passes',
-  'wg.wire-encrypted',
-  'wg.rekey-lossless',
-  'wg.new-psk-in-effect',
-  'wg.remove-peer',
+  ...WIREGUARD_CHECKS,
   'ipsec.wrong-key-blocks',
   'ipsec.wire-encrypted',
   'ipsec.rekey-lossless',

@@ -11,20 +11,12 @@ import { DatapathError } from '../src/datapath/errors.js';
 import { TransportMetrics } from '../src/metrics/transport-metrics.js';
 import { WireGuardTransport } from '../src/datapath/wireguard.js';
 import { CmdlineScanner, TransportTopology } from './helpers/transport-topology.js';
-import { capturedLogger, leakedIn, wireguardChecks, wireguardSecrets } from './guest/transport-checks.js';
+import { WIREGUARD_CHECKS, capturedLogger, leakedIn, wireguardChecks, wireguardSecrets } from './guest/transport-checks.js';
 
 const isRoot = process.getuid?.() === 0;
 const privileged = isRoot ? test.serial : test.skip;
 
-const EXPECTED_CHECKS = [
-  'wg.implementation',
-  'wg.forged-handshake-blocks',
-  'wg.matching-psk-passes',
-  'wg.wire-encrypted',
-  'wg.rekey-lossless',
-  'wg.new-psk-in-effect',
-  'wg.remove-peer',
-];
+const EXPECTED_CHECKS = WIREGUARD_CHECKS;
 
 async function requireTools(t: { fail(message: string): void }): Promise<boolean> {
   for (const tool of ['wireguard-go', 'wg', 'tcpdump', 'ping']) {

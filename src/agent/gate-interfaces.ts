@@ -29,6 +29,10 @@ export interface GateInterfacesOptions {
   onResolved: () => void;
 }
 
+function sameEntry(a: IpcacheEntry | undefined, b: IpcacheEntry | undefined): boolean {
+  return a?.identity === b?.identity && a?.node === b?.node;
+}
+
 export class GateInterfaces {
   private readonly installed = new Set<string>();
   private readonly resolutions = new Map<string, Resolution>();
@@ -76,21 +80,23 @@ export class GateInterfaces {
       this.options.datapath.bindInterface(this.workloadInterface(name), undefined);
       this.installed.delete(name);
     }
+    const previous = this.bindings;
     this.bindings = bindings;
+    const changed = [...bindings].filter(([name, entry]) => !previous.has(name) || !sameEntry(previous.get(name), entry)).map(([name]) => name);
     const fresh = [...bindings.keys()].filter((name) => !this.installed.has(name));
     for (const name of fresh) this.installed.add(name);
     if (fresh.length > 0) {
       this.installing = this.installing
         .then(async () => {
           await this.options.datapath.install({ interfaces: fresh.map((name) => this.workloadInterface(name)) });
-          this.bind(); // with the bindings current when the attach completed
+          this.bind(fresh); // with the bindings current when the attach completed
         })
         .catch((err: unknown) => {
           for (const name of fresh) this.installed.delete(name);
           this.options.logger.error({ interfaces: fresh, err: (err as Error).message }, 'attaching the gate failed');
         });
     }
-    this.bind();
+    this.bind(changed);
   }
 
   /** Waits for attaches in flight (tests). */
@@ -104,9 +110,11 @@ export class GateInterfaces {
     this.retries.clear();
   }
 
-  /** A handful of array-map writes; an interface still being attached is skipped (bound after). */
-  private bind(): void {
-    for (const [name, entry] of this.bindings) this.options.datapath.bindInterface(this.workloadInterface(name), entry);
+  /** One array-map write each; an interface still being attached is skipped (bound after). */
+  private bind(names: readonly string[]): void {
+    for (const name of names) {
+      if (this.bindings.has(name)) this.options.datapath.bindInterface(this.workloadInterface(name), this.bindings.get(name));
+    }
   }
 
   private resolve(ip: string, resolution: Resolution): void {

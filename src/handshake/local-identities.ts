@@ -174,7 +174,9 @@ export class LocalIdentities {
   }
 
   private setWanted(ids: readonly string[]): void {
-    this.wantedBySni = new Map(ids.map((id) => [sniForIdentity(id), id]));
+    // The agent sets its wanted list on every cluster change: hash only the IDs that are new.
+    const sniOf = new Map([...this.wantedBySni].map(([sni, id]) => [id, sni]));
+    this.wantedBySni = new Map(ids.map((id) => [sniOf.get(id) ?? sniForIdentity(id), id]));
     // No longer wanted: nothing is coming for them.
     for (const sni of [...this.waiting.keys()]) if (!this.wantedBySni.has(sni)) this.settleWaiting(sni, undefined);
   }

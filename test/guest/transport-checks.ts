@@ -74,6 +74,17 @@ export async function wireguardSecrets(): Promise<{ stateDirs: string[]; private
   };
 }
 
+/** Every check wireguardChecks records, in order: on the host and in the guest alike. */
+export const WIREGUARD_CHECKS = [
+  'wg.implementation',
+  'wg.forged-handshake-blocks',
+  'wg.matching-psk-passes',
+  'wg.wire-encrypted',
+  'wg.rekey-lossless',
+  'wg.new-psk-in-effect',
+  'wg.remove-peer',
+] as const;
+
 /**
  * WireGuard between n1 and n2: a forged handshake (PSKs differ) passes nothing, matching PSKs
  * pass traffic that the wire shows only encrypted, a PSK change under a 100/s ping loses

@@ -52,6 +52,29 @@ export function inNetns(netns: string, command: string, args: string[]) {
   return execa('nsenter', [`--net=/run/netns/${netns}`, command, ...args]);
 }
 
+/**
+ * Sysctls for fresh test namespaces, before any interface exists: no DAD delay on link-local
+ * addresses, no router solicitations, and the unsolicited MLD reports sent at once (they go to
+ * ff02::16, an address the gate does not know) so that they are over before a test attaches the
+ * gate and counts packets. `routers` also forward IPv4 and IPv6.
+ */
+export async function prepareNamespaces(namespaces: readonly string[], routers: readonly string[]): Promise<void> {
+  await Promise.all(
+    namespaces.map((ns) =>
+      inNetns(ns, 'sysctl', [
+        '-q',
+        '-w',
+        'net.ipv6.conf.all.accept_dad=0',
+        'net.ipv6.conf.default.accept_dad=0',
+        'net.ipv6.conf.default.router_solicitations=0',
+        'net.ipv6.conf.default.mldv1_unsolicited_report_interval=1',
+        'net.ipv6.conf.default.mldv2_unsolicited_report_interval=1',
+        ...(routers.includes(ns) ? ['net.ipv4.ip_forward=1', 'net.ipv6.conf.all.forwarding=1'] : []),
+      ]),
+    ),
+  );
+}
+
 export class Topology {
   readonly nodes: [TestNode, TestNode];
   readonly workloads: Workload[] = [];
@@ -97,23 +120,7 @@ export class Topology {
     const workloadNs = (node: number, x: string) => `ma-${this.tag}-w${node}${x}`;
     for (const node of [1, 2]) for (const x of ['a', 'b']) this.namespaces.push(workloadNs(node, x));
     await execa('ip', ['-batch', '-'], { input: this.namespaces.map((ns) => `netns add ${ns}`).join('\n') + '\n' });
-    // Before any interface exists: no DAD delay on link-local addresses, no router solicitations,
-    // and the unsolicited MLD reports sent at once (they go to ff02::16, an address the gate does
-    // not know) so that they are over before a test attaches the gate and counts packets.
-    await Promise.all(
-      this.namespaces.map((ns) =>
-        inNetns(ns, 'sysctl', [
-          '-q',
-          '-w',
-          'net.ipv6.conf.all.accept_dad=0',
-          'net.ipv6.conf.default.accept_dad=0',
-          'net.ipv6.conf.default.router_solicitations=0',
-          'net.ipv6.conf.default.mldv1_unsolicited_report_interval=1',
-          'net.ipv6.conf.default.mldv2_unsolicited_report_interval=1',
-          ...(this.nodes.some((n) => n.netns === ns) ? ['net.ipv4.ip_forward=1', 'net.ipv6.conf.all.forwarding=1'] : []),
-        ]),
-      ),
-    );
+    await prepareNamespaces(this.namespaces, this.nodes.map((n) => n.netns));
     const n2 = this.nodes[1];
     for (const node of this.nodes) {
       const other = node.id === 1 ? 2 : 1;

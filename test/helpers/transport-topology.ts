@@ -23,6 +23,7 @@ import { join } from 'node:path';
 import { Worker } from 'node:worker_threads';
 import { execa, type ResultPromise } from 'execa';
 import { waitForLinksUp } from '../../src/demo/topology.js';
+import { prepareNamespaces } from './netns.js';
 
 export interface TopologyNode {
   id: 1 | 2;
@@ -110,18 +111,7 @@ export class TransportTopology {
   private async build(): Promise<void> {
     await ipBatch(undefined, this.namespaces.map((ns) => `netns add ${ns}`));
     this.workDir = await mkdtemp(join(tmpdir(), `meshauth-transport-${this.tag}-`));
-    await Promise.all(
-      this.namespaces.map((ns) =>
-        inNetns(ns, 'sysctl', [
-          '-q',
-          '-w',
-          'net.ipv6.conf.all.accept_dad=0',
-          'net.ipv6.conf.default.accept_dad=0',
-          'net.ipv6.conf.default.router_solicitations=0',
-          ...(ns.endsWith('-n1') || ns.endsWith('-n2') ? ['net.ipv4.ip_forward=1', 'net.ipv6.conf.all.forwarding=1'] : []),
-        ]),
-      ),
-    );
+    await prepareNamespaces(this.namespaces, this.nodes.map((n) => n.netns));
     await ipBatch(this.wire, [
       'link set lo up',
       'link add name br0 type bridge',
