@@ -33,6 +33,7 @@
  * and falls back to wireguard-go. wireguard-go's control sockets live in /var/run/wireguard,
  * shared by all network namespaces, so interface names must be unique across namespaces.
  */
+import { readFile } from 'node:fs/promises';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { isIP } from 'node:net';
 import { execa, type ResultPromise } from 'execa';
@@ -432,6 +433,24 @@ async function existingImplementation(exec: NetnsExec, interfaceName: string): P
   throw new DatapathError(`interface ${interfaceName} exists and is not a WireGuard interface (kind ${kind ?? 'unknown'})`);
 }
 
+/** __SO_ACCEPTCON in /proc/net/unix: the socket is listening. */
+const UNIX_ACCEPTCON = 0x10000;
+
+/**
+ * Whether wireguard-go's control socket is listening, read from /proc/PID/net/unix (the view of
+ * the child's own network namespace). Unknown (no pid, no file) counts as not yet.
+ */
+async function uapiListening(pid: number | undefined, interfaceName: string): Promise<boolean> {
+  if (pid === undefined) return false;
+  const table = await readFile(`/proc/${pid}/net/unix`, 'utf8').catch(() => '');
+  const path = `/var/run/wireguard/${interfaceName}.sock`;
+  // Num RefCount Protocol Flags Type St Inode Path
+  return table.split('\n').some((line) => {
+    const fields = line.trim().split(/\s+/);
+    return fields[7] === path && (Number.parseInt(fields[3] ?? '0', 16) & UNIX_ACCEPTCON) !== 0;
+  });
+}
+
 /** Starts wireguard-go in the foreground (inside the namespace) and waits for its control socket. */
 async function startUserspace(exec: NetnsExec, interfaceName: string, binary: string, logger: Logger): Promise<{ child: UserspaceChild }> {
   const [file, args] = exec.argv(binary, [interfaceName]);
@@ -450,7 +469,9 @@ async function startUserspace(exec: NetnsExec, interfaceName: string, binary: st
   });
   const deadline = Date.now() + USERSPACE_START_TIMEOUT_MS;
   while (!exited) {
-    if ((await exec.attempt('wg', ['show', interfaceName, 'listen-port'])).exitCode === 0) return { child };
+    // Not `wg show` until then: wg unlinks a control socket that refuses its connection, which is
+    // what a socket bound but not yet listening does, and wireguard-go then fails to start.
+    if ((await uapiListening(child.pid, interfaceName)) && (await exec.attempt('wg', ['show', interfaceName, 'listen-port'])).exitCode === 0) return { child };
     if (Date.now() > deadline) {
       child.kill('SIGKILL');
       await child;
