@@ -8,12 +8,12 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { execa } from 'execa';
 import { Datapath, monotonicNowNs } from '../src/datapath/datapath.js';
-import { attachedProgram } from '../src/datapath/loader.js';
+import { attachedProgram, kernelHasTcx, tcxHelperPath, type AttachMode } from '../src/datapath/hooks.js';
 import { sleep } from '../src/util/backoff.js';
 import { builtCli } from './helpers/cli.js';
 import { Cluster, IDENTITY, isRoot } from './helpers/datapath-fixture.js';
 import type { AgentPlan } from './helpers/datapath-agent.js';
-import type { Workload } from './helpers/netns.js';
+import { inNetns, type Workload } from './helpers/netns.js';
 
 const privileged = isRoot() ? test.serial : test.skip;
 const AGENT = fileURLToPath(new URL('./helpers/datapath-agent.ts', import.meta.url));
@@ -31,6 +31,24 @@ async function processesMentioning(text: string): Promise<number[]> {
     if (cmdline.includes(text)) pids.push(Number(entry));
   }
   return pids;
+}
+
+/**
+ * How each gate program on the hooks of a workload's interface is attached, through either
+ * mechanism: a switch from one to the other must leave exactly one per hook.
+ */
+async function gateHooks(w: Workload): Promise<AttachMode[]> {
+  const { netns, name } = w.hostInterface;
+  const found: AttachMode[] = [];
+  for (const hook of ['ingress', 'egress']) {
+    const filters = JSON.parse((await inNetns(netns, 'tc', ['-j', 'filter', 'show', 'dev', name, hook])).stdout) as { options?: { prog?: unknown } }[];
+    found.push(...filters.filter((filter) => filter.options?.prog).map(() => 'tc' as const));
+  }
+  if (await kernelHasTcx()) {
+    const shown = JSON.parse((await inNetns(netns, tcxHelperPath(), ['show', name])).stdout) as Record<'ingress' | 'egress', unknown[]>;
+    found.push(...[...shown.ingress, ...shown.egress].map(() => 'tcx' as const));
+  }
+  return found;
 }
 
 async function attachedPrograms(cluster: Cluster): Promise<(number | undefined)[]> {
@@ -97,6 +115,9 @@ privileged('an agent killed with SIGKILL leaves the gate enforcing, expiry inclu
 
 privileged('re-installing over a running gate swaps programs with no ungated window and keeps auth entries', async (t) => {
   const cluster = await Cluster.start(t);
+  // Restarts alternate between the two hooks where the kernel has both: a replace within each and
+  // a switch each way (an upgrade to a TCX kernel, datapath.attach changed) must leave no window.
+  const modes: AttachMode[] = (await kernelHasTcx()) ? ['tcx', 'tc', 'tc', 'tcx'] : ['tc'];
   const [w1a, w1b, w2a, w2b] = workloads(cluster);
   const agent1 = cluster.agent(1);
   cluster.authorize(w1b, w2b);
@@ -111,7 +132,7 @@ privileged('re-installing over a running gate swaps programs with no ungated win
   await sleep(100);
   while (Date.now() < until) {
     for (const node of cluster.topology.nodes) {
-      const restarted = await Datapath.open({ pinDir: node.pinDir });
+      const restarted = await Datapath.open({ pinDir: node.pinDir, attach: modes[restarts % modes.length] });
       await restarted.install({ interfaces: [] }); // re-attaches every registered interface
       restarted.close();
     }
@@ -128,6 +149,14 @@ privileged('re-installing over a running gate swaps programs with no ungated win
 
   const programsAfter = await attachedPrograms(cluster);
   t.true(programsAfter.every((id, i) => id !== undefined && id !== programsBefore[i]), 'new programs attached');
+  for (const mode of modes) {
+    const restarted = await Datapath.open({ pinDir: cluster.topology.nodes[0].pinDir, attach: mode });
+    await restarted.install({ interfaces: [] });
+    restarted.close();
+    t.deepEqual(await gateHooks(cluster.w('w1a')), [mode, mode], `attached through ${mode} only`);
+    t.true(await cluster.topology.reaches(w1b, w2b, 'udp', 4), `passes through ${mode}`);
+    t.false(await cluster.topology.reaches(w1a, w2a, 'udp', 4), `gated through ${mode}`);
+  }
   t.true(await cluster.topology.reaches(w1b, w2b, 'udp', 4), 'auth entries survived the restarts');
   t.true(await cluster.topology.reaches(w2b, w1b, 'tcp', 6));
   t.false(await cluster.topology.reaches(w1b, w2a, 'udp', 4));
@@ -173,6 +202,11 @@ privileged('`meshauth datapath uninstall` detaches everywhere and unpins', async
   });
 
   const [node1, node2] = cluster.topology.nodes;
+  await execa(process.execPath, [builtCli(), 'datapath', 'install', '--attach', 'tc', '--pin-dir', node1.pinDir]);
+  t.like(await attachedProgram(w1a.hostInterface, 'ingress'), { via: 'tc' }, '`datapath install --attach tc` re-attached through tc');
+  const badAttach = await execa(process.execPath, [builtCli(), 'datapath', 'install', '--attach', 'xdp', '--pin-dir', node1.pinDir], { reject: false });
+  t.is(badAttach.exitCode, 2);
+  t.regex(badAttach.stderr, /--attach.*xdp/);
   await execa(process.execPath, [builtCli(), 'datapath', 'uninstall', '--pin-dir', node1.pinDir]);
   await Datapath.uninstall({ pinDir: node2.pinDir });
   t.false(existsSync(node1.pinDir));

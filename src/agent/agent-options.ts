@@ -39,6 +39,8 @@ export const datapathOptionsSchema = z.strictObject({
   pinDir: z.string().default('/sys/fs/bpf/meshauth'),
   /** Network namespace holding the workloads' host-side interfaces (default: the agent's own). */
   netns: z.string().optional(),
+  /** How the gate hooks interfaces: tcx (Linux 6.6+), tc (cls_bpf on clsact), auto: tcx where available. */
+  attach: z.enum(['auto', 'tcx', 'tc']).default('auto'),
 });
 
 /** transport: how payload travels between nodes, keyed by the node handshakes. */

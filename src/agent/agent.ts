@@ -114,7 +114,11 @@ export class Agent {
     // Datapath first: enforcement continues from the pinned maps while everything else starts.
     let map: AuthMap = new MemoryAuthMap();
     if (config.datapath.enabled) {
-      this.datapath = await Datapath.open({ pinDir: config.datapath.pinDir, capacities: { auth: config.auth.cacheSize } });
+      this.datapath = await Datapath.open({
+        pinDir: config.datapath.pinDir,
+        attach: config.datapath.attach,
+        capacities: { auth: config.auth.cacheSize },
+      });
       this.closers.push(() => this.datapath?.close());
       map = this.datapath;
       const gateInterfaces = new GateInterfaces({

@@ -1,8 +1,9 @@
 // `meshauth datapath install|uninstall|status`: the eBPF gate's lifecycle from the command line, for
 // operators and for tearing a node down. The agent itself uses src/datapath/datapath.ts directly.
-import type { Command } from 'commander';
+import { Option, type Command } from 'commander';
 import { UsageError } from './errors.js';
 import { Datapath } from '../datapath/datapath.js';
+import type { AttachPreference } from '../datapath/hooks.js';
 import { DEFAULT_PIN_DIR, PinLayout, validateInterface, type WorkloadInterface } from '../datapath/loader.js';
 
 interface PinDirOption {
@@ -22,9 +23,14 @@ export function registerDatapathCommands(program: Command): void {
     .option('--pin-dir <dir>', pinDirHelp, DEFAULT_PIN_DIR)
     .option('--interface <name[@netns]>', 'host-side workload interface, optionally in a network namespace; repeatable', collect, [])
     .option('--object <file>', 'compiled gate (default: bpf/gate.bpf.o of this package)')
-    .action(async (options: PinDirOption & { interface: string[]; object?: string }) => {
+    .addOption(
+      new Option('--attach <how>', 'tcx (Linux 6.6+), tc (cls_bpf on clsact), or auto: tcx where the kernel has it')
+        .choices(['auto', 'tcx', 'tc'])
+        .default('auto'),
+    )
+    .action(async (options: PinDirOption & { interface: string[]; object?: string; attach: AttachPreference }) => {
       const interfaces = options.interface.map(parseInterface);
-      await withDatapath({ pinDir: options.pinDir, ...(options.object ? { objectPath: options.object } : {}) }, (dp) =>
+      await withDatapath({ pinDir: options.pinDir, attach: options.attach, ...(options.object ? { objectPath: options.object } : {}) }, (dp) =>
         dp.install({ interfaces }),
       );
     });
@@ -79,7 +85,7 @@ function checkPinDir(dir: string): string {
 }
 
 async function withDatapath(
-  options: { pinDir: string; objectPath?: string },
+  options: { pinDir: string; objectPath?: string; attach?: AttachPreference },
   work: (datapath: Datapath) => Promise<void>,
 ): Promise<void> {
   const datapath = await Datapath.open({ ...options, pinDir: checkPinDir(options.pinDir) });

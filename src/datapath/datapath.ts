@@ -81,6 +81,7 @@ import {
   type MapCapacities,
   type WorkloadInterface,
 } from './loader.js';
+import { resolveAttachMode, type AttachMode, type AttachPreference } from './hooks.js';
 import { SignalPoller, type SignalListener, type SignalPollerOptions } from './signals.js';
 
 export interface DatapathOptions {
@@ -90,6 +91,8 @@ export interface DatapathOptions {
   objectPath?: string;
   /** Capacities used only when a map is created (existing maps keep theirs). */
   capacities?: MapCapacities;
+  /** How the gate hooks interfaces (hooks.ts); default auto: TCX where the kernel has it, else tc. */
+  attach?: AttachPreference;
   signalPolling?: SignalPollerOptions;
 }
 
@@ -115,6 +118,7 @@ export class Datapath {
   private readonly ifindexes = new Map<string, number>();
   /** The program generation this handle loaded (progs/<generation>), reused by later installs. */
   private generation?: string;
+  private attachMode?: Promise<AttachMode>;
   private readonly authKeyScratch = Buffer.alloc(STRUCTS.auth_key.size);
   private readonly authValueScratch = Buffer.alloc(STRUCTS.auth_value.size);
   private readonly counterKeys = COUNTER_NAMES.map((_, index) => {
@@ -137,6 +141,7 @@ export class Datapath {
     private readonly countersMap: RawMap,
     private readonly configMap: RawArrayMap,
     private readonly poller: SignalPoller,
+    private readonly attachPreference: AttachPreference,
   ) {}
 
   /** Ensures bpffs and the pinned maps (creating missing ones, reusing existing ones) and opens them. */
@@ -165,6 +170,7 @@ export class Datapath {
       new RawMap(refs.counters),
       new RawArrayMap(refs.config),
       new SignalPoller(new RawQueueMap(refs.signals), options.signalPolling, layout.mapPath('doorbell')),
+      options.attach ?? 'auto',
     );
   }
 
@@ -181,8 +187,8 @@ export class Datapath {
    * Loads the gate and attaches it to the given interfaces and to every interface it was attached
    * to before that still exists (so a restart moves them all to the new programs). Later calls on
    * the same handle attach only the given interfaces, with the programs already loaded: a new pod
-   * costs one attach, not a reload and a re-attach of every other. Each hook is swapped with
-   * `tc filter replace` on the same pref/handle: atomic, no ungated window.
+   * costs one attach, not a reload and a re-attach of every other. Each hook's program is replaced
+   * in one step (hooks.ts): no ungated window.
    * An interface new to the gate starts unbound (see bindInterface); a re-attached one keeps its
    * binding. Idempotent. Throws after trying every interface if any could not be attached.
    */
@@ -196,6 +202,8 @@ export class Datapath {
     const reuse = this.generation !== undefined && existsSync(this.generation) ? this.generation : undefined;
     const all = new Map<string, WorkloadInterface>();
     for (const iface of [...(reuse ? [] : registered), ...request.interfaces]) all.set(describeInterface(iface), iface);
+    this.attachMode ??= resolveAttachMode(this.attachPreference);
+    const mode = await this.attachMode;
     const generation = reuse ?? (await loadPrograms(this.layout, this.objectPath));
     const failures: string[] = [];
     for (const [label, iface] of all) {
@@ -203,7 +211,7 @@ export class Datapath {
         const ifindex = await interfaceIndex(iface);
         // A binding left at this ifindex by a vanished interface must not name the new workload.
         if (ifindex !== undefined && !known.has(label)) this.writeBinding(ifindex, undefined);
-        await attach(this.layout, generation, iface);
+        await attach(this.layout, generation, iface, mode);
         if (ifindex !== undefined) this.ifindexes.set(label, ifindex);
       } catch (err) {
         if (!requested.has(label) && !(await interfaceExists(iface))) await detach(this.layout, iface);

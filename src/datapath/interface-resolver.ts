@@ -5,7 +5,7 @@
 //   bridged CNIs (bridge plugin, flannel): the route names the bridge, and the bridge's forwarding
 //   table names the port behind the address's MAC (`ip neigh`, then `bridge fdb`).
 import { isIP } from 'node:net';
-import { runIn } from './loader.js';
+import { runIn } from './run-in.js';
 
 interface Route {
   dev?: string;

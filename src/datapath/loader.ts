@@ -1,5 +1,5 @@
-// Kernel-side lifecycle of the gate: bpffs, pinned maps, program load, tc attach/detach, uninstall.
-// Everything is driven through bpftool and tc (execa, argument arrays, never a shell), and
+// Kernel-side lifecycle of the gate: bpffs, pinned maps, program load, attach/detach (hooks.ts),
+// uninstall. Everything is driven through bpftool, tc and meshauth-tcx (run-in.ts), and
 // everything lives under one pin directory, /sys/fs/bpf/meshauth by default (DEFAULT_PIN_DIR;
 // pinDir / --pin-dir choose another, so that tests and two agents on one machine keep apart):
 //
@@ -11,28 +11,22 @@
 // it is what `uninstall` walks, and it survives the agent. Pins survive everything but unpinning
 // (agent exit, SIGKILL, deletion of the namespaces involved): that is what keeps the gate closed
 // while no agent runs, and why uninstall removes them explicitly.
-//
-// The gate's filters take tc pref 1, handle 1 on each hook and pass traffic as TC_ACT_UNSPEC, so a
-// CNI filter at a later pref still runs after them.
 import { existsSync } from 'node:fs';
 import { mkdir, readdir, rm, statfs } from 'node:fs/promises';
 import { dirname, isAbsolute, join } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { randomBytes } from 'node:crypto';
-import { execa } from 'execa';
 import { MapType } from 'bpf';
+import { packageFile } from '../util/package-root.js';
 import { DatapathError } from './errors.js';
-import { MAP_SPECS, PROGRAMS, type MapName } from './layout.js';
+import { MAP_SPECS, type MapName } from './layout.js';
 import { openPinnedMap, possibleCpuCount } from './bpf-maps.js';
+import { hookGate, unhookGate, type AttachMode } from './hooks.js';
+import { netnsPath, run, runIn } from './run-in.js';
 
 export const DEFAULT_PIN_DIR = '/sys/fs/bpf/meshauth';
 const BPFFS_ROOT = '/sys/fs/bpf';
 const BPF_FS_MAGIC = 0xcafe4a11;
 const BPF_F_NO_PREALLOC = 1;
-
-/** Both filters sit at this tc preference and handle; `replace` there swaps programs atomically. */
-export const TC_PREF = 1;
-export const TC_HANDLE = 1;
 
 export interface WorkloadInterface {
   /** Host-side interface of the workload (e.g. the host end of its veth). */
@@ -44,7 +38,6 @@ export interface WorkloadInterface {
 export type MapCapacities = Partial<Record<'ipcache' | 'ipcache_hosts4' | 'ipcache_hosts6' | 'interfaces' | 'policy' | 'auth' | 'ratelimit' | 'signals', number>>;
 
 const IFNAME = /^[A-Za-z0-9_.:+-]{1,15}$/;
-const NETNS_NAME = /^[A-Za-z0-9_.-]{1,255}$/;
 
 export function validateInterface(iface: WorkloadInterface): void {
   if (!IFNAME.test(iface.name) || iface.name === '.' || iface.name === '..') {
@@ -53,16 +46,6 @@ export function validateInterface(iface: WorkloadInterface): void {
   if (iface.netns !== undefined) netnsPath(iface.netns);
 }
 
-function netnsPath(netns: string): string {
-  if (isAbsolute(netns)) {
-    if (/\s/.test(netns)) throw new DatapathError(`bad network namespace path ${JSON.stringify(netns)}`);
-    return netns;
-  }
-  if (!NETNS_NAME.test(netns) || netns === '.' || netns === '..') {
-    throw new DatapathError(`bad network namespace name ${JSON.stringify(netns)}`);
-  }
-  return `/run/netns/${netns}`;
-}
 
 export function describeInterface(iface: WorkloadInterface): string {
   return iface.netns === undefined ? iface.name : `${iface.name}@${iface.netns}`;
@@ -94,39 +77,11 @@ export class PinLayout {
 
 /** bpf/gate.bpf.o of the package this module belongs to (built by `npm run build:bpf`). */
 export function defaultObjectPath(): string {
-  let dir = dirname(fileURLToPath(import.meta.url));
-  while (!existsSync(join(dir, 'package.json'))) {
-    const parent = dirname(dir);
-    if (parent === dir) throw new DatapathError('cannot locate the meshauth package root');
-    dir = parent;
-  }
-  return join(dir, 'bpf', 'gate.bpf.o');
+  return packageFile('bpf/gate.bpf.o');
 }
 
-async function run(file: string, args: string[], input?: string): Promise<string> {
-  try {
-    const result = await execa(file, args, { input, stripFinalNewline: true });
-    return result.stdout;
-  } catch (err) {
-    const stderr = (err as { stderr?: unknown }).stderr;
-    const detail = typeof stderr === 'string' && stderr.trim() !== '' ? stderr.trim() : (err as Error).message;
-    throw new DatapathError(`${file} ${args.join(' ')} failed: ${detail}`, { cause: err });
-  }
-}
 
-/**
- * A tool inside a network namespace (or ours). `tc -n NS` and `ip netns exec` would give tc a
- * fresh /sys in a private mount namespace, where the bpffs pins are invisible; nsenter enters
- * only the network namespace.
- */
-export function runIn(netns: string | undefined, file: string, args: string[], input?: string): Promise<string> {
-  if (netns === undefined) return run(file, args, input);
-  return run('nsenter', [`--net=${netnsPath(netns)}`, file, ...args], input);
-}
 
-function tc(netns: string | undefined, args: string[], input?: string): Promise<string> {
-  return runIn(netns, 'tc', args, input);
-}
 
 /** Makes sure the pin directory is on a bpffs, mounting /sys/fs/bpf if nothing is mounted there. */
 export async function ensureBpffs(layout: PinLayout): Promise<void> {
@@ -184,7 +139,7 @@ export async function loadPrograms(layout: PinLayout, objectPath: string): Promi
   return generation;
 }
 
-/** Removes every program generation but `keep`; attached programs stay alive through tc. */
+/** Removes every program generation but `keep`; attached programs stay alive on their hooks. */
 export async function pruneGenerations(layout: PinLayout, keep: string): Promise<void> {
   for (const entry of await readdir(layout.progsDir)) {
     const dir = join(layout.progsDir, entry);
@@ -193,19 +148,13 @@ export async function pruneGenerations(layout: PinLayout, keep: string): Promise
 }
 
 /**
- * Attaches (or atomically replaces) both filters on one interface. The interface is registered
- * first, so that an attach interrupted halfway is still found by `uninstall`.
+ * Attaches (or atomically replaces) the gate on one interface. The interface is registered first,
+ * so that an attach interrupted halfway is still found by `uninstall`.
  */
-export async function attach(layout: PinLayout, generation: string, iface: WorkloadInterface): Promise<void> {
+export async function attach(layout: PinLayout, generation: string, iface: WorkloadInterface, mode: AttachMode): Promise<void> {
   validateInterface(iface);
   await mkdir(layout.interfaceEntry(iface), { recursive: true });
-  const dev = iface.name;
-  const batch = [
-    `qdisc replace dev ${dev} clsact`,
-    `filter replace dev ${dev} ingress pref ${TC_PREF} handle ${TC_HANDLE} bpf da pinned ${join(generation, PROGRAMS.fromWorkload)}`,
-    `filter replace dev ${dev} egress pref ${TC_PREF} handle ${TC_HANDLE} bpf da pinned ${join(generation, PROGRAMS.toWorkload)}`,
-  ].join('\n');
-  await tc(iface.netns, ['-batch', '-'], `${batch}\n`);
+  await hookGate(iface, mode, generation);
 }
 
 /** Whether the interface (and its namespace) still exists. */
@@ -224,40 +173,13 @@ export async function interfaceIndex(iface: WorkloadInterface): Promise<number |
   }
 }
 
-interface TcFilter {
-  pref?: number;
-  options?: { handle?: string; prog?: { id?: number; name?: string } };
-}
-
-/** The program attached by the gate at our pref/handle on one hook, if it is ours. */
-export async function attachedProgram(
-  iface: WorkloadInterface,
-  hook: 'ingress' | 'egress',
-): Promise<{ id: number; name: string } | undefined> {
-  const filters = JSON.parse(await tc(iface.netns, ['-j', 'filter', 'show', 'dev', iface.name, hook])) as TcFilter[];
-  const ours = hook === 'ingress' ? PROGRAMS.fromWorkload : PROGRAMS.toWorkload;
-  for (const filter of filters) {
-    const prog = filter.options?.prog;
-    if (filter.pref === TC_PREF && Number(filter.options?.handle) === TC_HANDLE && prog?.name === ours && prog.id) {
-      return { id: prog.id, name: prog.name };
-    }
-  }
-  return undefined;
-}
-
 /**
- * Removes the gate's filters from one interface (only filters running our programs; the clsact
- * qdisc stays, other users may share it) and unregisters it. A vanished interface is fine.
+ * Takes the gate off one interface (only our programs: others' and the clsact qdisc stay, other
+ * users may share them) and unregisters it. A vanished interface is fine.
  */
 export async function detach(layout: PinLayout, iface: WorkloadInterface): Promise<void> {
   validateInterface(iface);
-  if (await interfaceExists(iface)) {
-    for (const hook of ['ingress', 'egress'] as const) {
-      if (await attachedProgram(iface, hook)) {
-        await tc(iface.netns, ['filter', 'del', 'dev', iface.name, hook, 'pref', String(TC_PREF), 'handle', String(TC_HANDLE), 'bpf']);
-      }
-    }
-  }
+  if (await interfaceExists(iface)) await unhookGate(iface);
   await rm(layout.interfaceEntry(iface), { recursive: true, force: true });
 }
 

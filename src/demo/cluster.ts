@@ -13,7 +13,7 @@ import { join } from 'node:path';
 import { execa } from 'execa';
 import { stringify as toYaml } from 'yaml';
 import type { ConfigInput } from '../config/config.js';
-import { attachedProgram } from '../datapath/loader.js';
+import { attachedProgram } from '../datapath/hooks.js';
 import { AgentProcess } from './agent-process.js';
 import { Probe } from './probe.js';
 import { DEMO_NODES, DEMO_WORKLOADS, TRUST_DOMAIN, type DemoWorkload } from './scenario.js';

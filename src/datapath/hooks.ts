@@ -1,0 +1,125 @@
+// The two ways the gate hooks both directions of an interface:
+//
+//   tcx  the kernel's multi-program tc hook (Linux 6.6+), through native/meshauth-tcx: no qdisc,
+//        and the gate goes first among the hook's programs (a CNI program that redirects would
+//        otherwise skip it); a restart replaces it in place, by program name, in one step.
+//   tc   a cls_bpf filter at pref 1, handle 1 on the clsact qdisc, for older kernels; a restart
+//        replaces it with `tc filter replace` on the same pref and handle, also in one step.
+//
+// Either way passing traffic leaves as TC_ACT_UNSPEC (TCX_NEXT), so a CNI's programs or filters
+// after the gate still run. Hooking through one mechanism removes the gate from the other only
+// afterwards: a switch (a kernel upgrade, or datapath.attach changed) never leaves a hook ungated.
+import { existsSync } from 'node:fs';
+import { join } from 'node:path';
+import { packageFile } from '../util/package-root.js';
+import { DatapathError } from './errors.js';
+import { PROGRAMS } from './layout.js';
+import type { WorkloadInterface } from './loader.js';
+import { run, runIn } from './run-in.js';
+
+export type AttachMode = 'tcx' | 'tc';
+export type AttachPreference = AttachMode | 'auto';
+export type Hook = 'ingress' | 'egress';
+
+export interface AttachedProgram {
+  id: number;
+  name: string;
+  via: AttachMode;
+}
+
+const TC_PREF = 1;
+const TC_HANDLE = 1;
+const PROGRAM_ON: Record<Hook, string> = { ingress: PROGRAMS.fromWorkload, egress: PROGRAMS.toWorkload };
+const HOOKS = Object.keys(PROGRAM_ON) as Hook[];
+
+/** native/meshauth-tcx of this package (built with the gate by `npm run build:bpf`). */
+export function tcxHelperPath(): string {
+  const helper = packageFile('native/meshauth-tcx');
+  if (!existsSync(helper)) throw new DatapathError(`${helper} not found: run \`npm run build:bpf\``);
+  return helper;
+}
+
+let tcxProbe: Promise<boolean> | undefined;
+
+/** Whether this kernel has TCX; probed once per process. */
+export function kernelHasTcx(): Promise<boolean> {
+  tcxProbe ??= (async () => {
+    const helper = tcxHelperPath();
+    return run(helper, ['probe']).then(
+      () => true,
+      () => false,
+    );
+  })();
+  return tcxProbe;
+}
+
+/** `auto`: TCX where the kernel has it, tc otherwise. Asking for TCX on a kernel without it throws. */
+export async function resolveAttachMode(preference: AttachPreference): Promise<AttachMode> {
+  const tcx = await kernelHasTcx();
+  if (preference === 'tcx' && !tcx) throw new DatapathError('datapath.attach is tcx, but this kernel has no TCX (Linux 6.6 or later)');
+  return preference === 'auto' ? (tcx ? 'tcx' : 'tc') : preference;
+}
+
+/** Puts the programs of one generation on both hooks (replacing the gate's previous ones). */
+export async function hookGate(iface: WorkloadInterface, mode: AttachMode, generation: string): Promise<void> {
+  const pin = (hook: Hook) => join(generation, PROGRAM_ON[hook]);
+  if (mode === 'tcx') {
+    await runIn(iface.netns, tcxHelperPath(), ['attach', iface.name, ...HOOKS.map((hook) => `${hook}=${pin(hook)}`)]);
+    await removeTcFilters(iface);
+    return;
+  }
+  const batch = [
+    `qdisc replace dev ${iface.name} clsact`,
+    ...HOOKS.map((hook) => `filter replace dev ${iface.name} ${hook} pref ${TC_PREF} handle ${TC_HANDLE} bpf da pinned ${pin(hook)}`),
+  ].join('\n');
+  await runIn(iface.netns, 'tc', ['-batch', '-'], `${batch}\n`);
+  if (await kernelHasTcx()) await removeTcxPrograms(iface);
+}
+
+/** Takes the gate off both hooks, whichever way it was attached; other programs and the qdisc stay. */
+export async function unhookGate(iface: WorkloadInterface): Promise<void> {
+  if (await kernelHasTcx()) await removeTcxPrograms(iface);
+  await removeTcFilters(iface);
+}
+
+/** The gate's program on one hook of an interface, if it is attached. */
+export async function attachedProgram(iface: WorkloadInterface, hook: Hook): Promise<AttachedProgram | undefined> {
+  if (await kernelHasTcx()) {
+    const shown = JSON.parse(await runIn(iface.netns, tcxHelperPath(), ['show', iface.name])) as Record<Hook, { id: number; name: string }[]>;
+    const program = shown[hook].find((candidate) => candidate.name === PROGRAM_ON[hook]);
+    if (program) return { ...program, via: 'tcx' };
+  }
+  const program = await tcFilterProgram(iface, hook);
+  return program && { ...program, via: 'tc' };
+}
+
+function removeTcxPrograms(iface: WorkloadInterface): Promise<string> {
+  return runIn(iface.netns, tcxHelperPath(), ['detach', iface.name, ...HOOKS.map((hook) => PROGRAM_ON[hook])]);
+}
+
+async function removeTcFilters(iface: WorkloadInterface): Promise<void> {
+  const qdiscs = JSON.parse(await runIn(iface.netns, 'tc', ['-j', 'qdisc', 'show', 'dev', iface.name])) as { kind?: string }[];
+  if (!qdiscs.some((qdisc) => qdisc.kind === 'clsact')) return;
+  for (const hook of HOOKS) {
+    if (await tcFilterProgram(iface, hook)) {
+      await runIn(iface.netns, 'tc', ['filter', 'del', 'dev', iface.name, hook, 'pref', String(TC_PREF), 'handle', String(TC_HANDLE), 'bpf']);
+    }
+  }
+}
+
+interface TcFilter {
+  pref?: number;
+  options?: { handle?: string; prog?: { id?: number; name?: string } };
+}
+
+/** The gate's cls_bpf filter on one hook: our pref, handle and program name. */
+async function tcFilterProgram(iface: WorkloadInterface, hook: Hook): Promise<{ id: number; name: string } | undefined> {
+  const filters = JSON.parse(await runIn(iface.netns, 'tc', ['-j', 'filter', 'show', 'dev', iface.name, hook])) as TcFilter[];
+  for (const filter of filters) {
+    const prog = filter.options?.prog;
+    if (filter.pref === TC_PREF && Number(filter.options?.handle) === TC_HANDLE && prog?.name === PROGRAM_ON[hook] && prog.id) {
+      return { id: prog.id, name: prog.name };
+    }
+  }
+  return undefined;
+}
