@@ -200,10 +200,21 @@ async function main(): Promise<void> {
       agentStartedMs: NODES.map(({ name }) => agentStarted[name].time! - agent(name).spawnedAt),
       linkUpMs: NODES.map(({ name }) => up[name].time! - started),
     });
-    const first = await both((name) => snapshot(topo.node(name)));
-    const gen1 = generationOf(topo, first);
+    // A node handshake retried under load (the initiator gave up on an attempt the responder had
+    // completed) leaves the responder's states of that attempt retiring, as after any re-key:
+    // retireAfterMs (10 s) later exactly one generation remains. Anything left longer is a leak.
+    const settling = Date.now();
+    let first = await both((name) => snapshot(topo.node(name)));
+    let gen1 = generationOf(topo, first);
+    const unsettled = gen1.problems;
+    while (!gen1.generation && Date.now() - settling < 15_000) {
+      await sleep(200);
+      first = await both((name) => snapshot(topo.node(name)));
+      gen1 = generationOf(topo, first);
+    }
     record('agent.states-from-handshake', gen1.generation !== undefined, {
       problems: gen1.problems,
+      ...(unsettled.length > 0 ? { settledAfterMs: gen1.generation ? Date.now() - settling : undefined, atLinkUp: unsettled } : {}),
       spis: gen1.generation && Object.fromEntries(NODES.map(({ name }) => [name, { in: gen1.generation!.inbound[name].spi, out: gen1.generation!.outbound[name].spi }])),
     });
     if (!gen1.generation) throw new Error('no usable first generation of SAs');
