@@ -3,8 +3,8 @@
 //   per-packet cost   run_time_ns / run_cnt of the gate programs (kernel.bpf_stats_enabled=1)
 //                     under iperf3 traffic, with 1 and with 100,000 auth entries; median of 3 runs
 //   throughput        iperf3 TCP between two workloads on two nodes: gate, an empty program in its
-//                     place (the hook's own cost) and nothing, alternated in the same run, 12 runs
-//                     each; the ratio of the medians (run-time statistics off: they are the
+//                     place (the hook's own cost) and nothing, alternated in the same run, 16 runs
+//                     each (6 on two CPUs); the ratio of the medians (run-time statistics off: they are the
 //                     measuring tool, not the gate). The target figure runs client, server and
 //                     the whole stack on one CPU, where throughput is the inverse of the CPU time
 //                     per byte, which is what the gate adds. Spread over two CPUs (printed too,
@@ -43,8 +43,8 @@ const TARGETS = {
 };
 const BPF_STATS = '/proc/sys/kernel/bpf_stats_enabled';
 const IPERF_SECONDS = 2;
-const THROUGHPUT_ROUNDS = 12;
-const THROUGHPUT_ROUNDS_TWO_CPUS = 8;
+const THROUGHPUT_ROUNDS = 16;
+const THROUGHPUT_ROUNDS_TWO_CPUS = 6;
 const COST_RUNS = 3;
 
 function report(label: string, value: number, unit: string, target: number, better: 'lower' | 'higher'): void {
