@@ -192,10 +192,11 @@ privileged('`meshauth datapath uninstall` detaches everywhere and unpins', async
   t.false(await cluster.topology.reaches(w1a, w2a, 'udp', 4));
 
   const status = await execa(process.execPath, [builtCli(), 'datapath', 'status', '--pin-dir', cluster.topology.nodes[0].pinDir]);
+  const attachedVia = (await kernelHasTcx()) ? 'tcx' : 'tc';
   t.like(JSON.parse(status.stdout), {
     interfaces: [
-      { name: 'hw1a', netns: cluster.topology.nodes[0].netns },
-      { name: 'hw1b', netns: cluster.topology.nodes[0].netns },
+      { name: 'hw1a', netns: cluster.topology.nodes[0].netns, hooks: { ingress: attachedVia, egress: attachedVia } },
+      { name: 'hw1b', netns: cluster.topology.nodes[0].netns, hooks: { ingress: attachedVia, egress: attachedVia } },
     ],
     authEntries: 0,
     config: { defaultMode: 'require' },

@@ -3,8 +3,8 @@
 import { Option, type Command } from 'commander';
 import { UsageError } from './errors.js';
 import { Datapath } from '../datapath/datapath.js';
-import type { AttachPreference } from '../datapath/hooks.js';
-import { DEFAULT_PIN_DIR, PinLayout, validateInterface, type WorkloadInterface } from '../datapath/loader.js';
+import { attachedProgram, type AttachMode, type AttachPreference, type Hook } from '../datapath/hooks.js';
+import { DEFAULT_PIN_DIR, PinLayout, interfaceExists, validateInterface, type WorkloadInterface } from '../datapath/loader.js';
 
 interface PinDirOption {
   pinDir: string;
@@ -45,13 +45,13 @@ export function registerDatapathCommands(program: Command): void {
 
   datapath
     .command('status')
-    .description('Print the attached interfaces, config, counters and number of auth entries as JSON')
+    .description('Print the attached interfaces (and how: tcx or tc), config, counters and number of auth entries as JSON')
     .option('--pin-dir <dir>', pinDirHelp, DEFAULT_PIN_DIR)
     .action(async (options: PinDirOption) => {
       await withDatapath({ pinDir: options.pinDir }, async (dp) => {
         const status = {
           pinDir: dp.pinDir,
-          interfaces: await dp.attachedInterfaces(),
+          interfaces: await Promise.all((await dp.attachedInterfaces()).map(async (iface) => ({ ...iface, hooks: await hooksOf(iface) }))),
           config: dp.config(),
           counters: dp.counters(),
           authEntries: dp.dumpAuth().length,
@@ -59,6 +59,13 @@ export function registerDatapathCommands(program: Command): void {
         console.log(JSON.stringify(status, (_key, value: unknown) => (typeof value === 'bigint' ? value.toString() : value), 2));
       });
     });
+}
+
+/** How the gate sits on each hook of an interface: tcx, tc, none (not attached) or gone (no such interface). */
+async function hooksOf(iface: WorkloadInterface): Promise<Record<Hook, AttachMode | 'none' | 'gone'>> {
+  if (!(await interfaceExists(iface))) return { ingress: 'gone', egress: 'gone' };
+  const [ingress, egress] = await Promise.all((['ingress', 'egress'] as const).map((hook) => attachedProgram(iface, hook)));
+  return { ingress: ingress?.via ?? 'none', egress: egress?.via ?? 'none' };
 }
 
 function collect(value: string, previous: string[]): string[] {
