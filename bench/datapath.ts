@@ -11,7 +11,7 @@
 //                     informational) the run is not CPU-bound here: the CPUs idle 3-14 % of the
 //                     time waiting on each other's wake-ups through the hypervisor, throughput
 //                     follows those, any per-packet work is amplified 3-4x (an empty program
-//                     alone costs 1-4 %) and the spread is +-2 %.
+//                     alone costs 1-3 %) and the spread is +-2 %.
 //   map updates/s     setAuth one by one, and batchSetAuth, from Node (encoding included)
 //   signal delay      gate queued -> agent callback, p99: while signals flow, and for a first
 //                     signal after a quiet period (the poller at its idle interval)

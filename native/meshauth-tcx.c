@@ -6,13 +6,18 @@
  * calls, no libbpf. It runs inside the interface's network namespace (nsenter --net, which
  * keeps bpffs visible), where the interface name means something.
  *
- *   meshauth-tcx probe                     exit 0 if this kernel has TCX
+ *   meshauth-tcx probe                     exit 0 if TCX is usable here; 3 if the kernel has no
+ *                                          TCX, or this process lacks CAP_SYS_ADMIN (without
+ *                                          it a hook's programs cannot be opened by id, so the
+ *                                          gate could not be found to replace or detach)
  *   meshauth-tcx show DEV                  {"ingress":[{"id":N,"name":"..."}],"egress":[...]}
  *   meshauth-tcx attach DEV HOOK=PIN...    HOOK is ingress or egress. A program on the hook
  *                                          with the pinned program's name is replaced in one
- *                                          step (the hook never runs neither); otherwise the
- *                                          program goes first, before any other (a CNI's
- *                                          redirect must not skip the gate)
+ *                                          step where it runs first (the hook never runs
+ *                                          neither); anywhere else, the new one goes first and
+ *                                          the old one is detached after; with none, the
+ *                                          program goes first (a CNI's redirect must not
+ *                                          skip the gate)
  *   meshauth-tcx detach DEV NAME...        removes the programs so named from both hooks
  *
  * Attached this way (not through a link), a program stays until detached or until the
@@ -20,6 +25,7 @@
  */
 #include <errno.h>
 #include <linux/bpf.h>
+#include <linux/capability.h>
 #include <net/if.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -33,6 +39,7 @@ enum { TCX_INGRESS = 46, TCX_EGRESS = 47 };
 #define MPROG_F_BEFORE (1U << 3)
 
 #define MAX_PROGRAMS 64
+#define EXIT_UNUSABLE 3
 
 static const struct {
 	const char *name;
@@ -65,7 +72,7 @@ static int program_by_id(uint32_t id)
 	return sys_bpf(BPF_PROG_GET_FD_BY_ID, &attr);
 }
 
-static int program_name(int fd, char name[BPF_OBJ_NAME_LEN])
+static int program_info(int fd, char name[BPF_OBJ_NAME_LEN], uint32_t *id)
 {
 	struct bpf_prog_info info;
 	union bpf_attr attr;
@@ -79,6 +86,8 @@ static int program_name(int fd, char name[BPF_OBJ_NAME_LEN])
 		return -1;
 	memcpy(name, info.name, BPF_OBJ_NAME_LEN);
 	name[BPF_OBJ_NAME_LEN - 1] = '\0';
+	if (id)
+		*id = info.id;
 	return 0;
 }
 
@@ -102,23 +111,55 @@ static int hook_programs(uint32_t ifindex, uint32_t hook, struct program *out)
 
 		out[i].id = ids[i];
 		out[i].name[0] = '\0';
+		if (fd < 0 && errno != ENOENT)
+			return -1; /* EPERM without CAP_SYS_ADMIN: nameless programs would hide the gate */
 		if (fd >= 0) {
-			program_name(fd, out[i].name); /* a program detached meanwhile keeps no name */
+			int named = program_info(fd, out[i].name, NULL);
+
 			close(fd);
-		}
+			if (named < 0)
+				return -1;
+		} /* ENOENT: detached meanwhile, no name */
 	}
 	return count;
 }
 
+static int has_sys_admin(void)
+{
+	struct __user_cap_header_struct header = { .version = _LINUX_CAPABILITY_VERSION_3 };
+	struct __user_cap_data_struct data[_LINUX_CAPABILITY_U32S_3];
+
+	if (syscall(SYS_capget, &header, data) < 0)
+		return 0;
+	return (data[CAP_TO_INDEX(CAP_SYS_ADMIN)].effective & CAP_TO_MASK(CAP_SYS_ADMIN)) != 0;
+}
+
 /*
- * A query on loopback's TCX hook: kernels without TCX reject the attach type (EINVAL).
+ * A query on loopback's TCX hook: kernels without TCX reject the attach type (EINVAL). Any other
+ * failure is an error, not a reason to quietly choose tc.
  */
 static int probe(void)
 {
-	struct program programs[MAX_PROGRAMS];
+	uint32_t ids[MAX_PROGRAMS];
+	union bpf_attr attr;
 
-	if (hook_programs(1, TCX_INGRESS, programs) < 0)
-		return fail("TCX is not available", NULL);
+	memset(&attr, 0, sizeof(attr));
+	attr.query.target_fd = if_nametoindex("lo");
+	attr.query.attach_type = TCX_INGRESS;
+	attr.query.prog_ids = (uint64_t)(uintptr_t)ids;
+	attr.query.prog_cnt = MAX_PROGRAMS;
+	if (attr.query.target_fd == 0)
+		return fail("no loopback interface", NULL);
+	if (sys_bpf(BPF_PROG_QUERY, &attr) < 0 && errno != ENOENT) {
+		if (errno != EINVAL)
+			return fail("TCX probe", NULL);
+		fputs("meshauth-tcx: this kernel has no TCX\n", stderr);
+		return EXIT_UNUSABLE;
+	}
+	if (!has_sys_admin()) {
+		fputs("meshauth-tcx: TCX needs CAP_SYS_ADMIN to open a hook's programs by id\n", stderr);
+		return EXIT_UNUSABLE;
+	}
 	return 0;
 }
 
@@ -133,7 +174,7 @@ static int show(uint32_t ifindex)
 		if (count < 0)
 			return fail("query", HOOKS[h].name);
 		printf("%s\"%s\":[", h ? "," : "", HOOKS[h].name);
-		/* Program names are C identifiers: nothing to escape. */
+		/* Program names are letters, digits, '_' and '.': nothing to escape. */
 		for (int i = 0; i < count; i++)
 			printf("%s{\"id\":%u,\"name\":\"%s\"}", i ? "," : "", programs[i].id, programs[i].name);
 		putchar(']');
@@ -147,35 +188,53 @@ static int attach_one(uint32_t ifindex, uint32_t hook, const char *pin)
 	struct program programs[MAX_PROGRAMS];
 	char name[BPF_OBJ_NAME_LEN];
 	union bpf_attr attr;
-	int prog, replaced = -1, count, status;
+	int prog, replaced = -1, position = -1, count, status;
+	uint32_t id;
 
 	memset(&attr, 0, sizeof(attr));
 	attr.pathname = (uint64_t)(uintptr_t)pin;
 	prog = sys_bpf(BPF_OBJ_GET, &attr);
 	if (prog < 0)
 		return fail("open", pin);
-	if (program_name(prog, name) < 0)
+	if (program_info(prog, name, &id) < 0)
 		return fail("read the name of", pin);
 	count = hook_programs(ifindex, hook, programs);
 	if (count < 0)
 		return fail("query before attaching", pin);
 	for (int i = 0; i < count && replaced < 0; i++) {
-		if (strcmp(programs[i].name, name) == 0 && (replaced = program_by_id(programs[i].id)) < 0)
+		if (programs[i].id == id) {
+			close(prog); /* already attached (a retried install): wherever it runs, it stays */
+			return 0;
+		}
+		if (strcmp(programs[i].name, name) != 0)
+			continue;
+		replaced = program_by_id(programs[i].id);
+		if (replaced < 0)
 			return fail("open the program to replace with", pin);
+		position = i;
 	}
 
 	memset(&attr, 0, sizeof(attr));
 	attr.target_fd = ifindex;
 	attr.attach_bpf_fd = (uint32_t)prog;
 	attr.attach_type = hook;
-	if (replaced >= 0) {
+	if (position == 0) {
 		attr.attach_flags = BPF_F_REPLACE;
 		attr.replace_bpf_fd = (uint32_t)replaced;
 	} else {
-		attr.attach_flags = MPROG_F_BEFORE; /* no relative program: the head of the hook */
+		/* No relative program: the head of the hook. A gate that a CNI pushed down is
+		 * detached only below, once its successor runs first. */
+		attr.attach_flags = MPROG_F_BEFORE;
 	}
-	/* Replacing a program with itself: already attached, nothing to do. */
-	status = sys_bpf(BPF_PROG_ATTACH, &attr) < 0 && errno != EEXIST ? fail("attach", pin) : 0;
+	status = sys_bpf(BPF_PROG_ATTACH, &attr) < 0 ? fail("attach", pin) : 0;
+	if (status == 0 && position > 0) {
+		memset(&attr, 0, sizeof(attr));
+		attr.target_fd = ifindex;
+		attr.attach_bpf_fd = (uint32_t)replaced;
+		attr.attach_type = hook;
+		if (sys_bpf(BPF_PROG_DETACH, &attr) < 0 && errno != ENOENT)
+			status = fail("detach the gate it moved ahead of", pin);
+	}
 	if (replaced >= 0)
 		close(replaced);
 	close(prog);

@@ -1,13 +1,14 @@
 // Privileged: where the kernel has TCX, the gate goes first among an interface's programs (a CNI
 // program that redirects would otherwise skip it), hands the traffic it passes on to the programs
-// after it, and keeps its place across a restart.
+// after it, and keeps (or takes back) its place across a restart; without CAP_SYS_ADMIN TCX is
+// not used.
 import test from 'ava';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { machine, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { execa } from 'execa';
 import { Datapath } from '../src/datapath/datapath.js';
-import { kernelHasTcx, tcxHelperPath } from '../src/datapath/hooks.js';
+import { tcxUsable, tcxHelperPath } from '../src/datapath/hooks.js';
 import { Cluster, IDENTITY, isRoot } from './helpers/datapath-fixture.js';
 import { inNetns, type Workload } from './helpers/netns.js';
 
@@ -43,8 +44,14 @@ async function ingressPrograms(w: Workload): Promise<string[]> {
   return (JSON.parse(stdout) as { ingress: { name: string }[] }).ingress.map((program) => program.name);
 }
 
+privileged('without CAP_SYS_ADMIN the probe reports TCX unusable (exit 3, on which `auto` chooses tc)', async (t) => {
+  const probe = await execa('setpriv', ['--bounding-set', '-sys_admin', tcxHelperPath(), 'probe'], { reject: false });
+  t.is(probe.exitCode, 3, probe.stderr);
+  t.regex(probe.stderr, /CAP_SYS_ADMIN/);
+});
+
 privileged('TCX: the gate runs first, passes traffic on to the programs after it, and keeps its place on restart', async (t) => {
-  if (!(await kernelHasTcx())) {
+  if (!(await tcxUsable())) {
     t.log('this kernel has no TCX: the gate attaches through tc (covered by datapath-restart)');
     t.pass();
     return;
@@ -71,6 +78,15 @@ privileged('TCX: the gate runs first, passes traffic on to the programs after it
   await restarted.install({ interfaces: [] });
   restarted.close();
   t.deepEqual(await ingressPrograms(w1a), ['from_workload', 'cni_drop'], 'replaced in place');
+
+  // A CNI that later puts its program first: the next restart moves the gate back ahead of it.
+  await inNetns(netns, tcxHelperPath(), ['detach', name, 'cni_drop']);
+  await inNetns(netns, tcxHelperPath(), ['attach', name, `ingress=${dropAll}`]);
+  t.deepEqual(await ingressPrograms(w1a), ['cni_drop', 'from_workload']);
+  const again = await Datapath.open({ pinDir: cluster.topology.nodes[0].pinDir });
+  await again.install({ interfaces: [] });
+  again.close();
+  t.deepEqual(await ingressPrograms(w1a), ['from_workload', 'cni_drop'], 'first again, and only once');
 
   await inNetns(netns, tcxHelperPath(), ['detach', name, 'cni_drop']);
   t.true(await cluster.topology.reaches(w1a, w2a, 'udp', 4));

@@ -8,7 +8,7 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { execa } from 'execa';
 import { Datapath, monotonicNowNs } from '../src/datapath/datapath.js';
-import { attachedProgram, kernelHasTcx, tcxHelperPath, type AttachMode } from '../src/datapath/hooks.js';
+import { attachedProgram, tcxUsable, tcxHelperPath, type AttachMode } from '../src/datapath/hooks.js';
 import { sleep } from '../src/util/backoff.js';
 import { builtCli } from './helpers/cli.js';
 import { Cluster, IDENTITY, isRoot } from './helpers/datapath-fixture.js';
@@ -44,7 +44,7 @@ async function gateHooks(w: Workload): Promise<AttachMode[]> {
     const filters = JSON.parse((await inNetns(netns, 'tc', ['-j', 'filter', 'show', 'dev', name, hook])).stdout) as { options?: { prog?: unknown } }[];
     found.push(...filters.filter((filter) => filter.options?.prog).map(() => 'tc' as const));
   }
-  if (await kernelHasTcx()) {
+  if (await tcxUsable()) {
     const shown = JSON.parse((await inNetns(netns, tcxHelperPath(), ['show', name])).stdout) as Record<'ingress' | 'egress', unknown[]>;
     found.push(...[...shown.ingress, ...shown.egress].map(() => 'tcx' as const));
   }
@@ -117,7 +117,7 @@ privileged('re-installing over a running gate swaps programs with no ungated win
   const cluster = await Cluster.start(t);
   // Restarts alternate between the two hooks where the kernel has both: a replace within each and
   // a switch each way (an upgrade to a TCX kernel, datapath.attach changed) must leave no window.
-  const modes: AttachMode[] = (await kernelHasTcx()) ? ['tcx', 'tc', 'tc', 'tcx'] : ['tc'];
+  const modes: AttachMode[] = (await tcxUsable()) ? ['tcx', 'tc', 'tc', 'tcx'] : ['tc'];
   const [w1a, w1b, w2a, w2b] = workloads(cluster);
   const agent1 = cluster.agent(1);
   cluster.authorize(w1b, w2b);
@@ -192,7 +192,7 @@ privileged('`meshauth datapath uninstall` detaches everywhere and unpins', async
   t.false(await cluster.topology.reaches(w1a, w2a, 'udp', 4));
 
   const status = await execa(process.execPath, [builtCli(), 'datapath', 'status', '--pin-dir', cluster.topology.nodes[0].pinDir]);
-  const attachedVia = (await kernelHasTcx()) ? 'tcx' : 'tc';
+  const attachedVia = (await tcxUsable()) ? 'tcx' : 'tc';
   t.like(JSON.parse(status.stdout), {
     interfaces: [
       { name: 'hw1a', netns: cluster.topology.nodes[0].netns, hooks: { ingress: attachedVia, egress: attachedVia } },

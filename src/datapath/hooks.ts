@@ -2,7 +2,8 @@
 //
 //   tcx  the kernel's multi-program tc hook (Linux 6.6+), through native/meshauth-tcx: no qdisc,
 //        and the gate goes first among the hook's programs (a CNI program that redirects would
-//        otherwise skip it); a restart replaces it in place, by program name, in one step.
+//        otherwise skip it); a restart replaces it in place, by program name, in one step, or,
+//        if a CNI has since put a program ahead of it, attaches first and then detaches the old.
 //   tc   a cls_bpf filter at pref 1, handle 1 on the clsact qdisc, for older kernels; a restart
 //        replaces it with `tc filter replace` on the same pref and handle, also in one step.
 //
@@ -11,11 +12,12 @@
 // afterwards: a switch (a kernel upgrade, or datapath.attach changed) never leaves a hook ungated.
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
+import { execa } from 'execa';
 import { packageFile } from '../util/package-root.js';
 import { DatapathError } from './errors.js';
 import { PROGRAMS } from './layout.js';
 import type { WorkloadInterface } from './loader.js';
-import { run, runIn } from './run-in.js';
+import { runIn } from './run-in.js';
 
 export type AttachMode = 'tcx' | 'tc';
 export type AttachPreference = AttachMode | 'auto';
@@ -39,24 +41,32 @@ export function tcxHelperPath(): string {
   return helper;
 }
 
+/** meshauth-tcx's exit status for "TCX cannot be used here" (see its probe). */
+const TCX_UNUSABLE = 3;
+
 let tcxProbe: Promise<boolean> | undefined;
 
-/** Whether this kernel has TCX; probed once per process. */
-export function kernelHasTcx(): Promise<boolean> {
-  tcxProbe ??= (async () => {
-    const helper = tcxHelperPath();
-    return run(helper, ['probe']).then(
-      () => true,
-      () => false,
-    );
-  })();
+/**
+ * Whether the gate can attach through TCX: the kernel has it (Linux 6.6+) and this process may
+ * open a hook's programs by id (CAP_SYS_ADMIN; the DaemonSet's NET_ADMIN + BPF + PERFMON do not
+ * allow it, so there the gate attaches through tc). Probed once per process; a probe that fails
+ * otherwise throws rather than quietly choosing tc.
+ */
+export function tcxUsable(): Promise<boolean> {
+  tcxProbe ??= execa(tcxHelperPath(), ['probe'], { reject: false }).then(({ exitCode, stderr }) => {
+    if (exitCode === 0) return true;
+    if (exitCode === TCX_UNUSABLE) return false;
+    throw new DatapathError(`meshauth-tcx probe failed: ${stderr || `exit ${String(exitCode)}`}`);
+  });
   return tcxProbe;
 }
 
-/** `auto`: TCX where the kernel has it, tc otherwise. Asking for TCX on a kernel without it throws. */
+/** `auto`: TCX where usable, tc otherwise. Asking for TCX where it is not usable throws. */
 export async function resolveAttachMode(preference: AttachPreference): Promise<AttachMode> {
-  const tcx = await kernelHasTcx();
-  if (preference === 'tcx' && !tcx) throw new DatapathError('datapath.attach is tcx, but this kernel has no TCX (Linux 6.6 or later)');
+  const tcx = await tcxUsable();
+  if (preference === 'tcx' && !tcx) {
+    throw new DatapathError('datapath.attach is tcx, but TCX is not usable here (it needs Linux 6.6 or later and CAP_SYS_ADMIN)');
+  }
   return preference === 'auto' ? (tcx ? 'tcx' : 'tc') : preference;
 }
 
@@ -68,23 +78,24 @@ export async function hookGate(iface: WorkloadInterface, mode: AttachMode, gener
     await removeTcFilters(iface);
     return;
   }
+  const tcx = await tcxUsable(); // before attaching: a failed probe must not follow a done attach
   const batch = [
     `qdisc replace dev ${iface.name} clsact`,
     ...HOOKS.map((hook) => `filter replace dev ${iface.name} ${hook} pref ${TC_PREF} handle ${TC_HANDLE} bpf da pinned ${pin(hook)}`),
   ].join('\n');
   await runIn(iface.netns, 'tc', ['-batch', '-'], `${batch}\n`);
-  if (await kernelHasTcx()) await removeTcxPrograms(iface);
+  if (tcx) await removeTcxPrograms(iface);
 }
 
 /** Takes the gate off both hooks, whichever way it was attached; other programs and the qdisc stay. */
 export async function unhookGate(iface: WorkloadInterface): Promise<void> {
-  if (await kernelHasTcx()) await removeTcxPrograms(iface);
+  if (await tcxUsable()) await removeTcxPrograms(iface);
   await removeTcFilters(iface);
 }
 
 /** The gate's program on one hook of an interface, if it is attached. */
 export async function attachedProgram(iface: WorkloadInterface, hook: Hook): Promise<AttachedProgram | undefined> {
-  if (await kernelHasTcx()) {
+  if (await tcxUsable()) {
     const shown = JSON.parse(await runIn(iface.netns, tcxHelperPath(), ['show', iface.name])) as Record<Hook, { id: number; name: string }[]>;
     const program = shown[hook].find((candidate) => candidate.name === PROGRAM_ON[hook]);
     if (program) return { ...program, via: 'tcx' };

@@ -46,7 +46,6 @@ export function validateInterface(iface: WorkloadInterface): void {
   if (iface.netns !== undefined) netnsPath(iface.netns);
 }
 
-
 export function describeInterface(iface: WorkloadInterface): string {
   return iface.netns === undefined ? iface.name : `${iface.name}@${iface.netns}`;
 }
@@ -79,9 +78,6 @@ export class PinLayout {
 export function defaultObjectPath(): string {
   return packageFile('bpf/gate.bpf.o');
 }
-
-
-
 
 /** Makes sure the pin directory is on a bpffs, mounting /sys/fs/bpf if nothing is mounted there. */
 export async function ensureBpffs(layout: PinLayout): Promise<void> {
