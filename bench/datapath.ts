@@ -21,7 +21,7 @@
 //                     bpf_stats and the hook itself cost on this machine
 //
 // Topology: test/helpers (two nodes × two workloads in network namespaces, removed at the end).
-import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { availableParallelism, machine, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
@@ -87,7 +87,7 @@ async function gateProgramIds(cluster: Cluster): Promise<number[]> {
   const ids = new Set<number>();
   for (const w of cluster.topology.workloads) {
     for (const hook of ['ingress', 'egress'] as const) {
-      const prog = await attachedProgram(w.hostInterface, hook);
+      const prog = await attachedProgram(cluster.agent(w.node).layout, w.hostInterface, hook);
       if (prog) ids.add(prog.id);
     }
   }
@@ -169,12 +169,16 @@ async function hookSwitch(cluster: Cluster): Promise<(mode: HookMode) => Promise
   return async (mode) => {
     for (const node of [1, 2] as const) {
       if (mode === 'gate') await cluster.agent(node).install({ interfaces: local(node) });
-      else await cluster.agent(node).detach(local(node)); // the empty programs bear the gate's names
+      else await cluster.agent(node).detach(local(node)); // takes the empty programs' links and filters too
     }
     if (mode === 'gate') cluster.bindInterfaces(); // detaching cleared the bindings
     if (mode !== 'empty') return;
-    // Hooked the way the gate is: the empty programs bear its names.
-    for (const w of cluster.topology.workloads) await hookGate(w.hostInterface, attachMode, `${cluster.topology.node(w.node).pinDir}/empty`);
+    // Hooked the way the gate is, in the interface's registry entry (so detach finds them).
+    for (const w of cluster.topology.workloads) {
+      const entry = cluster.agent(w.node).layout.interfaceEntry(w.hostInterface);
+      await mkdir(entry, { recursive: true });
+      await hookGate(w.hostInterface, entry, attachMode, `${cluster.topology.node(w.node).pinDir}/empty`);
+    }
   };
 }
 

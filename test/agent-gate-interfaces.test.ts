@@ -35,7 +35,7 @@ privileged('interfaces are attached and bound, unbound when their workload leave
   const gates = new GateInterfaces({ datapath, netns: host, logger: silentLogger(), onResolved: () => resolved++ });
   t.teardown(() => gates.stop());
   const gi0 = { name: 'gi0', netns: host };
-  const attached = async () => Boolean((await attachedProgram(gi0, 'ingress')) && (await attachedProgram(gi0, 'egress')));
+  const attached = async () => Boolean((await attachedProgram(datapath.layout, gi0, 'ingress')) && (await attachedProgram(datapath.layout, gi0, 'egress')));
 
   gates.apply(new Map([['gi0', { identity: 7, node: 1 }]]));
   await gates.settled();

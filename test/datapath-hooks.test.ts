@@ -1,14 +1,17 @@
 // Privileged: where the kernel has TCX, the gate goes first among an interface's programs (a CNI
 // program that redirects would otherwise skip it), hands the traffic it passes on to the programs
-// after it, and keeps (or takes back) its place across a restart; without CAP_SYS_ADMIN TCX is
-// not used.
+// after it, and keeps (or takes back) its place across a restart, all with the DaemonSet's
+// capabilities (no CAP_SYS_ADMIN).
 import test from 'ava';
-import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { existsSync } from 'node:fs';
+import { mkdir, mkdtemp, readdir, rm, writeFile } from 'node:fs/promises';
 import { machine, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { execa } from 'execa';
 import { Datapath } from '../src/datapath/datapath.js';
-import { tcxUsable, tcxHelperPath } from '../src/datapath/hooks.js';
+import { attachedProgram, tcxHelperPath, tcxUsable } from '../src/datapath/hooks.js';
+import { MAP_SPECS, type MapName } from '../src/datapath/layout.js';
+import { defaultObjectPath, type PinLayout } from '../src/datapath/loader.js';
 import { Cluster, IDENTITY, isRoot } from './helpers/datapath-fixture.js';
 import { inNetns, type Workload } from './helpers/netns.js';
 
@@ -39,18 +42,13 @@ async function loadDropAll(pin: string): Promise<string> {
   return join(pin, 'cni_drop');
 }
 
-async function ingressPrograms(w: Workload): Promise<string[]> {
-  const { stdout } = await inNetns(w.hostInterface.netns, tcxHelperPath(), ['show', w.hostInterface.name]);
-  return (JSON.parse(stdout) as { ingress: { name: string }[] }).ingress.map((program) => program.name);
+/** Every program on a hook of the workload's host-side interface, by name, first to last. */
+async function programsOn(w: Workload, hook: 'ingress' | 'egress' = 'ingress'): Promise<string[]> {
+  const { stdout } = await inNetns(w.hostInterface.netns, tcxHelperPath(), ['list', w.hostInterface.name]);
+  return (JSON.parse(stdout) as Record<'ingress' | 'egress', string[]>)[hook];
 }
 
-privileged('without CAP_SYS_ADMIN the probe reports TCX unusable (exit 3, on which `auto` chooses tc)', async (t) => {
-  const probe = await execa('setpriv', ['--bounding-set', '-sys_admin', tcxHelperPath(), 'probe'], { reject: false });
-  t.is(probe.exitCode, 3, probe.stderr);
-  t.regex(probe.stderr, /CAP_SYS_ADMIN/);
-});
-
-privileged('TCX: the gate runs first, passes traffic on to the programs after it, and keeps its place on restart', async (t) => {
+privileged('TCX: the gate runs first, passes traffic on to the programs after it, and keeps (or takes back) its place on restart', async (t) => {
   if (!(await tcxUsable())) {
     t.log('this kernel has no TCX: the gate attaches through tc (covered by datapath-restart)');
     t.pass();
@@ -60,36 +58,86 @@ privileged('TCX: the gate runs first, passes traffic on to the programs after it
   const [w1a, w2a] = [cluster.w('w1a'), cluster.w('w2a')];
   const agent1 = cluster.agent(1);
   const { netns, name } = w1a.hostInterface;
-  const dropAll = await loadDropAll(join(cluster.topology.nodes[0].pinDir, 'cni'));
+  const pinDir = cluster.topology.nodes[0].pinDir;
+  const dropAll = await loadDropAll(join(pinDir, 'cni'));
+  const cniLinks = join(pinDir, 'cni-links');
+  await mkdir(cniLinks);
+  const cni = (verb: 'attach' | 'detach') =>
+    verb === 'attach' ? inNetns(netns, tcxHelperPath(), ['attach', name, cniLinks, `ingress=${dropAll}`]) : execa(tcxHelperPath(), ['detach', cniLinks]);
+  const restart = async () => {
+    const restarted = await Datapath.open({ pinDir });
+    await restarted.install({ interfaces: [] });
+    restarted.close();
+  };
 
   // The CNI's program was there first; the gate still goes before it.
   await agent1.detach([w1a.hostInterface]);
-  await inNetns(netns, tcxHelperPath(), ['attach', name, `ingress=${dropAll}`]);
+  await cni('attach');
   await agent1.install({ interfaces: [w1a.hostInterface] });
   t.true(agent1.bindInterface(w1a.hostInterface, { identity: IDENTITY.w1a!, node: 1 }));
-  t.deepEqual(await ingressPrograms(w1a), ['from_workload', 'cni_drop']);
+  t.deepEqual(await programsOn(w1a), ['from_workload', 'cni_drop']);
 
   cluster.authorize(w1a, w2a);
   const allowed = agent1.counters().allowed;
   t.false(await cluster.topology.reaches(w1a, w2a, 'udp', 4), 'the program after the gate ran (and dropped IPv4)');
   t.true(agent1.counters().allowed > allowed, 'the gate passed the packet on');
 
-  const restarted = await Datapath.open({ pinDir: cluster.topology.nodes[0].pinDir });
-  await restarted.install({ interfaces: [] });
-  restarted.close();
-  t.deepEqual(await ingressPrograms(w1a), ['from_workload', 'cni_drop'], 'replaced in place');
+  const before = await attachedProgram(agent1.layout, w1a.hostInterface, 'ingress');
+  await restart();
+  const after = await attachedProgram(agent1.layout, w1a.hostInterface, 'ingress');
+  t.deepEqual(await programsOn(w1a), ['from_workload', 'cni_drop'], 'replaced in place');
+  t.true(after?.first === true && after.id !== before?.id, 'a new program, first');
 
   // A CNI that later puts its program first: the next restart moves the gate back ahead of it.
-  await inNetns(netns, tcxHelperPath(), ['detach', name, 'cni_drop']);
-  await inNetns(netns, tcxHelperPath(), ['attach', name, `ingress=${dropAll}`]);
-  t.deepEqual(await ingressPrograms(w1a), ['cni_drop', 'from_workload']);
-  const again = await Datapath.open({ pinDir: cluster.topology.nodes[0].pinDir });
-  await again.install({ interfaces: [] });
-  again.close();
-  t.deepEqual(await ingressPrograms(w1a), ['from_workload', 'cni_drop'], 'first again, and only once');
+  await cni('detach');
+  await cni('attach');
+  t.deepEqual(await programsOn(w1a), ['cni_drop', 'from_workload']);
+  t.like(await attachedProgram(agent1.layout, w1a.hostInterface, 'ingress'), { first: false });
+  await restart();
+  t.deepEqual(await programsOn(w1a), ['from_workload', 'cni_drop'], 'first again, and only once');
 
-  await inNetns(netns, tcxHelperPath(), ['detach', name, 'cni_drop']);
+  await cni('detach');
   t.true(await cluster.topology.reaches(w1a, w2a, 'udp', 4));
   cluster.revoke(w1a, w2a);
   t.false(await cluster.topology.reaches(w1a, w2a, 'udp', 4), 'and the gate still gates');
 });
+
+privileged('TCX needs no CAP_SYS_ADMIN: the DaemonSet (NET_ADMIN, BPF, PERFMON) attaches, replaces and detaches', async (t) => {
+  if (!(await tcxUsable())) {
+    t.log('this kernel has no TCX');
+    t.pass();
+    return;
+  }
+  const cluster = await Cluster.start(t);
+  const [w1a, w1b, w2a] = [cluster.w('w1a'), cluster.w('w1b'), cluster.w('w2a')];
+  const agent1 = cluster.agent(1);
+  const { netns, name } = w1a.hostInterface;
+  const entry = agent1.layout.interfaceEntry(w1a.hostInterface);
+  const generation = join(agent1.layout.progsDir, (await readdir(agent1.layout.progsDir))[0]!);
+  // nsenter needs CAP_SYS_ADMIN itself; the agent under the DaemonSet runs in the host namespace.
+  const withoutSysAdmin = (args: string[]) => inNetns(netns, 'setpriv', ['--bounding-set', '-sys_admin', tcxHelperPath(), ...args]);
+  cluster.authorize(w1a, w2a);
+  const before = await attachedProgram(agent1.layout, w1a.hostInterface, 'ingress');
+
+  // The same programs: nothing to do. Another program with the gate's name: swapped in place.
+  await withoutSysAdmin(['attach', name, entry, `ingress=${join(generation, 'from_workload')}`]);
+  t.deepEqual(await attachedProgram(agent1.layout, w1a.hostInterface, 'ingress'), before);
+  const other = join(agent1.layout.root, 'other');
+  await execa('bpftool', ['prog', 'loadall', defaultObjectPath(), other, ...mapArgs(agent1.layout)]);
+  await withoutSysAdmin(['attach', name, entry, `ingress=${join(other, 'from_workload')}`, `egress=${join(other, 'to_workload')}`]);
+  const swapped = await attachedProgram(agent1.layout, w1a.hostInterface, 'ingress');
+  t.true(swapped?.id !== before?.id && swapped?.first === true);
+  t.deepEqual(await programsOn(w1a), ['from_workload']);
+  t.true(await cluster.topology.reaches(w1a, w2a, 'udp', 4), 'the new programs pass the pair');
+  t.false(await cluster.topology.reaches(w1a, w1b, 'udp', 4), 'and gate the rest');
+
+  await execa('setpriv', ['--bounding-set', '-sys_admin', tcxHelperPath(), 'detach', entry]);
+  t.deepEqual(await programsOn(w1a), []);
+  t.deepEqual(await programsOn(w1a, 'egress'), []);
+  t.false(existsSync(join(entry, 'ingress')) || existsSync(join(entry, 'egress')), 'unpinned');
+});
+
+/** bpftool's arguments that bind a load to the layout's pinned maps, as the loader does. */
+function mapArgs(layout: PinLayout): string[] {
+  return (Object.keys(MAP_SPECS) as MapName[]).flatMap((map) => ['map', 'name', map, 'pinned', layout.mapPath(map)]);
+}

@@ -1,13 +1,14 @@
 // Privileged: the pinned maps and the in-process map API, without traffic.
 import test from 'ava';
 import { existsSync } from 'node:fs';
-import { mkdtemp, rm } from 'node:fs/promises';
+import { mkdir, mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { execa } from 'execa';
 import { Datapath, monotonicNowNs } from '../src/datapath/datapath.js';
 import { COUNTER_NAMES } from '../src/datapath/layout.js';
+import { PinLayout, registeredInterfaces } from '../src/datapath/loader.js';
 import { TEST_CAPACITIES, assertGateBuilt, isRoot } from './helpers/datapath-fixture.js';
 
 const privileged = isRoot() ? test : test.skip;
@@ -120,4 +121,14 @@ privileged('uninstall removes the pin dir; uninstalling nothing is fine', async 
   await datapath.uninstall();
   t.false(existsSync(dir));
   await t.notThrowsAsync(Datapath.uninstall({ pinDir: dir }));
+});
+
+privileged('interfaces and namespaces with dots in their names are registered (bpffs refuses dotted names)', async (t) => {
+  const layout = new PinLayout(pinDir(t));
+  const interfaces = [{ name: 'eth0.100' }, { name: 'veth.a', netns: 'ns.1' }];
+  for (const iface of interfaces) await mkdir(layout.interfaceEntry(iface), { recursive: true });
+  t.deepEqual(
+    (await registeredInterfaces(layout)).sort((a, b) => a.name.localeCompare(b.name)),
+    interfaces,
+  );
 });

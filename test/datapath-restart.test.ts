@@ -9,6 +9,7 @@ import { fileURLToPath } from 'node:url';
 import { execa } from 'execa';
 import { Datapath, monotonicNowNs } from '../src/datapath/datapath.js';
 import { attachedProgram, tcxUsable, tcxHelperPath, type AttachMode } from '../src/datapath/hooks.js';
+import { PinLayout } from '../src/datapath/loader.js';
 import { sleep } from '../src/util/backoff.js';
 import { builtCli } from './helpers/cli.js';
 import { Cluster, IDENTITY, isRoot } from './helpers/datapath-fixture.js';
@@ -45,8 +46,8 @@ async function gateHooks(w: Workload): Promise<AttachMode[]> {
     found.push(...filters.filter((filter) => filter.options?.prog).map(() => 'tc' as const));
   }
   if (await tcxUsable()) {
-    const shown = JSON.parse((await inNetns(netns, tcxHelperPath(), ['show', name])).stdout) as Record<'ingress' | 'egress', unknown[]>;
-    found.push(...[...shown.ingress, ...shown.egress].map(() => 'tcx' as const));
+    const listed = JSON.parse((await inNetns(netns, tcxHelperPath(), ['list', name])).stdout) as Record<'ingress' | 'egress', string[]>;
+    found.push(...[...listed.ingress, ...listed.egress].map(() => 'tcx' as const));
   }
   return found;
 }
@@ -54,7 +55,8 @@ async function gateHooks(w: Workload): Promise<AttachMode[]> {
 async function attachedPrograms(cluster: Cluster): Promise<(number | undefined)[]> {
   const ids: (number | undefined)[] = [];
   for (const w of cluster.topology.workloads) {
-    for (const hook of ['ingress', 'egress'] as const) ids.push((await attachedProgram(w.hostInterface, hook))?.id);
+    const layout = new PinLayout(cluster.topology.node(w.node).pinDir);
+    for (const hook of ['ingress', 'egress'] as const) ids.push((await attachedProgram(layout, w.hostInterface, hook))?.id);
   }
   return ids;
 }
@@ -204,7 +206,7 @@ privileged('`meshauth datapath uninstall` detaches everywhere and unpins', async
 
   const [node1, node2] = cluster.topology.nodes;
   await execa(process.execPath, [builtCli(), 'datapath', 'install', '--attach', 'tc', '--pin-dir', node1.pinDir]);
-  t.like(await attachedProgram(w1a.hostInterface, 'ingress'), { via: 'tc' }, '`datapath install --attach tc` re-attached through tc');
+  t.like(await attachedProgram(new PinLayout(node1.pinDir), w1a.hostInterface, 'ingress'), { via: 'tc' }, '`datapath install --attach tc` re-attached through tc');
   const badAttach = await execa(process.execPath, [builtCli(), 'datapath', 'install', '--attach', 'xdp', '--pin-dir', node1.pinDir], { reject: false });
   t.is(badAttach.exitCode, 2);
   t.regex(badAttach.stderr, /--attach.*xdp/);

@@ -51,7 +51,7 @@ export function registerDatapathCommands(program: Command): void {
       await withDatapath({ pinDir: options.pinDir }, async (dp) => {
         const status = {
           pinDir: dp.pinDir,
-          interfaces: await Promise.all((await dp.attachedInterfaces()).map(async (iface) => ({ ...iface, hooks: await hooksOf(iface) }))),
+          interfaces: await Promise.all((await dp.attachedInterfaces()).map(async (iface) => ({ ...iface, hooks: await hooksOf(dp.layout, iface) }))),
           config: dp.config(),
           counters: dp.counters(),
           authEntries: dp.dumpAuth().length,
@@ -62,9 +62,9 @@ export function registerDatapathCommands(program: Command): void {
 }
 
 /** How the gate sits on each hook of an interface: tcx, tc, none (not attached) or gone (no such interface). */
-async function hooksOf(iface: WorkloadInterface): Promise<Record<Hook, AttachMode | 'none' | 'gone'>> {
+async function hooksOf(layout: PinLayout, iface: WorkloadInterface): Promise<Record<Hook, AttachMode | 'none' | 'gone'>> {
   if (!(await interfaceExists(iface))) return { ingress: 'gone', egress: 'gone' };
-  const [ingress, egress] = await Promise.all((['ingress', 'egress'] as const).map((hook) => attachedProgram(iface, hook)));
+  const [ingress, egress] = await Promise.all((['ingress', 'egress'] as const).map((hook) => attachedProgram(layout, iface, hook)));
   return { ingress: ingress?.via ?? 'none', egress: egress?.via ?? 'none' };
 }
 

@@ -1,9 +1,10 @@
 // The two ways the gate hooks both directions of an interface:
 //
-//   tcx  the kernel's multi-program tc hook (Linux 6.6+), through native/meshauth-tcx: no qdisc,
-//        and the gate goes first among the hook's programs (a CNI program that redirects would
-//        otherwise skip it); a restart replaces it in place, by program name, in one step, or,
-//        if a CNI has since put a program ahead of it, attaches first and then detaches the old.
+//   tcx  the kernel's multi-program tc hook (Linux 6.6+), through native/meshauth-tcx: a BPF link
+//        per hook, pinned in the interface's registry entry (<pin dir>/interfaces/<entry>/ingress,
+//        egress), no qdisc. The gate goes first among the hook's programs (a CNI program that
+//        redirects would otherwise skip it); a restart swaps the link's program in one step, or,
+//        if a CNI has since put a program ahead of it, pins a new first link over the old one.
 //   tc   a cls_bpf filter at pref 1, handle 1 on the clsact qdisc, for older kernels; a restart
 //        replaces it with `tc filter replace` on the same pref and handle, also in one step.
 //
@@ -16,7 +17,7 @@ import { execa } from 'execa';
 import { packageFile } from '../util/package-root.js';
 import { DatapathError } from './errors.js';
 import { PROGRAMS } from './layout.js';
-import type { WorkloadInterface } from './loader.js';
+import type { PinLayout, WorkloadInterface } from './loader.js';
 import { runIn } from './run-in.js';
 
 export type AttachMode = 'tcx' | 'tc';
@@ -27,6 +28,8 @@ export interface AttachedProgram {
   id: number;
   name: string;
   via: AttachMode;
+  /** TCX: whether it runs before every other program on the hook. */
+  first?: boolean;
 }
 
 const TC_PREF = 1;
@@ -41,21 +44,19 @@ export function tcxHelperPath(): string {
   return helper;
 }
 
-/** meshauth-tcx's exit status for "TCX cannot be used here" (see its probe). */
-const TCX_UNUSABLE = 3;
+/** meshauth-tcx's exit status for a kernel without TCX (see its probe). */
+const NO_TCX = 3;
 
 let tcxProbe: Promise<boolean> | undefined;
 
 /**
- * Whether the gate can attach through TCX: the kernel has it (Linux 6.6+) and this process may
- * open a hook's programs by id (CAP_SYS_ADMIN; the DaemonSet's NET_ADMIN + BPF + PERFMON do not
- * allow it, so there the gate attaches through tc). Probed once per process; a probe that fails
- * otherwise throws rather than quietly choosing tc.
+ * Whether the kernel has TCX (Linux 6.6+). Probed once per process; a probe that fails for
+ * another reason throws rather than quietly choosing tc.
  */
 export function tcxUsable(): Promise<boolean> {
   tcxProbe ??= execa(tcxHelperPath(), ['probe'], { reject: false }).then(({ exitCode, stderr }) => {
     if (exitCode === 0) return true;
-    if (exitCode === TCX_UNUSABLE) return false;
+    if (exitCode === NO_TCX) return false;
     throw new DatapathError(`meshauth-tcx probe failed: ${stderr || `exit ${String(exitCode)}`}`);
   });
   return tcxProbe;
@@ -65,16 +66,19 @@ export function tcxUsable(): Promise<boolean> {
 export async function resolveAttachMode(preference: AttachPreference): Promise<AttachMode> {
   const tcx = await tcxUsable();
   if (preference === 'tcx' && !tcx) {
-    throw new DatapathError('datapath.attach is tcx, but TCX is not usable here (it needs Linux 6.6 or later and CAP_SYS_ADMIN)');
+    throw new DatapathError('datapath.attach is tcx, but this kernel has no TCX (Linux 6.6 or later)');
   }
   return preference === 'auto' ? (tcx ? 'tcx' : 'tc') : preference;
 }
 
-/** Puts the programs of one generation on both hooks (replacing the gate's previous ones). */
-export async function hookGate(iface: WorkloadInterface, mode: AttachMode, generation: string): Promise<void> {
+/**
+ * Puts the programs of one generation on both hooks of an interface (replacing the gate's
+ * previous ones); TCX links are pinned in `linkDir`, the interface's registry entry.
+ */
+export async function hookGate(iface: WorkloadInterface, linkDir: string, mode: AttachMode, generation: string): Promise<void> {
   const pin = (hook: Hook) => join(generation, PROGRAM_ON[hook]);
   if (mode === 'tcx') {
-    await runIn(iface.netns, tcxHelperPath(), ['attach', iface.name, ...HOOKS.map((hook) => `${hook}=${pin(hook)}`)]);
+    await runIn(iface.netns, tcxHelperPath(), ['attach', iface.name, linkDir, ...HOOKS.map((hook) => `${hook}=${pin(hook)}`)]);
     await removeTcFilters(iface);
     return;
   }
@@ -84,28 +88,42 @@ export async function hookGate(iface: WorkloadInterface, mode: AttachMode, gener
     ...HOOKS.map((hook) => `filter replace dev ${iface.name} ${hook} pref ${TC_PREF} handle ${TC_HANDLE} bpf da pinned ${pin(hook)}`),
   ].join('\n');
   await runIn(iface.netns, 'tc', ['-batch', '-'], `${batch}\n`);
-  if (tcx) await removeTcxPrograms(iface);
+  if (tcx) await removeTcxLinks(linkDir);
 }
 
-/** Takes the gate off both hooks, whichever way it was attached; other programs and the qdisc stay. */
-export async function unhookGate(iface: WorkloadInterface): Promise<void> {
-  if (await tcxUsable()) await removeTcxPrograms(iface);
-  await removeTcFilters(iface);
+/**
+ * Takes the gate off both hooks, whichever way it was attached; other programs and the qdisc
+ * stay. `present`: whether the interface still exists (a vanished one leaves only pins to drop).
+ */
+export async function unhookGate(iface: WorkloadInterface, linkDir: string, present: boolean): Promise<void> {
+  if (await tcxUsable()) await removeTcxLinks(linkDir);
+  if (present) await removeTcFilters(iface);
 }
 
-/** The gate's program on one hook of an interface, if it is attached. */
-export async function attachedProgram(iface: WorkloadInterface, hook: Hook): Promise<AttachedProgram | undefined> {
+/**
+ * The gate's program on one hook of an interface, if the gate of `layout` attached it there.
+ * `registeredAs`: the interface as that gate's agent names it, where it sees it from another
+ * network namespace than ours (an agent running inside the namespace names no namespace).
+ */
+export async function attachedProgram(
+  layout: PinLayout,
+  iface: WorkloadInterface,
+  hook: Hook,
+  registeredAs: WorkloadInterface = iface,
+): Promise<AttachedProgram | undefined> {
   if (await tcxUsable()) {
-    const shown = JSON.parse(await runIn(iface.netns, tcxHelperPath(), ['show', iface.name])) as Record<Hook, { id: number; name: string }[]>;
-    const program = shown[hook].find((candidate) => candidate.name === PROGRAM_ON[hook]);
-    if (program) return { ...program, via: 'tcx' };
+    const linkDir = layout.interfaceEntry(registeredAs);
+    const shown = JSON.parse(await runIn(iface.netns, tcxHelperPath(), ['show', iface.name, linkDir])) as Record<Hook, { prog: number; first: boolean } | null>;
+    const link = shown[hook];
+    if (link) return { id: link.prog, name: PROGRAM_ON[hook], via: 'tcx', first: link.first };
   }
   const program = await tcFilterProgram(iface, hook);
   return program && { ...program, via: 'tc' };
 }
 
-function removeTcxPrograms(iface: WorkloadInterface): Promise<string> {
-  return runIn(iface.netns, tcxHelperPath(), ['detach', iface.name, ...HOOKS.map((hook) => PROGRAM_ON[hook])]);
+/** Detaches and unpins the gate's TCX links; needs no interface (nor its namespace). */
+function removeTcxLinks(linkDir: string): Promise<string> {
+  return runIn(undefined, tcxHelperPath(), ['detach', linkDir]);
 }
 
 async function removeTcFilters(iface: WorkloadInterface): Promise<void> {

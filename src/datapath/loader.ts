@@ -5,12 +5,14 @@
 //
 //   <pin dir>/maps/<map>              the maps (created once, reused by every later load)
 //   <pin dir>/progs/<generation>/     from_workload, to_workload of the latest load
-//   <pin dir>/interfaces/<name@netns> one empty directory per interface the gate was attached to
+//   <pin dir>/interfaces/<name@netns> one directory per interface the gate was attached to,
+//                                     holding its TCX links (ingress, egress) where it uses TCX
 //
 // bpffs holds only pins and directories, so the interface registry is a set of directory names;
 // it is what `uninstall` walks, and it survives the agent. Pins survive everything but unpinning
 // (agent exit, SIGKILL, deletion of the namespaces involved): that is what keeps the gate closed
-// while no agent runs, and why uninstall removes them explicitly.
+// while no agent runs, and why uninstall removes them explicitly. Removing an interface's entry
+// by hand releases its TCX links, and so takes the gate off that interface.
 import { existsSync } from 'node:fs';
 import { mkdir, readdir, rm, statfs } from 'node:fs/promises';
 import { dirname, isAbsolute, join } from 'node:path';
@@ -50,6 +52,11 @@ export function describeInterface(iface: WorkloadInterface): string {
   return iface.netns === undefined ? iface.name : `${iface.name}@${iface.netns}`;
 }
 
+/** URI-encoded, dots included: bpffs refuses names with a dot (EPERM, reserved for itself). */
+function encodeForBpffs(text: string): string {
+  return encodeURIComponent(text).replaceAll('.', '%2E');
+}
+
 /** The paths under one pin directory. */
 export class PinLayout {
   readonly mapsDir: string;
@@ -69,8 +76,9 @@ export class PinLayout {
     return join(this.mapsDir, name);
   }
 
+  /** The interface's registry entry: a directory, holding the gate's TCX links where it has them. */
   interfaceEntry(iface: WorkloadInterface): string {
-    return join(this.interfacesDir, `${encodeURIComponent(iface.name)}@${encodeURIComponent(iface.netns ?? '')}`);
+    return join(this.interfacesDir, `${encodeForBpffs(iface.name)}@${encodeForBpffs(iface.netns ?? '')}`);
   }
 }
 
@@ -150,7 +158,7 @@ export async function pruneGenerations(layout: PinLayout, keep: string): Promise
 export async function attach(layout: PinLayout, generation: string, iface: WorkloadInterface, mode: AttachMode): Promise<void> {
   validateInterface(iface);
   await mkdir(layout.interfaceEntry(iface), { recursive: true });
-  await hookGate(iface, mode, generation);
+  await hookGate(iface, layout.interfaceEntry(iface), mode, generation);
 }
 
 /** Whether the interface (and its namespace) still exists. */
@@ -175,7 +183,7 @@ export async function interfaceIndex(iface: WorkloadInterface): Promise<number |
  */
 export async function detach(layout: PinLayout, iface: WorkloadInterface): Promise<void> {
   validateInterface(iface);
-  if (await interfaceExists(iface)) await unhookGate(iface);
+  await unhookGate(iface, layout.interfaceEntry(iface), await interfaceExists(iface));
   await rm(layout.interfaceEntry(iface), { recursive: true, force: true });
 }
 

@@ -14,6 +14,7 @@ import { execa } from 'execa';
 import { stringify as toYaml } from 'yaml';
 import type { ConfigInput } from '../config/config.js';
 import { attachedProgram } from '../datapath/hooks.js';
+import { PinLayout } from '../datapath/loader.js';
 import { AgentProcess } from './agent-process.js';
 import { Probe } from './probe.js';
 import { DEMO_NODES, DEMO_WORKLOADS, TRUST_DOMAIN, type DemoWorkload } from './scenario.js';
@@ -239,7 +240,10 @@ export class DemoCluster {
     for (const w of self.workloads) {
       if (!this.workloads.has(w.name) || !(this.workload(w.name).knownTo ?? [node]).includes(node)) continue;
       const iface = { name: w.hostInterface, netns: self.netns };
-      while (!(await attachedProgram(iface, 'ingress')) || !(await attachedProgram(iface, 'egress'))) {
+      const layout = new PinLayout(pinDirOf(this.topology.prefix, this.tag, node));
+      const asTheAgentSeesIt = { name: w.hostInterface }; // it runs inside the node's namespace
+      const attached = (hook: 'ingress' | 'egress') => attachedProgram(layout, iface, hook, asTheAgentSeesIt);
+      while (!(await attached('ingress')) || !(await attached('egress'))) {
         if (Date.now() > deadline) throw new Error(`the gate was not attached to ${w.hostInterface} on ${node} within ${timeoutMs} ms`);
         await new Promise((resolve) => setTimeout(resolve, 25));
       }
