@@ -27,7 +27,7 @@ import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { execa, type ResultPromise } from 'execa';
 import { monotonicNowNs, type AuthEntry, type Datapath } from '../src/datapath/datapath.js';
-import { attachedProgram, hookGate, resolveAttachMode } from '../src/datapath/hooks.js';
+import { attachedProgram, hookGate, resolveAttachMode, type AttachMode } from '../src/datapath/hooks.js';
 import { sleep } from '../src/util/backoff.js';
 import { Cluster } from '../test/helpers/datapath-fixture.js';
 import type { Workload } from '../test/helpers/netns.js';
@@ -154,7 +154,7 @@ type HookMode = 'gate' | 'empty' | 'none';
  * The empty program is compiled and loaded once, pinned under each node's pin dir (removed with
  * it; tc's own object loader would leave /sys/fs/bpf/tc behind).
  */
-async function hookSwitch(cluster: Cluster): Promise<(mode: HookMode) => Promise<void>> {
+async function hookSwitch(cluster: Cluster): Promise<{ setHooks: (mode: HookMode) => Promise<void>; attachMode: AttachMode }> {
   const dir = await mkdtemp(join(tmpdir(), 'meshauth-bench-'));
   try {
     await writeFile(join(dir, 'empty.c'), EMPTY_PROGRAM);
@@ -166,7 +166,7 @@ async function hookSwitch(cluster: Cluster): Promise<(mode: HookMode) => Promise
   }
   const attachMode = await resolveAttachMode('auto');
   const local = (node: 1 | 2) => cluster.topology.workloads.filter((w) => w.node === node).map((w) => w.hostInterface);
-  return async (mode) => {
+  const setHooks = async (mode: HookMode) => {
     for (const node of [1, 2] as const) {
       if (mode === 'gate') await cluster.agent(node).install({ interfaces: local(node) });
       else await cluster.agent(node).detach(local(node)); // takes the empty programs' links and filters too
@@ -180,6 +180,7 @@ async function hookSwitch(cluster: Cluster): Promise<(mode: HookMode) => Promise
       await hookGate(w.hostInterface, entry, attachMode, `${cluster.topology.node(w.node).pinDir}/empty`);
     }
   };
+  return { setHooks, attachMode };
 }
 
 function randomAuthEntries(count: number, expiryNs: bigint): AuthEntry[] {
@@ -248,8 +249,7 @@ async function main(): Promise<void> {
     cluster.authorize(client, server);
     iperfServer = execa('nsenter', [`--net=/run/netns/${server.netns}`, 'iperf3', '-s'], { reject: false });
     await sleep(300);
-    const setHooks = await hookSwitch(cluster);
-    const attachMode = await resolveAttachMode('auto');
+    const { setHooks, attachMode } = await hookSwitch(cluster);
 
     // Per-packet cost, 1 entry then 100,000 entries (plus the pair itself) on each node: under a
     // flood of small UDP datagrams, and under TCP bulk transfer (64 KB GSO packets, far apart).

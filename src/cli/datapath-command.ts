@@ -63,9 +63,15 @@ export function registerDatapathCommands(program: Command): void {
 
 /** How the gate sits on each hook of an interface: tcx, tc, none (not attached) or gone (no such interface). */
 async function hooksOf(layout: PinLayout, iface: WorkloadInterface): Promise<Record<Hook, AttachMode | 'none' | 'gone'>> {
-  if (!(await interfaceExists(iface))) return { ingress: 'gone', egress: 'gone' };
-  const [ingress, egress] = await Promise.all((['ingress', 'egress'] as const).map((hook) => attachedProgram(layout, iface, hook)));
-  return { ingress: ingress?.via ?? 'none', egress: egress?.via ?? 'none' };
+  const gone = { ingress: 'gone', egress: 'gone' } as const;
+  if (!(await interfaceExists(iface))) return gone;
+  try {
+    const [ingress, egress] = await Promise.all((['ingress', 'egress'] as const).map((hook) => attachedProgram(layout, iface, hook)));
+    return { ingress: ingress?.via ?? 'none', egress: egress?.via ?? 'none' };
+  } catch (err) {
+    if (await interfaceExists(iface)) throw err;
+    return gone; // it went away while we looked
+  }
 }
 
 function collect(value: string, previous: string[]): string[] {
