@@ -119,9 +119,10 @@ static int live_link(const char *pin, uint32_t ifindex, uint32_t hook, struct tc
 	return fd;
 }
 
-static int link_path(char *out, const char *dir, const char *name, const char *suffix)
+/* DIR/HOOK: where a hook's link is pinned. */
+static int link_path(char *out, const char *dir, const char *hook)
 {
-	int n = snprintf(out, PATH_MAX, "%s/%s%s", dir, name, suffix);
+	int n = snprintf(out, PATH_MAX, "%s/%s", dir, hook);
 
 	if (n < 0 || n >= PATH_MAX) {
 		errno = ENAMETOOLONG;
@@ -210,7 +211,7 @@ static int attach(uint32_t ifindex, const char *dir, int count, char **specs)
 			fprintf(stderr, "meshauth-tcx: expected ingress=PIN or egress=PIN, not %s\n", specs[i]);
 			return 2;
 		}
-		if (link_path(pin, dir, HOOKS[h].name, "") < 0)
+		if (link_path(pin, dir, HOOKS[h].name) < 0)
 			return fail("link pin", dir);
 		if (attach_one(ifindex, HOOKS[h].type, prog_pin + 1, pin) != 0)
 			return 1;
@@ -225,7 +226,7 @@ static int detach(const char *dir)
 		union bpf_attr attr;
 		int link;
 
-		if (link_path(pin, dir, HOOKS[h].name, "") < 0)
+		if (link_path(pin, dir, HOOKS[h].name) < 0)
 			return fail("link pin", dir);
 		link = open_pin(pin);
 		if (link < 0) {
@@ -256,7 +257,7 @@ static int show(uint32_t ifindex, const char *dir)
 		char pin[PATH_MAX];
 		int link, count;
 
-		if (link_path(pin, dir, HOOKS[h].name, "") < 0)
+		if (link_path(pin, dir, HOOKS[h].name) < 0)
 			return fail("link pin", dir);
 		printf("%s\"%s\":", h ? "," : "", HOOKS[h].name);
 		link = live_link(pin, ifindex, HOOKS[h].type, &info);
