@@ -11,6 +11,7 @@ import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { AgentStatus, PairStatus } from '../src/agent/status.js';
 import type { ConfigInput } from '../src/config/config.js';
+import { tcxUsable } from '../src/datapath/hooks.js';
 import { defaultObjectPath } from '../src/datapath/loader.js';
 import { metricSum, type AgentProcess, type LogLine } from '../src/demo/agent-process.js';
 import { DemoCluster, type DemoClusterOptions } from '../src/demo/cluster.js';
@@ -84,6 +85,8 @@ privileged('an agent killed during traffic leaves enforcement in place, and rest
   await rogueIsDropped(t, cluster, 'while the agent is down');
 
   const restarted = await cluster.startAgent('node-a');
+  const started = await restarted.waitForLog((line) => line.msg === 'agent started', 'the start');
+  t.is(started.gate, (await tcxUsable()) ? 'tcx' : 'tc', 'the start says how the gate hooks interfaces');
   const restoredLine = await restarted.waitForLog((line) => line.msg === 'auth cache restored from the pinned map', 'the restore');
   t.true(Number(restoredLine.restored) >= 1, 'the pinned pair was restored');
   const status = await restarted.waitForStatus(authenticated(WEB.spiffeId, DB.spiffeId), 'web -> db back');

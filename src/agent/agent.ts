@@ -254,7 +254,17 @@ export class Agent {
     }
     this.controlServer = await ControlServer.start({ socketPath: config.control.socket, status: () => this.status() });
     this.closers.push(() => this.controlServer?.close());
-    logger.info({ node: config.nodeName, nodeId: nodeId.toString(), provider: config.identity.provider, port: this.responderPort, restored: restored.length }, 'agent started');
+    logger.info(
+      {
+        node: config.nodeName,
+        nodeId: nodeId.toString(),
+        provider: config.identity.provider,
+        port: this.responderPort,
+        restored: restored.length,
+        gate: this.datapath ? await this.datapath.hookMode() : 'off',
+      },
+      'agent started',
+    );
   }
 
   private async startClusterSource(): Promise<void> {

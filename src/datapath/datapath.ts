@@ -202,8 +202,7 @@ export class Datapath {
     const reuse = this.generation !== undefined && existsSync(this.generation) ? this.generation : undefined;
     const all = new Map<string, WorkloadInterface>();
     for (const iface of [...(reuse ? [] : registered), ...request.interfaces]) all.set(describeInterface(iface), iface);
-    this.attachMode ??= resolveAttachMode(this.attachPreference);
-    const mode = await this.attachMode;
+    const mode = await this.hookMode();
     const generation = reuse ?? (await loadPrograms(this.layout, this.objectPath));
     const failures: string[] = [];
     for (const [label, iface] of all) {
@@ -223,6 +222,12 @@ export class Datapath {
       this.generation = generation;
     }
     if (failures.length > 0) throw new DatapathError(`could not attach the gate to ${failures.join('; ')}`);
+  }
+
+  /** How this handle hooks interfaces: its attach preference, resolved against the kernel once. */
+  hookMode(): Promise<AttachMode> {
+    this.attachMode ??= resolveAttachMode(this.attachPreference);
+    return this.attachMode;
   }
 
   /** Removes the gate from these interfaces (a workload went away) and clears their bindings. */
