@@ -27,7 +27,7 @@ import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { execa, type ResultPromise } from 'execa';
 import { monotonicNowNs, type AuthEntry, type Datapath } from '../src/datapath/datapath.js';
-import { attachedProgram, hookGate, resolveAttachMode, type AttachMode } from '../src/datapath/hooks.js';
+import { attachedPrograms, hookGate, resolveAttachMode, type AttachMode } from '../src/datapath/hooks.js';
 import { sleep } from '../src/util/backoff.js';
 import { Cluster } from '../test/helpers/datapath-fixture.js';
 import type { Workload } from '../test/helpers/netns.js';
@@ -86,8 +86,7 @@ async function programStats(ids: number[]): Promise<ProgStats> {
 async function gateProgramIds(cluster: Cluster): Promise<number[]> {
   const ids = new Set<number>();
   for (const w of cluster.topology.workloads) {
-    for (const hook of ['ingress', 'egress'] as const) {
-      const prog = await attachedProgram(cluster.agent(w.node).layout, w.hostInterface, hook);
+    for (const prog of Object.values(await attachedPrograms(cluster.agent(w.node).layout, w.hostInterface))) {
       if (prog) ids.add(prog.id);
     }
   }
@@ -177,7 +176,7 @@ async function hookSwitch(cluster: Cluster): Promise<{ setHooks: (mode: HookMode
     for (const w of cluster.topology.workloads) {
       const entry = cluster.agent(w.node).layout.interfaceEntry(w.hostInterface);
       await mkdir(entry, { recursive: true });
-      await hookGate(w.hostInterface, entry, attachMode, `${cluster.topology.node(w.node).pinDir}/empty`);
+      await hookGate(w.hostInterface, entry, attachMode, `${cluster.topology.node(w.node).pinDir}/empty`, true);
     }
   };
   return { setHooks, attachMode };

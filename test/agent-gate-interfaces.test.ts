@@ -7,7 +7,7 @@ import { randomBytes } from 'node:crypto';
 import { execa } from 'execa';
 import { GateInterfaces } from '../src/agent/gate-interfaces.js';
 import { Datapath } from '../src/datapath/datapath.js';
-import { attachedProgram } from '../src/datapath/hooks.js';
+import { attachedPrograms } from '../src/datapath/hooks.js';
 import { sleep } from '../src/util/backoff.js';
 import { silentLogger } from '../src/util/logger.js';
 import { assertGateBuilt, TEST_CAPACITIES } from './helpers/datapath-fixture.js';
@@ -35,7 +35,7 @@ privileged('interfaces are attached and bound, unbound when their workload leave
   const gates = new GateInterfaces({ datapath, netns: host, logger: silentLogger(), onResolved: () => resolved++ });
   t.teardown(() => gates.stop());
   const gi0 = { name: 'gi0', netns: host };
-  const attached = async () => Boolean((await attachedProgram(datapath.layout, gi0, 'ingress')) && (await attachedProgram(datapath.layout, gi0, 'egress')));
+  const attached = async () => Object.values(await attachedPrograms(datapath.layout, gi0)).every(Boolean);
 
   gates.apply(new Map([['gi0', { identity: 7, node: 1 }]]));
   await gates.settled();

@@ -9,9 +9,8 @@ import { machine, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { execa } from 'execa';
 import { Datapath } from '../src/datapath/datapath.js';
-import { attachedProgram, tcxHelperPath, tcxUsable } from '../src/datapath/hooks.js';
-import { MAP_SPECS, type MapName } from '../src/datapath/layout.js';
-import { defaultObjectPath, type PinLayout } from '../src/datapath/loader.js';
+import { attachedPrograms, tcxHelperPath, tcxUsable } from '../src/datapath/hooks.js';
+import { defaultObjectPath, loadPrograms } from '../src/datapath/loader.js';
 import { Cluster, IDENTITY, isRoot } from './helpers/datapath-fixture.js';
 import { inNetns, type Workload } from './helpers/netns.js';
 
@@ -86,9 +85,9 @@ privileged('TCX: the gate runs first, passes traffic on to the programs after it
   t.false(await cluster.topology.reaches(w1a, w2a, 'udp', 4), 'the program after the gate ran (and dropped IPv4)');
   t.true(agent1.counters().allowed > allowed, 'the gate passed the packet on');
 
-  const before = await attachedProgram(agent1.layout, w1a.hostInterface, 'ingress');
+  const before = (await attachedPrograms(agent1.layout, w1a.hostInterface)).ingress;
   await restart();
-  const after = await attachedProgram(agent1.layout, w1a.hostInterface, 'ingress');
+  const after = (await attachedPrograms(agent1.layout, w1a.hostInterface)).ingress;
   t.deepEqual(await programsOn(w1a), ['from_workload', 'cni_drop'], 'replaced in place');
   t.true(after?.first === true && after.id !== before?.id, 'a new program, first');
 
@@ -96,7 +95,7 @@ privileged('TCX: the gate runs first, passes traffic on to the programs after it
   await cni('detach');
   await cni('attach');
   t.deepEqual(await programsOn(w1a), ['cni_drop', 'from_workload']);
-  t.like(await attachedProgram(agent1.layout, w1a.hostInterface, 'ingress'), { first: false });
+  t.like((await attachedPrograms(agent1.layout, w1a.hostInterface)).ingress, { first: false });
   await restart();
   t.deepEqual(await programsOn(w1a), ['from_workload', 'cni_drop'], 'first again, and only once');
 
@@ -117,15 +116,14 @@ privileged('TCX needs no CAP_SYS_ADMIN: the DaemonSet (NET_ADMIN, BPF, PERFMON) 
   // nsenter needs CAP_SYS_ADMIN itself; the agent under the DaemonSet runs in the host namespace.
   const withoutSysAdmin = (args: string[]) => inNetns(netns, 'setpriv', ['--bounding-set', '-sys_admin', tcxHelperPath(), ...args]);
   cluster.authorize(w1a, w2a);
-  const before = await attachedProgram(agent1.layout, w1a.hostInterface, 'ingress');
+  const before = (await attachedPrograms(agent1.layout, w1a.hostInterface)).ingress;
 
   // The same programs: nothing to do. Another program with the gate's name: swapped in place.
   await withoutSysAdmin(['attach', name, entry, `ingress=${join(generation, 'from_workload')}`]);
-  t.deepEqual(await attachedProgram(agent1.layout, w1a.hostInterface, 'ingress'), before);
-  const other = join(agent1.layout.root, 'other');
-  await execa('bpftool', ['prog', 'loadall', defaultObjectPath(), other, ...mapArgs(agent1.layout)]);
+  t.deepEqual((await attachedPrograms(agent1.layout, w1a.hostInterface)).ingress, before);
+  const other = await loadPrograms(agent1.layout, defaultObjectPath());
   await withoutSysAdmin(['attach', name, entry, `ingress=${join(other, 'from_workload')}`, `egress=${join(other, 'to_workload')}`]);
-  const swapped = await attachedProgram(agent1.layout, w1a.hostInterface, 'ingress');
+  const swapped = (await attachedPrograms(agent1.layout, w1a.hostInterface)).ingress;
   t.true(swapped?.id !== before?.id && swapped?.first === true);
   t.deepEqual(await programsOn(w1a), ['from_workload']);
   t.true(await cluster.topology.reaches(w1a, w2a, 'udp', 4), 'the new programs pass the pair');
@@ -136,8 +134,3 @@ privileged('TCX needs no CAP_SYS_ADMIN: the DaemonSet (NET_ADMIN, BPF, PERFMON) 
   t.deepEqual(await programsOn(w1a, 'egress'), []);
   t.false(existsSync(join(entry, 'ingress')) || existsSync(join(entry, 'egress')), 'unpinned');
 });
-
-/** bpftool's arguments that bind a load to the layout's pinned maps, as the loader does. */
-function mapArgs(layout: PinLayout): string[] {
-  return (Object.keys(MAP_SPECS) as MapName[]).flatMap((map) => ['map', 'name', map, 'pinned', layout.mapPath(map)]);
-}

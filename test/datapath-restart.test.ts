@@ -8,7 +8,7 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { execa } from 'execa';
 import { Datapath, monotonicNowNs } from '../src/datapath/datapath.js';
-import { attachedProgram, tcxUsable, tcxHelperPath, type AttachMode } from '../src/datapath/hooks.js';
+import { attachedPrograms, tcxUsable, tcxHelperPath, type AttachMode } from '../src/datapath/hooks.js';
 import { PinLayout } from '../src/datapath/loader.js';
 import { sleep } from '../src/util/backoff.js';
 import { builtCli } from './helpers/cli.js';
@@ -52,11 +52,12 @@ async function gateHooks(w: Workload): Promise<AttachMode[]> {
   return found;
 }
 
-async function attachedPrograms(cluster: Cluster): Promise<(number | undefined)[]> {
+async function programIds(cluster: Cluster): Promise<(number | undefined)[]> {
   const ids: (number | undefined)[] = [];
   for (const w of cluster.topology.workloads) {
     const layout = new PinLayout(cluster.topology.node(w.node).pinDir);
-    for (const hook of ['ingress', 'egress'] as const) ids.push((await attachedProgram(layout, w.hostInterface, hook))?.id);
+    const { ingress, egress } = await attachedPrograms(layout, w.hostInterface);
+    ids.push(ingress?.id, egress?.id);
   }
   return ids;
 }
@@ -93,7 +94,7 @@ privileged('an agent killed with SIGKILL leaves the gate enforcing, expiry inclu
     child.stdout.on('data', (chunk: Buffer) => chunk.toString().includes('ready') && resolve());
     void child.then((result) => reject(new Error(`agent exited: ${result.exitCode}`)));
   });
-  const programs = await attachedPrograms(cluster);
+  const programs = await programIds(cluster);
   const doorbell = `${cluster.topology.nodes[0].pinDir}/maps/doorbell`;
   t.is((await processesMentioning(doorbell)).length, 1, "the agent's signal reader runs");
   child.kill('SIGKILL');
@@ -101,7 +102,7 @@ privileged('an agent killed with SIGKILL leaves the gate enforcing, expiry inclu
   await sleep(50);
   t.deepEqual(await processesMentioning(doorbell), [], 'the reader died with the agent');
 
-  t.deepEqual(await attachedPrograms(cluster), programs, 'still attached');
+  t.deepEqual(await programIds(cluster), programs, 'still attached');
   t.true(programs.every((id) => id !== undefined));
   for (const node of cluster.topology.nodes) t.true(existsSync(`${node.pinDir}/maps/auth`), 'still pinned');
   t.true(await cluster.topology.reaches(w1b, w2b, 'udp', 4), 'authenticated pair passes');
@@ -123,7 +124,7 @@ privileged('re-installing over a running gate swaps programs with no ungated win
   const [w1a, w1b, w2a, w2b] = workloads(cluster);
   const agent1 = cluster.agent(1);
   cluster.authorize(w1b, w2b);
-  const programsBefore = await attachedPrograms(cluster);
+  const programsBefore = await programIds(cluster);
   const dropsBefore = agent1.counters().droppedNoEntry;
 
   // An unauthenticated sender at ~1 kHz for the whole time the agents restart, again and again.
@@ -149,7 +150,7 @@ privileged('re-installing over a running gate swaps programs with no ungated win
   t.is(count, 0, 'no packet of the unauthenticated flow got through');
   t.is(agent1.counters().droppedNoEntry - dropsBefore, BigInt(sent), 'every packet was gated (and dropped)');
 
-  const programsAfter = await attachedPrograms(cluster);
+  const programsAfter = await programIds(cluster);
   t.true(programsAfter.every((id, i) => id !== undefined && id !== programsBefore[i]), 'new programs attached');
   for (const mode of modes) {
     const restarted = await Datapath.open({ pinDir: cluster.topology.nodes[0].pinDir, attach: mode });
@@ -170,12 +171,12 @@ privileged('a later install on the same handle attaches only the new interface, 
   const [w1a, w1b] = workloads(cluster);
   const agent1 = cluster.agent(1);
   await agent1.detach([w1b.hostInterface]);
-  const before = await attachedPrograms(cluster);
+  const before = await programIds(cluster);
   const generations = () => readdir(join(cluster.topology.nodes[0].pinDir, 'progs'));
   const generationsBefore = await generations();
 
   await agent1.install({ interfaces: [w1b.hostInterface] });
-  const after = await attachedPrograms(cluster);
+  const after = await programIds(cluster);
   t.deepEqual(await generations(), generationsBefore, 'no new program generation');
   t.is(before[2], undefined);
   t.is(after[0], before[0], "w1a's programs untouched");
@@ -206,7 +207,7 @@ privileged('`meshauth datapath uninstall` detaches everywhere and unpins', async
 
   const [node1, node2] = cluster.topology.nodes;
   await execa(process.execPath, [builtCli(), 'datapath', 'install', '--attach', 'tc', '--pin-dir', node1.pinDir]);
-  t.like(await attachedProgram(new PinLayout(node1.pinDir), w1a.hostInterface, 'ingress'), { via: 'tc' }, '`datapath install --attach tc` re-attached through tc');
+  t.like((await attachedPrograms(new PinLayout(node1.pinDir), w1a.hostInterface)).ingress, { via: 'tc' }, '`datapath install --attach tc` re-attached through tc');
   const badAttach = await execa(process.execPath, [builtCli(), 'datapath', 'install', '--attach', 'xdp', '--pin-dir', node1.pinDir], { reject: false });
   t.is(badAttach.exitCode, 2);
   t.regex(badAttach.stderr, /--attach.*xdp/);
@@ -214,7 +215,7 @@ privileged('`meshauth datapath uninstall` detaches everywhere and unpins', async
   await Datapath.uninstall({ pinDir: node2.pinDir });
   t.false(existsSync(node1.pinDir));
   t.false(existsSync(node2.pinDir));
-  t.deepEqual(await attachedPrograms(cluster), new Array(8).fill(undefined));
+  t.deepEqual(await programIds(cluster), new Array(8).fill(undefined));
   t.true(await cluster.topology.reaches(w1a, w2a, 'udp', 4), 'no gate, no drop');
 
   const usage = await execa(process.execPath, [builtCli(), 'datapath', 'uninstall', '--pin-dir', 'relative'], {

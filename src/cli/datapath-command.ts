@@ -3,7 +3,7 @@
 import { Option, type Command } from 'commander';
 import { UsageError } from './errors.js';
 import { Datapath } from '../datapath/datapath.js';
-import { attachedProgram, type AttachMode, type AttachPreference, type Hook } from '../datapath/hooks.js';
+import { attachedPrograms, type AttachMode, type AttachPreference, type Hook } from '../datapath/hooks.js';
 import { DEFAULT_PIN_DIR, PinLayout, interfaceExists, validateInterface, type WorkloadInterface } from '../datapath/loader.js';
 
 interface PinDirOption {
@@ -66,7 +66,7 @@ async function hooksOf(layout: PinLayout, iface: WorkloadInterface): Promise<Rec
   const gone = { ingress: 'gone', egress: 'gone' } as const;
   if (!(await interfaceExists(iface))) return gone;
   try {
-    const [ingress, egress] = await Promise.all((['ingress', 'egress'] as const).map((hook) => attachedProgram(layout, iface, hook)));
+    const { ingress, egress } = await attachedPrograms(layout, iface);
     return { ingress: ingress?.via ?? 'none', egress: egress?.via ?? 'none' };
   } catch (err) {
     if (await interfaceExists(iface)) throw err;

@@ -73,22 +73,25 @@ export async function resolveAttachMode(preference: AttachPreference): Promise<A
 
 /**
  * Puts the programs of one generation on both hooks of an interface (replacing the gate's
- * previous ones); TCX links are pinned in `linkDir`, the interface's registry entry.
+ * previous ones); TCX links are pinned in `linkDir`, the interface's registry entry. `fresh`: the
+ * interface was not registered before, so the other mechanism holds no gate of ours to remove
+ * (a new pod costs no look at it).
  */
-export async function hookGate(iface: WorkloadInterface, linkDir: string, mode: AttachMode, generation: string): Promise<void> {
+export async function hookGate(iface: WorkloadInterface, linkDir: string, mode: AttachMode, generation: string, fresh: boolean): Promise<void> {
   const pin = (hook: Hook) => join(generation, PROGRAM_ON[hook]);
   if (mode === 'tcx') {
     await runIn(iface.netns, tcxHelperPath(), ['attach', iface.name, linkDir, ...HOOKS.map((hook) => `${hook}=${pin(hook)}`)]);
-    await removeTcFilters(iface);
+    if (!fresh) await removeTcFilters(iface);
     return;
   }
-  const tcx = await tcxUsable(); // before attaching: a failed probe must not follow a done attach
+  // Before attaching: a failed probe must not follow a done attach.
+  const removeFromTcx = !fresh && (await tcxUsable());
   const batch = [
     `qdisc replace dev ${iface.name} clsact`,
     ...HOOKS.map((hook) => `filter replace dev ${iface.name} ${hook} pref ${TC_PREF} handle ${TC_HANDLE} bpf da pinned ${pin(hook)}`),
   ].join('\n');
   await runIn(iface.netns, 'tc', ['-batch', '-'], `${batch}\n`);
-  if (tcx) await removeTcxLinks(linkDir);
+  if (removeFromTcx) await removeTcxLinks(linkDir);
 }
 
 /**
@@ -101,24 +104,30 @@ export async function unhookGate(iface: WorkloadInterface, linkDir: string, pres
 }
 
 /**
- * The gate's program on one hook of an interface, if the gate of `layout` attached it there.
+ * The gate's programs on both hooks of an interface, where the gate of `layout` attached them.
  * `registeredAs`: the interface as that gate's agent names it, where it sees it from another
  * network namespace than ours (an agent running inside the namespace names no namespace).
  */
-export async function attachedProgram(
+export async function attachedPrograms(
   layout: PinLayout,
   iface: WorkloadInterface,
-  hook: Hook,
   registeredAs: WorkloadInterface = iface,
-): Promise<AttachedProgram | undefined> {
+): Promise<Record<Hook, AttachedProgram | undefined>> {
+  const found: Record<Hook, AttachedProgram | undefined> = { ingress: undefined, egress: undefined };
   if (await tcxUsable()) {
     const linkDir = layout.interfaceEntry(registeredAs);
     const shown = JSON.parse(await runIn(iface.netns, tcxHelperPath(), ['show', iface.name, linkDir])) as Record<Hook, { prog: number; first: boolean } | null>;
-    const link = shown[hook];
-    if (link) return { id: link.prog, name: PROGRAM_ON[hook], via: 'tcx', first: link.first };
+    for (const hook of HOOKS) {
+      const link = shown[hook];
+      if (link) found[hook] = { id: link.prog, name: PROGRAM_ON[hook], via: 'tcx', first: link.first };
+    }
   }
-  const program = await tcFilterProgram(iface, hook);
-  return program && { ...program, via: 'tc' };
+  for (const hook of HOOKS) {
+    if (found[hook]) continue;
+    const program = await tcFilterProgram(iface, hook);
+    if (program) found[hook] = { ...program, via: 'tc' };
+  }
+  return found;
 }
 
 /** Detaches and unpins the gate's TCX links; needs no interface (nor its namespace). */

@@ -157,8 +157,10 @@ export async function pruneGenerations(layout: PinLayout, keep: string): Promise
  */
 export async function attach(layout: PinLayout, generation: string, iface: WorkloadInterface, mode: AttachMode): Promise<void> {
   validateInterface(iface);
-  await mkdir(layout.interfaceEntry(iface), { recursive: true });
-  await hookGate(iface, layout.interfaceEntry(iface), mode, generation);
+  const entry = layout.interfaceEntry(iface);
+  const fresh = !existsSync(entry);
+  await mkdir(entry, { recursive: true });
+  await hookGate(iface, entry, mode, generation, fresh);
 }
 
 /** Whether the interface (and its namespace) still exists. */

@@ -13,7 +13,7 @@ import { join } from 'node:path';
 import { execa } from 'execa';
 import { stringify as toYaml } from 'yaml';
 import type { ConfigInput } from '../config/config.js';
-import { attachedProgram } from '../datapath/hooks.js';
+import { attachedPrograms } from '../datapath/hooks.js';
 import { PinLayout } from '../datapath/loader.js';
 import { AgentProcess } from './agent-process.js';
 import { Probe } from './probe.js';
@@ -242,8 +242,8 @@ export class DemoCluster {
       const iface = { name: w.hostInterface, netns: self.netns };
       const layout = new PinLayout(pinDirOf(this.topology.prefix, this.tag, node));
       const asTheAgentSeesIt = { name: w.hostInterface }; // it runs inside the node's namespace
-      const attached = (hook: 'ingress' | 'egress') => attachedProgram(layout, iface, hook, asTheAgentSeesIt);
-      while (!(await attached('ingress')) || !(await attached('egress'))) {
+      const attached = async () => Object.values(await attachedPrograms(layout, iface, asTheAgentSeesIt)).every(Boolean);
+      while (!(await attached())) {
         if (Date.now() > deadline) throw new Error(`the gate was not attached to ${w.hostInterface} on ${node} within ${timeoutMs} ms`);
         await new Promise((resolve) => setTimeout(resolve, 25));
       }
