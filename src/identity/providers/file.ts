@@ -3,7 +3,9 @@
 // files atomically by rename or by swapping the kubelet `..data` symlink, which a watch on the
 // file's own inode never sees; so the provider watches the parent directories, debounces, and
 // re-stats every file periodically as a safety net. A file that is missing, half-written or
-// garbage is reported and its last good content stays in force.
+// garbage is reported and its last good content stays in force; a source that was good is first
+// given a moment to finish its replacement (writers replace a certificate and its key one after
+// the other), and is reported only if it still fails after that.
 import { watch, type FSWatcher } from 'node:fs';
 import { readFile, stat } from 'node:fs/promises';
 import { dirname, resolve } from 'node:path';
@@ -43,6 +45,9 @@ const DEBOUNCE_MS = 50;
 // The safety net behind fs.watch (which can miss events, e.g. through a symlink to another
 // directory); together with the debounce it keeps pickup of a replacement under a second.
 const DEFAULT_POLL_INTERVAL_MS = 500;
+// How long a source that was good may read inconsistently (a replacement in progress) before its
+// error is reported; its last good content stays in force either way.
+const REPLACEMENT_GRACE_MS = 2_000;
 
 interface LoadedSvid {
   svid: RawSvid;
@@ -54,6 +59,8 @@ interface Source<T> {
   load(): Promise<T>;
   good?: T;
   reportedError?: string;
+  /** When a source that was good started failing (performance.now()); unset while it loads. */
+  failingSince?: number;
 }
 
 export class FileProvider implements IdentityProvider {
@@ -196,8 +203,9 @@ export class FileProvider implements IdentityProvider {
     const [svids, bundles] = await Promise.all([settle(this.svidSources), settle(this.bundleSources)]);
     if (this.stopped) return;
     this.seenSignature = signature;
-    absorb(this.svidSources, svids, sink);
-    absorb(this.bundleSources, bundles, sink);
+    const now = performance.now();
+    const settling = absorb(this.svidSources, svids, sink, now) | absorb(this.bundleSources, bundles, sink, now);
+    if (settling) this.reloadSoon(REPLACEMENT_GRACE_MS);
     this.push(sink);
   }
 
@@ -320,17 +328,31 @@ function settle<T>(sources: Source<T>[]): Promise<(T | ProviderError)[]> {
 
 /** Keeps each source's good outcome; reports each failure once per distinct message, because
  *  unrelated events in a watched directory would otherwise repeat it on every reload. */
-function absorb<T>(sources: Source<T>[], outcomes: (T | ProviderError)[], sink: ProviderSink): void {
+/** Takes each source's outcome; returns 1 when a failing source is still within its replacement
+ *  grace (so the caller reads it again once the grace is over), 0 otherwise. */
+function absorb<T>(sources: Source<T>[], outcomes: (T | ProviderError)[], sink: ProviderSink, now: number): 0 | 1 {
+  let settling: 0 | 1 = 0;
   for (const [index, source] of sources.entries()) {
     const outcome = outcomes[index]!;
     if (!(outcome instanceof ProviderError)) {
       source.good = outcome;
       source.reportedError = undefined;
-    } else if (outcome.message !== source.reportedError) {
+      source.failingSince = undefined;
+      continue;
+    }
+    if (source.good !== undefined) {
+      source.failingSince ??= now;
+      if (now - source.failingSince < REPLACEMENT_GRACE_MS) {
+        settling = 1;
+        continue;
+      }
+    }
+    if (outcome.message !== source.reportedError) {
       source.reportedError = outcome.message;
       sink.error(outcome);
     }
   }
+  return settling;
 }
 
 function digest(parts: Buffer[]): string {
