@@ -108,8 +108,9 @@ async function wireguardThroughput(result: Result): Promise<void> {
 
 /** IPsec numbers from the guest VM; on failure, the reason instead. */
 async function guestIpsec(result: Result): Promise<void> {
-  const run = await execa(RUN_IN_GUEST, ['test/guest/transport.sh', 'transport-bench.ts'], { cwd: ROOT, reject: false, env: { GUEST_TIMEOUT: '240' } });
-  const last = run.stdout.trim().split('\n').pop() ?? '';
+  // The compiled program (npm run bench:transport builds first); run.sh frames it with stage lines.
+  const run = await execa(RUN_IN_GUEST, ['test/guest/run.sh', 'transport-bench:220'], { cwd: ROOT, reject: false, env: { GUEST_TIMEOUT: '240' } });
+  const last = run.stdout.trim().split('\n').filter((line) => !line.startsWith('{"stage"')).pop() ?? '';
   let guest: Record<string, unknown> | undefined;
   try {
     guest = JSON.parse(last) as Record<string, unknown>;

@@ -1,4 +1,4 @@
-// Runs as root inside the run-in-guest VM (test/guest/agent-ipsec.sh), whose Debian kernel has
+// Runs as root inside the run-in-guest VM (test/guest/run.sh), whose Debian kernel has
 // the ESP module this machine lacks: two real `meshauth agent` processes (the compiled CLI), each
 // in its own node namespace, with `transport.mode: ipsec`. Nothing but the agents programs IPsec;
 // this program only watches the kernel and checks, after the node handshake, a re-authentication
@@ -35,8 +35,9 @@ const PEER: Record<NodeName, NodeName> = { 'node-a': 'node-b', 'node-b': 'node-a
 // which leaves ~10 quiet seconds between a re-key's end and the next one for the checks and the
 // removal. node-b would re-authenticate at 70 % (42 s): never, as long as node-a does.
 const LINK = { maxTtl: '60s', reauthFraction: 0.4 };
-// Node loads the agent in ~35 s here when the machine is idle, and in ~90 s when it is busy.
-const STARTUP_MS = 200_000;
+// Node loads the agent in ~35 s here when the machine is idle, and took 150 s at a host load
+// average of 14: a generous bound, inside the stage's own limit (test/guest-vm.test.ts).
+const STARTUP_MS = 360_000;
 
 let failed = false;
 const started = Date.now();

@@ -1,4 +1,4 @@
-// Runs as root inside the run-in-guest VM (test/guest/transport.sh), whose Debian kernel has the
+// Runs as root inside the run-in-guest VM (test/guest/run.sh), whose Debian kernel has the
 // WireGuard and ESP modules this machine lacks: kernel WireGuard and kernel IPsec between two
 // node namespaces. Prints one JSON line per check ({"check", "ok", "detail"}); exits 1 when a
 // check failed. A scanner watches every process's command line and environment for the keys
