@@ -3,7 +3,7 @@
 // workloads. The cluster is the demo's (src/demo): node-a runs web, node-b runs db and rogue, a
 // workload only node-b lists, so nobody can authenticate it. Each test builds its own uniquely
 // named cluster and removes it, also on failure.
-import test, { type ExecutionContext } from 'ava';
+import type { ExecutionContext } from 'ava';
 import { X509Certificate, createPrivateKey, randomBytes } from 'node:crypto';
 import { mkdir, mkdtemp, rename, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -21,8 +21,8 @@ import { TRUST_DOMAIN, demoWorkload } from '../src/demo/scenario.js';
 import { DevCa } from '../src/identity/dev-ca.js';
 import type { RawSvid } from '../src/identity/types.js';
 import { WorkloadApiServer } from './servers/workload-api-server.js';
+import { privileged } from './helpers/privileged.js';
 
-const privileged = process.getuid?.() === 0 ? test.serial : test.skip;
 
 const WEB = demoWorkload('web');
 const DB = demoWorkload('db');

@@ -2,7 +2,6 @@
 // in for the host: attach and bind, unbind when the workload leaves (the gate stays: fail closed),
 // attach again when an interface of the same name comes back (CNIs such as Calico derive veth
 // names from the pod's name), and find the interface of an endpoint that names none.
-import test from 'ava';
 import { randomBytes } from 'node:crypto';
 import { execa } from 'execa';
 import { GateInterfaces } from '../src/agent/gate-interfaces.js';
@@ -11,8 +10,7 @@ import { attachedPrograms } from '../src/datapath/hooks.js';
 import { sleep } from '../src/util/backoff.js';
 import { silentLogger } from '../src/util/logger.js';
 import { assertGateBuilt, TEST_CAPACITIES } from './helpers/datapath-fixture.js';
-
-const privileged = process.getuid?.() === 0 ? test.serial : test.skip;
+import { privileged } from './helpers/privileged.js';
 
 privileged('interfaces are attached and bound, unbound when their workload leaves, re-attached when recreated, found when unnamed', async (t) => {
   assertGateBuilt();

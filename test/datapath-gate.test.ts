@@ -1,15 +1,14 @@
 // Privileged: the gate on a real kernel, two nodes × two workloads in network namespaces.
 // Every protocol family is gated alike: dropped without an entry, passed with one, dropped
 // again after the entry expires (the BPF program enforces expiry) and after it is deleted.
-import test from 'ava';
 import { randomBytes } from 'node:crypto';
 import { monotonicNowNs } from '../src/datapath/datapath.js';
 import type { Signal } from '../src/datapath/layout.js';
 import { sleep } from '../src/util/backoff.js';
-import { Cluster, IDENTITY, isRoot } from './helpers/datapath-fixture.js';
+import { Cluster, IDENTITY } from './helpers/datapath-fixture.js';
 import { inNetns, type Family, type Protocol } from './helpers/netns.js';
+import { privileged } from './helpers/privileged.js';
 
-const privileged = isRoot() ? test.serial : test.skip;
 const PROTOCOLS: Protocol[] = ['tcp', 'udp', 'icmp', 'raw'];
 
 async function reachability(cluster: Cluster, from: string, to: string, family: Family) {

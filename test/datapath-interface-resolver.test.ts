@@ -1,13 +1,11 @@
 // Privileged: finding a workload address's host-side interface the way a CNI wired it, in a
 // namespace standing in for the host: a routed veth, a veth behind a bridge, and addresses that
 // are no workload's (behind a gateway, local, unknown to the bridge yet).
-import test from 'ava';
 import { randomBytes } from 'node:crypto';
 import { execa } from 'execa';
 import { resolveHostInterface } from '../src/datapath/interface-resolver.js';
 import { inNetns } from './helpers/netns.js';
-
-const privileged = process.getuid?.() === 0 ? test.serial : test.skip;
+import { privileged } from './helpers/privileged.js';
 
 async function ipBatch(netns: string, lines: string[]): Promise<void> {
   await execa('ip', ['-n', netns, '-batch', '-'], { input: `${lines.join('\n')}\n` });

@@ -1,5 +1,4 @@
 // Privileged: the pinned maps and the in-process map API, without traffic.
-import test from 'ava';
 import { existsSync } from 'node:fs';
 import { mkdir, mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -9,9 +8,8 @@ import { execa } from 'execa';
 import { Datapath, monotonicNowNs } from '../src/datapath/datapath.js';
 import { COUNTER_NAMES } from '../src/datapath/layout.js';
 import { PinLayout, registeredInterfaces } from '../src/datapath/loader.js';
-import { TEST_CAPACITIES, assertGateBuilt, isRoot } from './helpers/datapath-fixture.js';
-
-const privileged = isRoot() ? test : test.skip;
+import { TEST_CAPACITIES, assertGateBuilt } from './helpers/datapath-fixture.js';
+import { privilegedConcurrent } from './helpers/privileged.js';
 
 function pinDir(t: { teardown(fn: () => Promise<void>): void }): string {
   const dir = `/sys/fs/bpf/meshauth-test-${randomBytes(4).toString('hex')}`;
@@ -19,7 +17,7 @@ function pinDir(t: { teardown(fn: () => Promise<void>): void }): string {
   return dir;
 }
 
-privileged('maps are pinned on open, outlive close, and are reused with their entries', async (t) => {
+privilegedConcurrent('maps are pinned on open, outlive close, and are reused with their entries', async (t) => {
   const dir = pinDir(t);
   const first = await Datapath.open({ pinDir: dir, capacities: TEST_CAPACITIES });
   const key = { localIdentity: 1, remoteIdentity: 2, remoteNode: 3 };
@@ -50,7 +48,7 @@ privileged('maps are pinned on open, outlive close, and are reused with their en
   );
 });
 
-privileged('auth entries: single, batched, dumped, deleted; bad keys are refused', async (t) => {
+privilegedConcurrent('auth entries: single, batched, dumped, deleted; bad keys are refused', async (t) => {
   const datapath = await Datapath.open({ pinDir: pinDir(t), capacities: { ...TEST_CAPACITIES, auth: 32768 } });
   t.teardown(() => datapath.close());
   const now = monotonicNowNs();
@@ -83,14 +81,14 @@ privileged('auth entries: single, batched, dumped, deleted; bad keys are refused
   t.is(datapath.dumpAuth().length, entries.length - 1, 'refused writes changed nothing');
 });
 
-privileged('a full auth map refuses new entries with a kernel error', async (t) => {
+privilegedConcurrent('a full auth map refuses new entries with a kernel error', async (t) => {
   const datapath = await Datapath.open({ pinDir: pinDir(t), capacities: { ...TEST_CAPACITIES, auth: 4 } });
   t.teardown(() => datapath.close());
   for (let i = 1; i <= 4; i++) datapath.setAuth({ localIdentity: i, remoteIdentity: 1, remoteNode: 1 }, 1n);
   t.throws(() => datapath.setAuth({ localIdentity: 5, remoteIdentity: 1, remoteNode: 1 }, 1n), { code: 'E2BIG' });
 });
 
-privileged('an incompatible pinned map is refused with a way out', async (t) => {
+privilegedConcurrent('an incompatible pinned map is refused with a way out', async (t) => {
   const dir = pinDir(t);
   await execa('mkdir', ['-p', join(dir, 'maps')]);
   await execa('bpftool', ['map', 'create', join(dir, 'maps', 'auth'), 'type', 'hash', 'key', '12', 'value', '16', 'entries', '8', 'name', 'auth']);
@@ -98,7 +96,7 @@ privileged('an incompatible pinned map is refused with a way out', async (t) => 
   t.regex(error.message, /auth.*value 16.*value 8.*uninstall/);
 });
 
-privileged('bad pin dirs, interfaces and namespaces are refused before touching the kernel', async (t) => {
+privilegedConcurrent('bad pin dirs, interfaces and namespaces are refused before touching the kernel', async (t) => {
   const notBpffs = await mkdtemp(join(tmpdir(), 'meshauth-'));
   t.teardown(() => rm(notBpffs, { recursive: true, force: true }));
   await t.throwsAsync(Datapath.open({ pinDir: notBpffs }), { message: /not on a bpffs/ });
@@ -114,7 +112,7 @@ privileged('bad pin dirs, interfaces and namespaces are refused before touching 
   t.deepEqual(await datapath.attachedInterfaces(), [{ name: 'nosuchif0' }], 'registered before the attach, for uninstall');
 });
 
-privileged('uninstall removes the pin dir; uninstalling nothing is fine', async (t) => {
+privilegedConcurrent('uninstall removes the pin dir; uninstalling nothing is fine', async (t) => {
   assertGateBuilt();
   const dir = pinDir(t);
   const datapath = await Datapath.open({ pinDir: dir, capacities: TEST_CAPACITIES });
@@ -123,7 +121,7 @@ privileged('uninstall removes the pin dir; uninstalling nothing is fine', async 
   await t.notThrowsAsync(Datapath.uninstall({ pinDir: dir }));
 });
 
-privileged('interfaces and namespaces with dots in their names are registered (bpffs refuses dotted names)', async (t) => {
+privilegedConcurrent('interfaces and namespaces with dots in their names are registered (bpffs refuses dotted names)', async (t) => {
   const layout = new PinLayout(pinDir(t));
   const interfaces = [{ name: 'eth0.100' }, { name: 'veth.a', netns: 'ns.1' }];
   for (const iface of interfaces) await mkdir(layout.interfaceEntry(iface), { recursive: true });

@@ -1,13 +1,11 @@
 // Privileged: "authentication required" signals and the per-CPU verdict counters, on a real kernel.
-import test from 'ava';
 import { randomBytes } from 'node:crypto';
 import { monotonicNowNs } from '../src/datapath/datapath.js';
 import { COUNTER_NAMES, type Counters, type Signal } from '../src/datapath/layout.js';
 import { sleep } from '../src/util/backoff.js';
-import { Cluster, isRoot } from './helpers/datapath-fixture.js';
+import { Cluster } from './helpers/datapath-fixture.js';
 import type { Workload } from './helpers/netns.js';
-
-const privileged = isRoot() ? test.serial : test.skip;
+import { privileged } from './helpers/privileged.js';
 
 /** Counter deltas; ARP and neighbour discovery ("exempt") depend on cache state, so they are left out. */
 function delta(before: Counters, after: Counters): Partial<Counters> {

@@ -30,9 +30,6 @@ export function assertGateBuilt(): string {
   return object;
 }
 
-export function isRoot(): boolean {
-  return process.getuid?.() === 0;
-}
 
 export class Cluster {
   private constructor(
