@@ -1,7 +1,6 @@
 // Privileged: the gate fails closed across the agent's life: killed with SIGKILL it keeps
 // enforcing (expiry included); re-installed over itself it swaps programs with no window in which
 // traffic flows ungated, and auth entries survive; uninstalled (CLI) it is gone.
-import test from 'ava';
 import { existsSync } from 'node:fs';
 import { readdir, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
@@ -12,11 +11,11 @@ import { attachedPrograms, tcxUsable, tcxHelperPath, type AttachMode } from '../
 import { PinLayout } from '../src/datapath/loader.js';
 import { sleep } from '../src/util/backoff.js';
 import { builtCli } from './helpers/cli.js';
-import { Cluster, IDENTITY, isRoot } from './helpers/datapath-fixture.js';
+import { Cluster, IDENTITY } from './helpers/datapath-fixture.js';
 import type { AgentPlan } from './helpers/datapath-agent.js';
 import { inNetns, type Workload } from './helpers/netns.js';
+import { privileged } from './helpers/privileged.js';
 
-const privileged = isRoot() ? test.serial : test.skip;
 const AGENT = fileURLToPath(new URL('./helpers/datapath-agent.ts', import.meta.url));
 
 function workloads(cluster: Cluster): [Workload, Workload, Workload, Workload] {
@@ -66,25 +65,23 @@ privileged('an agent killed with SIGKILL leaves the gate enforcing, expiry inclu
   const cluster = await Cluster.start(t);
   for (const agent of cluster.agents) agent.close(); // from here on the child process is the agent
   const [w1a, w1b, w2a, w2b] = workloads(cluster);
-  const shortExpiry = monotonicNowNs() + 2_000_000_000n;
-  const longExpiry = monotonicNowNs() + 3_600_000_000_000n;
+  // Both pairs are written by the child with an hour to go; the expiry under test is set only
+  // once the child is dead, relative to that moment, so no machine is too slow for the check.
+  const hourAhead = String(monotonicNowNs() + 3_600_000_000_000n);
+  const pairs: [Workload, Workload][] = [
+    [w1a, w2a],
+    [w1b, w2b],
+  ];
   const plan: AgentPlan = {
-    nodes: cluster.topology.nodes.map((node) => {
-      const local = cluster.topology.workloads.filter((w) => w.node === node.id);
-      const pairs: [Workload, Workload, bigint][] = [
-        [w1a, w2a, shortExpiry],
-        [w1b, w2b, longExpiry],
-      ];
-      return {
-        pinDir: node.pinDir,
-        interfaces: local.map((w) => w.hostInterface),
-        ipcache: [],
-        auth: pairs.flatMap(([a, b, expiry]) => [
-          ...(a.node === node.id ? [[cluster.key(a, b), String(expiry)] as const] : []),
-          ...(b.node === node.id ? [[cluster.key(b, a), String(expiry)] as const] : []),
-        ]) as AgentPlan['nodes'][number]['auth'],
-      };
-    }),
+    nodes: cluster.topology.nodes.map((node) => ({
+      pinDir: node.pinDir,
+      interfaces: cluster.topology.workloads.filter((w) => w.node === node.id).map((w) => w.hostInterface),
+      ipcache: [],
+      auth: pairs.flatMap(([a, b]) => [
+        ...(a.node === node.id ? [[cluster.key(a, b), hourAhead] as const] : []),
+        ...(b.node === node.id ? [[cluster.key(b, a), hourAhead] as const] : []),
+      ]) as AgentPlan['nodes'][number]['auth'],
+    })),
   };
   const child = execa(process.execPath, ['--import', 'tsx', AGENT, JSON.stringify(plan)], { reject: false, buffer: false });
   t.teardown(() => {
@@ -106,11 +103,20 @@ privileged('an agent killed with SIGKILL leaves the gate enforcing, expiry inclu
   t.true(programs.every((id) => id !== undefined));
   for (const node of cluster.topology.nodes) t.true(existsSync(`${node.pinDir}/maps/auth`), 'still pinned');
   t.true(await cluster.topology.reaches(w1b, w2b, 'udp', 4), 'authenticated pair passes');
-  t.true(await cluster.topology.reaches(w1a, w2a, 'icmp', 6), 'authenticated until its expiry');
+  t.true(await cluster.topology.reaches(w1a, w2a, 'icmp', 6), 'authenticated pair passes (the one about to expire)');
   t.false(await cluster.topology.reaches(w1a, w2b, 'udp', 4), 'unauthenticated pair dropped');
   t.false(await cluster.topology.reaches(w2a, w1b, 'tcp', 6), 'unauthenticated pair dropped');
 
-  await sleep(Number((shortExpiry - monotonicNowNs()) / 1_000_000n) + 20);
+  // The kernel alone enforces the expiry: the entries of w1a <-> w2a now expire 200 ms from now,
+  // written to the pinned maps the dead agent left, and nothing runs to remove them.
+  const shortExpiry = monotonicNowNs() + 200_000_000n;
+  for (const node of cluster.topology.nodes) {
+    const pinned = await Datapath.open({ pinDir: node.pinDir });
+    if (w1a.node === node.id) pinned.setAuth(cluster.key(w1a, w2a), shortExpiry);
+    if (w2a.node === node.id) pinned.setAuth(cluster.key(w2a, w1a), shortExpiry);
+    pinned.close();
+  }
+  while (monotonicNowNs() <= shortExpiry) await sleep(Number((shortExpiry - monotonicNowNs()) / 1_000_000n) + 5);
   t.false(await cluster.topology.reaches(w1a, w2a, 'icmp', 6), 'expired with no agent alive: dropped');
   t.false(await cluster.topology.reaches(w1a, w2a, 'udp', 4));
   t.true(await cluster.topology.reaches(w1b, w2b, 'udp', 6));
@@ -127,25 +133,27 @@ privileged('re-installing over a running gate swaps programs with no ungated win
   const programsBefore = await programIds(cluster);
   const dropsBefore = agent1.counters().droppedNoEntry;
 
-  // An unauthenticated sender at ~1 kHz for the whole time the agents restart, again and again.
+  // An unauthenticated sender at ~1 kHz for the whole time the agents restart, again and again:
+  // a fixed number of restarts, however long they take on this machine, with the flood stopped
+  // only after the last (its 60 s bound is a backstop, never reached).
   const token = `flood-${process.pid}`;
-  const flood = w1a.probe.request<{ sent: number }>({ op: 'flood', dst: w2a.ipv4, token, rate: 1000, duration_ms: 1500 });
-  let restarts = 0;
-  const until = Date.now() + 1300;
+  const flood = w1a.probe.request<{ sent: number }>({ op: 'flood', dst: w2a.ipv4, token, rate: 1000, duration_ms: 60_000 });
+  const RESTARTS = 2 * modes.length;
   await sleep(100);
-  while (Date.now() < until) {
+  for (let restarts = 0; restarts < RESTARTS; restarts++) {
     for (const node of cluster.topology.nodes) {
       const restarted = await Datapath.open({ pinDir: node.pinDir, attach: modes[restarts % modes.length] });
       await restarted.install({ interfaces: [] }); // re-attaches every registered interface
       restarted.close();
     }
-    restarts++;
   }
+  await sleep(100);
+  await w1a.probe.request({ op: 'stop', token });
   const { sent } = await flood;
   await sleep(50);
 
-  t.true(restarts >= 3, `restarts: ${restarts}`);
-  t.true(sent > 700, `sent: ${sent}`);
+  t.true(sent > 0, 'the flood ran');
+  t.log(`${sent} packets sent during ${RESTARTS} restarts`);
   const { count } = await w2a.probe.request<{ count: number }>({ op: 'count', prefix: token });
   t.is(count, 0, 'no packet of the unauthenticated flow got through');
   t.is(agent1.counters().droppedNoEntry - dropsBefore, BigInt(sent), 'every packet was gated (and dropped)');

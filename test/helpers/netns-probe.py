@@ -7,6 +7,8 @@ stdout with the same "id":
   {"op": "wait", "token": T, "timeout_ms": N}                      -> {"ok": received}
   {"op": "tcp", "dst": IP, "timeout_ms": N}                        -> {"ok": connected}
   {"op": "flood", "dst": IP, "token": T, "rate": HZ, "duration_ms": N} -> {"sent": n}
+      (until stopped, or N ms at the most)
+  {"op": "stop", "token": T}                                      -> {"ok": true}
   {"op": "count", "prefix": P}                                     -> {"count": n}
 """
 import json
@@ -21,6 +23,7 @@ RAW_PROTO = 253
 
 received = []
 cond = threading.Condition()
+stopped_floods = set()
 out_lock = threading.Lock()
 
 
@@ -115,7 +118,7 @@ def flood(dst, token, rate, duration_ms):
     sent = 0
     while True:
         now = time.monotonic()
-        if now - start >= duration_ms / 1000:
+        if now - start >= duration_ms / 1000 or token in stopped_floods:
             break
         s.sendto(("%s-%d" % (token, sent)).encode(), (dst, UDP_PORT))
         sent += 1
@@ -137,6 +140,9 @@ def handle(cmd):
         return {"ok": tcp(cmd["dst"], cmd["timeout_ms"])}
     if op == "flood":
         return {"sent": flood(cmd["dst"], cmd["token"], cmd["rate"], cmd["duration_ms"])}
+    if op == "stop":
+        stopped_floods.add(cmd["token"])
+        return {"ok": True}
     if op == "count":
         with cond:
             return {"count": sum(1 for t in received if t.startswith(cmd["prefix"]))}
