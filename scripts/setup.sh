@@ -32,7 +32,4 @@ else
 fi
 # grep reads all of npm's output: with -q it would stop early and npm would log a broken pipe.
 if npm run | grep 'build:bpf' >/dev/null; then npm run --silent build:bpf; fi
-# Puts the `meshauth` command on PATH (a symlink to this checkout), so `npx meshauth` works.
-[ "$(readlink -f "$(command -v meshauth 2>/dev/null)" 2>/dev/null)" = "$PWD/dist/src/cli/main.js" ] \
-  || npm link --no-audit --no-fund --ignore-scripts --loglevel=error >/dev/null
 echo "setup: ready"
