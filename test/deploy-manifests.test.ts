@@ -5,7 +5,7 @@
 // pieces agree with each other and with the code (names, ports, labels, metric names).
 import test from 'ava';
 import { readFile, readdir } from 'node:fs/promises';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { Ajv, type ValidateFunction } from 'ajv';
 import * as k8s from '@kubernetes/client-node';
@@ -261,6 +261,33 @@ test('the config examples point at paths the DaemonSet mounts', async (t) => {
     const paths = stringValues(config).flatMap((value) => (value.startsWith('/') ? [value] : value.startsWith('unix://') ? [value.slice('unix://'.length)] : []));
     t.true(paths.length > 0, `${file.path} names no path`);
     for (const path of paths) t.true(mounts.some((mount) => path.startsWith(`${mount}/`) || path === mount), `${file.path}: ${path} is not mounted`);
+  }
+});
+
+interface DaemonSetMounts {
+  spec: { template: { spec: { containers: { volumeMounts: { mountPath: string; readOnly?: boolean }[]; securityContext: { readOnlyRootFilesystem?: boolean } }[] } } };
+}
+
+test('every path the agent writes, defaults included, is on a writable mount (the root filesystem is read-only)', async (t) => {
+  const files = await allManifests();
+  const [container] = (find(files, 'DaemonSet') as unknown as DaemonSetMounts).spec.template.spec.containers;
+  t.true(container?.securityContext.readOnlyRootFilesystem);
+  const writable = (container?.volumeMounts ?? []).filter((mount) => !mount.readOnly).map((mount) => mount.mountPath);
+  for (const file of await Promise.all((await yamlFiles('config')).map(loadYaml))) {
+    const document = parseYaml((file.documents[0]?.data as Record<string, string>)['config.yaml'] ?? '') as Record<string, unknown>;
+    const { kubernetes: _kubernetes, ...rest } = document;
+    const config = parseConfig('kubernetes' in configSchema.shape ? document : rest, file.path);
+    // The agent creates the socket's directory, writes node keys under stateDir and pins maps.
+    for (const [what, path] of [
+      ['control socket directory', dirname(config.control.socket)],
+      ['stateDir', config.stateDir],
+      ['datapath.pinDir', config.datapath.pinDir],
+    ] as const) {
+      t.true(
+        writable.some((mount) => path === mount || path.startsWith(`${mount}/`)),
+        `${file.path}: the ${what} ${path} is on no writable mount`,
+      );
+    }
   }
 });
 
