@@ -5,6 +5,7 @@ import type { NodeAuthResult } from '../src/handshake/types.js';
 import {
   NodeDirectory,
   TestCa,
+  connectionCounter,
   frameRecorder,
   metricValue,
   nodeIdOf,
@@ -211,7 +212,12 @@ test('pair: unknown_identity is retried with backoff (the peer may not hold the 
 
 test('a local identity the initiator does not hold fails before connecting', async (t) => {
   const { nodeA, nodeB } = await twoAgents(t, { settings: { retry: { attempts: 1 } } });
-  await expectFailure(t, nodeA.initiator.authenticatePair(pairRequest(nodeB, workloadId('not-here'))), 'unknown_identity');
+  // Node B's address, but a listener that only counts: a responder records nothing for a
+  // connection until it ends, so its counters cannot tell "never connected" from "not yet".
+  const listener = await connectionCounter(nodeB.address);
+  t.teardown(() => listener.close());
+  await expectFailure(t, nodeA.initiator.authenticatePair({ ...pairRequest(nodeB, workloadId('not-here')), address: listener.address }), 'unknown_identity');
+  t.is(await listener.accepted(), 0, 'no TCP connection reached the responder');
   t.is(await metricValue(nodeB.registry, 'meshauth_handshakes_total', {}), 0);
 });
 

@@ -4,7 +4,7 @@
 // the real clock, so tests can also build deliberately broken SVIDs signed by the same CA.
 import { EventEmitter } from 'node:events';
 import { KeyObject, randomBytes } from 'node:crypto';
-import type { AddressInfo, Server as NetServer } from 'node:net';
+import { createServer as createNetServer, connect as connectTcp, type AddressInfo, type Server as NetServer, type Socket } from 'node:net';
 import { createServer as createTlsServer } from 'node:tls';
 import { Registry } from 'prom-client';
 import { HandshakeInitiator } from '../../src/handshake/initiator.js';
@@ -306,4 +306,43 @@ export async function frameRecorder(agent: TestAgent): Promise<FrameRecorder> {
   );
   const address = await listening(server, agent.address);
   return { address, frame, close: () => new Promise((resolve) => server.close(() => resolve())) };
+}
+
+export interface ConnectionCounter {
+  address: PeerAddress;
+  /** Connections accepted so far, not counting the probes this call makes. */
+  accepted(): Promise<number>;
+  close(): Promise<void>;
+}
+
+/**
+ * A bare TCP listener that counts the connections it accepts: where a test points an initiator
+ * that must not connect at all. accepted() first makes a connection of its own and waits until
+ * the listener has taken it: the kernel hands over connections in the order they were
+ * established, so any connection attempted before the call has been counted by then.
+ */
+export async function connectionCounter(address: string): Promise<ConnectionCounter> {
+  const seen: string[] = [];
+  const probes = new Set<string>();
+  const server = createNetServer((socket) => {
+    seen.push(`${socket.remoteAddress}:${socket.remotePort}`);
+    socket.on('error', () => {});
+    socket.destroy();
+  });
+  const listen = await listening(server, address);
+  return {
+    address: listen,
+    async accepted() {
+      const probe = await new Promise<Socket>((resolve, reject) => {
+        const socket = connectTcp({ host: listen.host, port: listen.port! }, () => resolve(socket));
+        socket.on('error', reject);
+      });
+      const key = `${probe.localAddress}:${probe.localPort}`;
+      probes.add(key);
+      await eventually(() => seen.includes(key), 'the probe connection to be accepted');
+      probe.destroy();
+      return seen.filter((connection) => !probes.has(connection)).length;
+    },
+    close: () => new Promise((resolve) => server.close(() => resolve())),
+  };
 }
