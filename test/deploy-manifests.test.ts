@@ -341,6 +341,8 @@ test('the DaemonSet: host network, minimal capabilities, mounts, probes, tolerat
   t.is(pod.volumes.find((v) => v.configMap)?.configMap?.name, 'meshauth-config');
 
   // RBAC: the DaemonSet's service account, bound to read-only access to exactly three resources.
+  // That the real client needs no more is checked against the recorded requests of the
+  // kubernetes-source and agent-kubernetes tests (test/helpers/rbac.ts).
   const role = find(files, 'ClusterRole') as unknown as { metadata: { name: string }; rules: { apiGroups: string[]; resources: string[]; verbs: string[] }[] };
   t.deepEqual(
     role.rules.flatMap((rule) => rule.resources.map((resource) => `${rule.apiGroups.join(',')}/${resource}:${[...rule.verbs].sort().join(',')}`)).sort(),
