@@ -1,7 +1,8 @@
-// The agent process re-reads its config file when it changes (and on SIGHUP); a bad file is
-// rejected with a clear error and the running state is kept.
+// The agent process re-reads its config file when it changes (and on SIGHUP, for changes its
+// directory watch cannot see); a bad file is rejected with a clear error and the running state
+// is kept.
 import test from 'ava';
-import { rename, writeFile } from 'node:fs/promises';
+import { mkdir, rename, symlink, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { execa } from 'execa';
 import { stringify } from 'yaml';
@@ -28,7 +29,7 @@ async function replaceFile(path: string, text: string): Promise<void> {
   await rename(`${path}.tmp`, path);
 }
 
-test('a changed config file is applied without a signal; a bad one is rejected and changes nothing', async (t) => {
+test('a changed config file is applied without a signal; a bad one is rejected and changes nothing; SIGHUP applies a change no watch event announces', async (t) => {
   const dir = await tempDir(t, 'meshauth-reload-');
   const file = join(dir, 'config.yaml');
   const base = agentConfig(dir, { name: 'node-a', address: '127.0.40.1' }, clusterWith([{ ip: '10.40.0.2', spiffeId: WEB }, { ip: '10.40.0.3', spiffeId: API }]), 0);
@@ -42,7 +43,8 @@ test('a changed config file is applied without a signal; a bad one is rejected a
   await eventually(async () => (await pairs()) === 2, 'web <-> api authenticated (same node)', 20_000);
 
   // A third workload: three identities, six directed pairs.
-  await replaceFile(file, stringify({ ...base, cluster: clusterWith([{ ip: '10.40.0.2', spiffeId: WEB }, { ip: '10.40.0.3', spiffeId: API }, { ip: '10.40.0.4', spiffeId: JOBS }]) }));
+  const withJobs = stringify({ ...base, cluster: clusterWith([{ ip: '10.40.0.2', spiffeId: WEB }, { ip: '10.40.0.3', spiffeId: API }, { ip: '10.40.0.4', spiffeId: JOBS }]) });
+  await replaceFile(file, withJobs);
   await eventually(async () => (await pairs()) === 6, 'the new endpoint was picked up from the file', 10_000);
 
   // A bad file: the error names the path in the config; the six pairs stay.
@@ -50,10 +52,20 @@ test('a changed config file is applied without a signal; a bad one is rejected a
   await new Promise((resolve) => setTimeout(resolve, 800));
   t.is(await pairs(), 6);
 
-  // Back to two workloads, written in place and followed by a SIGHUP (as an operator would).
-  await writeFile(file, stringify(base));
+  // Back to two workloads, the way a ConfigMap mount changes: the file becomes a symlink into a
+  // directory of its own, swapped in by a rename the watcher sees.
+  const mounted = join(dir, 'mounted');
+  await mkdir(mounted);
+  await writeFile(join(mounted, 'config.yaml'), stringify(base));
+  await symlink(join(mounted, 'config.yaml'), `${file}.tmp`);
+  await rename(`${file}.tmp`, file);
+  await eventually(async () => (await pairs()) === 2, 'the symlink swap was picked up from the file', 10_000);
+
+  // Three workloads again, written in place behind the symlink: a change in another directory
+  // raises no event in the watched one, so only the SIGHUP (as an operator would send) reloads.
+  await writeFile(join(mounted, 'config.yaml'), withJobs);
   agent.kill('SIGHUP');
-  await eventually(async () => (await pairs()) === 2, 'the file reloaded on SIGHUP', 10_000);
+  await eventually(async () => (await pairs()) === 6, 'the file reloaded on SIGHUP', 10_000);
 
   agent.kill('SIGTERM');
   const result = await agent;

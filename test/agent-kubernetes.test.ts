@@ -4,7 +4,7 @@
 // after each event sequence. The Kubernetes source cannot carry a handshake port, so each agent
 // listens on the default port 4250 on a loopback address of its own (127.0.30.x, used by no
 // other test file); the handshakes run for real, the datapath and transport are off.
-import test, { type ExecutionContext } from 'ava';
+import anyTest, { type ExecutionContext, type TestFn } from 'ava';
 import { writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { stringify } from 'yaml';
@@ -16,6 +16,25 @@ import { DEFAULT_PORT } from '../src/handshake/protocol.js';
 import { agentConfig, eventually, startAgent, tempDir } from './helpers/agents.js';
 import { node, pod, policy } from './helpers/cluster-events.js';
 import { KubeApiServer, type KubeResource } from './servers/kube-api-server.js';
+import { agentClusterRoleRules, deniedRequests } from './helpers/rbac.js';
+
+// Each test's API server, for the RBAC check after it.
+const test = anyTest as TestFn<{ servers: KubeApiServer[] }>;
+
+test.beforeEach((t) => {
+  t.context = { servers: [] };
+});
+
+// Whatever the agent asks the API server for, with the token of its kubeconfig, must be allowed
+// by the ClusterRole deploy/rbac.yaml binds to its service account.
+test.afterEach('every request carried the token and is allowed by deploy/rbac.yaml', async (t) => {
+  const rules = await agentClusterRoleRules();
+  for (const server of t.context.servers) {
+    t.is(server.unauthenticated, 0, 'requests without the bearer token');
+    t.true(server.requests.length > 0);
+    t.deepEqual(deniedRequests(rules, { resources: server.requests, nonResources: server.nonResourceRequests }), [], 'requests deploy/rbac.yaml does not allow');
+  }
+});
 
 const TD = 'example.org';
 const WEB = `spiffe://${TD}/ns/shop/sa/web`;
@@ -58,8 +77,8 @@ async function writeKubeConfig(dir: string, server: KubeApiServer): Promise<stri
     kind: 'Config',
     // client-node refuses plain http unless TLS verification is "skipped"; there is no TLS to verify.
     clusters: [{ name: 'test', cluster: { server: server.url, 'insecure-skip-tls-verify': true } }],
-    users: [{ name: 'nobody', user: {} }],
-    contexts: [{ name: 'test', context: { cluster: 'test', user: 'nobody' } }],
+    users: [{ name: 'meshauth', user: { token: server.token } }],
+    contexts: [{ name: 'test', context: { cluster: 'test', user: 'meshauth' } }],
     'current-context': 'test',
   };
   await writeFile(path, stringify(kubeConfig), { mode: 0o600 });
@@ -67,13 +86,14 @@ async function writeKubeConfig(dir: string, server: KubeApiServer): Promise<stri
 }
 
 async function startCluster(
-  t: ExecutionContext,
+  t: ExecutionContext<{ servers: KubeApiServer[] }>,
   n: number,
   options: { before?: (server: KubeApiServer) => void; waitForPair?: boolean } = {},
 ): Promise<TestCluster> {
   const dir = await tempDir(t, 'meshauth-agent-k8s-');
   const server = await KubeApiServer.start();
   t.teardown(() => server.close());
+  t.context.servers.push(server);
   const addresses = addressesOf(n);
   seed(server, addresses);
   options.before?.(server);

@@ -2,7 +2,20 @@ import test, { type ExecutionContext } from 'ava';
 import { HandshakeFailure } from '../src/handshake/failure.js';
 import type { FailureClass } from '../src/handshake/protocol.js';
 import type { NodeAuthResult } from '../src/handshake/types.js';
-import { NodeDirectory, TestCa, metricValue, nodeIdOf, responderSettled, startAgent, workloadId, type AgentOptions, type TestAgent, nodeFrameFor } from './helpers/handshake-fixtures.js';
+import {
+  NodeDirectory,
+  TestCa,
+  connectionCounter,
+  frameRecorder,
+  metricValue,
+  nodeIdOf,
+  responderSettled,
+  startAgent,
+  workloadId,
+  type AgentOptions,
+  type TestAgent,
+  nodeFrameFor,
+} from './helpers/handshake-fixtures.js';
 
 const WEB = workloadId('web');
 const DB = workloadId('db');
@@ -23,9 +36,10 @@ function pairRequest(to: TestAgent, localId = WEB, remoteId = DB) {
   return { localId, remoteId, remoteNode: to.nodeName, address: { host: to.address, port: to.port } };
 }
 
-async function expectFailure(t: ExecutionContext, promise: Promise<unknown>, failureClass: FailureClass): Promise<void> {
+async function expectFailure(t: ExecutionContext, promise: Promise<unknown>, failureClass: FailureClass): Promise<HandshakeFailure | undefined> {
   const err = await t.throwsAsync(promise, { instanceOf: HandshakeFailure });
   t.is(err?.failureClass, failureClass, err?.message);
+  return err;
 }
 
 test('pair: one handshake records both directions with mirrored identities and equal key material', async (t) => {
@@ -198,7 +212,12 @@ test('pair: unknown_identity is retried with backoff (the peer may not hold the 
 
 test('a local identity the initiator does not hold fails before connecting', async (t) => {
   const { nodeA, nodeB } = await twoAgents(t, { settings: { retry: { attempts: 1 } } });
-  await expectFailure(t, nodeA.initiator.authenticatePair(pairRequest(nodeB, workloadId('not-here'))), 'unknown_identity');
+  // Node B's address, but a listener that only counts: a responder records nothing for a
+  // connection until it ends, so its counters cannot tell "never connected" from "not yet".
+  const listener = await connectionCounter(nodeB.address);
+  t.teardown(() => listener.close());
+  await expectFailure(t, nodeA.initiator.authenticatePair({ ...pairRequest(nodeB, workloadId('not-here')), address: listener.address }), 'unknown_identity');
+  t.is(await listener.accepted(), 0, 'no TCP connection reached the responder');
   t.is(await metricValue(nodeB.registry, 'meshauth_handshakes_total', {}), 0);
 });
 
@@ -244,4 +263,21 @@ test('node: an invalid local frame is never sent', async (t) => {
   await responderSettled(nodeB);
   t.is(nodeB.results.length, 0);
   t.is(await metricValue(nodeB.registry, 'meshauth_handshakes_total', { role: 'responder', reason: 'protocol' }), 1);
+  // The responder refuses a malformed frame with the same class as the reject verdict, so its
+  // counters cannot tell whether the frame was withheld: record what the initiator really sent.
+  const recorder = await frameRecorder(nodeB);
+  t.teardown(() => recorder.close());
+  await expectFailure(t, nodeA.initiator.authenticateNode({ remoteNode: 'node-b', address: recorder.address }), 'protocol');
+  t.deepEqual(await recorder.frame, { v: 1, verdict: 'reject', reason: 'protocol' });
+});
+
+test('node: a responder never sends an invalid local frame', async (t) => {
+  const { nodeA, nodeB } = await twoAgents(t, { settings: { retry: { attempts: 1 } } }, { localNodeFrame: () => ({ nodeName: 'node-b', podCidrs: ['not a cidr'] }) });
+  const err = await expectFailure(t, nodeA.initiator.authenticateNode({ remoteNode: 'node-b', address: { host: nodeB.address, port: nodeB.port } }), 'protocol');
+  // Reported by the peer: the initiator read the responder's reject verdict, not a frame it
+  // found malformed itself (which fails with the same class).
+  t.true(err?.peerReported, err?.message);
+  await responderSettled(nodeB);
+  t.is(nodeA.results.length, 0);
+  t.is(nodeB.results.length, 0);
 });

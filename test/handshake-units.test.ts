@@ -1,11 +1,22 @@
 // The handshake layer's small parts on their own: frames, admission, the validation cache,
 // failure classification, secret handling.
-import test from 'ava';
+import test, { type ExecutionContext } from 'ava';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { PassThrough, Writable } from 'node:stream';
 import { pino } from 'pino';
 import { TrustBundleSet } from '../src/identity/bundle-set.js';
 import { HandshakeFailure, classifySocketError } from '../src/handshake/failure.js';
 import { acceptedPeerFrame, checkedOwnFrame, decodeVerdict, encodeVerdict, nodeFrameSchema, readFrame } from '../src/handshake/frames.js';
+import { IpsecAdapter } from '../src/agent/ipsec-adapter.js';
+import { NoTransport, assembleNodeFrame, type Transport } from '../src/agent/transport.js';
+import { WireGuardAdapter } from '../src/agent/wireguard-adapter.js';
+import { MIN_SPI } from '../src/datapath/ipsec.js';
+import { NetnsExec } from '../src/datapath/transport-exec.js';
+import { WireGuardKeyPair } from '../src/datapath/transport-keys.js';
+import { WireGuardTransport } from '../src/datapath/wireguard.js';
+import { silentLogger } from '../src/util/logger.js';
 import { SecretBytes } from '../src/handshake/key-material.js';
 import { PeerValidator } from '../src/handshake/peer-validator.js';
 import { SourceAdmission, normalizeAddress } from '../src/handshake/source-admission.js';
@@ -87,8 +98,62 @@ test('readFrame waits for a frame split across reads and refuses bad framing', a
   }
 });
 
-test('the node frame schema accepts what the transport layer will send', (t) => {
+test('the node frame schema accepts DNS-subdomain node names, dual-stack pod CIDRs and both ends of the SPI range', (t) => {
   t.true(nodeFrameSchema.safeParse({ nodeName: 'ip-10-0-0-1.ec2.internal', podCidrs: ['10.244.0.0/24', 'fd00:10:244::/64'], ipsecSpis: [256, 0xffffffff] }).success);
+});
+
+/** Replaces object[key] until the end of the test. */
+function stub<T extends object, K extends keyof T>(t: ExecutionContext, object: T, key: K, value: T[K]): void {
+  const original = object[key];
+  object[key] = value;
+  t.teardown(() => {
+    object[key] = original;
+  });
+}
+
+test('the frames agents build with each transport pass the encoder, the decoder and both sides\' checks', async (t) => {
+  // No kernel here, so the transports' kernel side is stood in for: an `ip` that lists no XFRM
+  // state, and a WireGuard interface reduced to its key pair and port. Every value in the frames
+  // comes from the real code: the node's key file, the SPI allocator, the adapters' contributions
+  // and the agent's frame assembly.
+  stub(t, NetnsExec.prototype, 'run', function (command: string, args: readonly string[]): Promise<string> {
+    if (command === 'ip' && args[0] === 'xfrm' && args[2] === 'list') return Promise.resolve('');
+    return Promise.reject(new Error(`no kernel in this test for: ${command} ${args.join(' ')}`));
+  });
+  stub(t, WireGuardTransport, 'open', async (options) => {
+    const keys = await WireGuardKeyPair.loadOrCreate(options.stateDir);
+    return { publicKey: keys.publicKey, listenPort: options.listenPort } as WireGuardTransport;
+  });
+  const stateDir = await mkdtemp(join(tmpdir(), 'meshauth-frames-'));
+  t.teardown(() => rm(stateDir, { recursive: true, force: true }));
+  const nodeKey = (await WireGuardKeyPair.loadOrCreate(stateDir)).publicKey;
+  const logger = silentLogger();
+  const podCidrs = ['10.244.1.0/24', 'fd00:10:244:1::/64'];
+
+  for (const [address, endpoint] of [
+    ['10.0.0.1', '10.0.0.1:51820'],
+    ['fd00::1', '[fd00::1]:51820'],
+  ] as const) {
+    const wireguard = new WireGuardAdapter({ stateDir, listenPort: 51820, logger }, () => address);
+    const ipsec = new IpsecAdapter({ logger }, () => ({ address, podCidrs }), logger);
+    t.teardown(() => ipsec.close());
+    await wireguard.start();
+    await ipsec.start();
+    const transports: Transport[] = [wireguard, ipsec, new NoTransport()];
+    for (const transport of transports) {
+      const what = `${transport.kind} on ${address}`;
+      const frame = assembleNodeFrame('node-a', podCidrs, transport, 'node-b');
+      // The sender's check, the wire (split reads included), the receiver's schema and node check.
+      const sent = encodeVerdict({ verdict: 'accept', node: checkedOwnFrame(() => frame, 'node-a') });
+      const wire = new PassThrough();
+      const reading = readFrame(wire);
+      wire.write(sent.subarray(0, 3));
+      wire.end(sent.subarray(3));
+      t.deepEqual(acceptedPeerFrame('node', decodeVerdict(await reading), 'node-a', 'initiator'), frame, what);
+      if (transport === wireguard) t.deepEqual(frame.wireguard, { publicKey: nodeKey, endpoint }, what);
+      if (transport === ipsec) t.true(frame.ipsecSpis?.length === 1 && frame.ipsecSpis.every((spi) => spi >= MIN_SPI), what);
+    }
+  }
 });
 
 test('node identities map to node names and back, for the local trust domain only', (t) => {

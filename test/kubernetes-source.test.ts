@@ -1,13 +1,17 @@
 // KubernetesSource against the test API server: the real client-node informers over HTTP, with
 // the event sequence and the resulting state asserted after each step.
-import test, { type ExecutionContext } from 'ava';
+import anyTest, { type ExecutionContext, type TestFn } from 'ava';
 import { Writable } from 'node:stream';
 import { pino } from 'pino';
 import { KubeConfig } from '@kubernetes/client-node';
 import { KubernetesSource, loadKubeConfig } from '../src/cluster/kubernetes/source.js';
 import type { ClusterEvent, EndpointInfo } from '../src/cluster/types.js';
-import { KubeApiServer, type KubeResource } from './servers/kube-api-server.js';
+import { KubeApiServer, type KubeResource, type RequestRecord } from './servers/kube-api-server.js';
 import { EventRecorder, node, pod, policy, until } from './helpers/cluster-events.js';
+import { agentClusterRoleRules, deniedRequests, unusedGrants } from './helpers/rbac.js';
+
+// Each test's API servers, for the RBAC check after it.
+const test = anyTest as TestFn<{ servers: KubeApiServer[] }>;
 
 const TD = 'cluster.test';
 
@@ -23,18 +27,19 @@ function kubeConfigFor(server: KubeApiServer): KubeConfig {
   config.loadFromOptions({
     // client-node refuses plain http unless TLS verification is "skipped"; there is no TLS to verify.
     clusters: [{ name: 'test', server: server.url, skipTLSVerify: true }],
-    users: [{ name: 'nobody' }],
-    contexts: [{ name: 'test', cluster: 'test', user: 'nobody' }],
+    users: [{ name: 'meshauth', token: server.token }],
+    contexts: [{ name: 'test', cluster: 'test', user: 'meshauth' }],
     currentContext: 'test',
   });
   return config;
 }
 
 async function harness(
-  t: ExecutionContext,
+  t: ExecutionContext<{ servers: KubeApiServer[] }>,
   options: { historyLimit?: number; before?: (server: KubeApiServer) => void; start?: boolean } = {},
 ): Promise<Harness> {
   const server = await KubeApiServer.start({ historyLimit: options.historyLimit ?? 50 });
+  t.context.servers.push(server);
   options.before?.(server);
   const logs: Record<string, unknown>[] = [];
   const sink = new Writable({
@@ -59,7 +64,7 @@ async function harness(
   return { server, source, recorder, logs };
 }
 
-async function startSynced(t: ExecutionContext, options: Parameters<typeof harness>[1] = {}): Promise<Harness> {
+async function startSynced(t: ExecutionContext<{ servers: KubeApiServer[] }>, options: Parameters<typeof harness>[1] = {}): Promise<Harness> {
   const h = await harness(t, options);
   await h.recorder.until(() => h.recorder.state.synced, 'synced');
   await until(() => h.server.openWatches() === 3, 'three open watches');
@@ -84,6 +89,45 @@ async function settle(h: Harness, resource: KubeResource): Promise<void> {
 function upsertIps(events: ClusterEvent[]): string[] {
   return events.flatMap((e) => (e.type === 'endpoint' && e.action === 'upsert' ? [e.endpoint.ip] : []));
 }
+
+// Every scenario below doubles as an RBAC check: the requests the real client made, token and
+// all, must be ones deploy/rbac.yaml lets the agent's service account make.
+const everyRequest: RequestRecord[] = [];
+
+test.beforeEach((t) => {
+  t.context = { servers: [] };
+});
+
+test.afterEach('every request carried the token and is allowed by deploy/rbac.yaml', async (t) => {
+  const rules = await agentClusterRoleRules();
+  for (const server of t.context.servers) {
+    t.is(server.unauthenticated, 0, 'requests without the bearer token');
+    t.deepEqual(deniedRequests(rules, { resources: server.requests, nonResources: server.nonResourceRequests }), [], 'requests deploy/rbac.yaml does not allow');
+    everyRequest.push(...server.requests);
+  }
+});
+
+test.after('grants of deploy/rbac.yaml no scenario used', async (t) => {
+  // Logged, not asserted: `get` is granted for kubectl-style debugging with the agent's account,
+  // though the informers only list and watch.
+  t.true(everyRequest.length > 0, 'the scenarios made requests');
+  t.log(`unused: ${unusedGrants(await agentClusterRoleRules(), everyRequest).join(', ') || 'none'}`);
+});
+
+test('the test API server refuses a request without the bearer token (401), as a real one does', async (t) => {
+  const server = await KubeApiServer.start();
+  t.teardown(() => server.close());
+  const anonymous = await fetch(`${server.url}/api/v1/nodes`);
+  t.is(anonymous.status, 401);
+  t.like(await anonymous.json(), { kind: 'Status', reason: 'Unauthorized', code: 401 });
+  const wrong = await fetch(`${server.url}/api/v1/nodes`, { headers: { Authorization: 'Bearer not-the-token' } });
+  t.is(wrong.status, 401);
+  t.is(server.unauthenticated, 2);
+  t.deepEqual(server.requests, [], 'an unauthenticated request never reaches authorization');
+  const authorized = await fetch(`${server.url}/api/v1/nodes`, { headers: { Authorization: `Bearer ${server.token}` } });
+  t.is(authorized.status, 200);
+  t.like(server.requests[0], { verb: 'list', apiGroup: '', resource: 'nodes' });
+});
 
 const nodeA = node('node-a', [{ type: 'InternalIP', address: '192.0.2.1' }], ['10.0.0.0/24']);
 const nodeB = node('node-b', [{ type: 'InternalIP', address: '192.0.2.2' }], ['10.0.1.0/24', 'fd00:1::/64']);

@@ -35,7 +35,7 @@ import { GateInterfaces } from './gate-interfaces.js';
 import { PeerManager } from './peers.js';
 import { planNode, type NodePlan } from './plan.js';
 import type { AgentStatus } from './status.js';
-import type { Transport } from './transport.js';
+import { assembleNodeFrame, type Transport } from './transport.js';
 import { createTransport } from './transport-factory.js';
 
 export interface AgentDependencies {
@@ -390,7 +390,7 @@ export class Agent {
 
   private localNodeFrame(peer: string): NodeFrame {
     const self = this.state.nodes.get(this.config.nodeName);
-    return { nodeName: this.config.nodeName, podCidrs: self?.podCidrs ?? [], ...this.transport.localFrame(peer) };
+    return assembleNodeFrame(this.config.nodeName, self?.podCidrs ?? [], this.transport, peer);
   }
 
   private authorize(request: AuthorizeRequest): boolean {

@@ -33,6 +33,12 @@ export interface Transport {
   close(): Promise<void>;
 }
 
+/** This node's frame for a node handshake with `peer`: its name and pod CIDRs, plus what the
+ *  transport puts in for that peer. On its own so that tests check the very frames agents send. */
+export function assembleNodeFrame(nodeName: string, podCidrs: string[], transport: Pick<Transport, 'localFrame'>, peer: string): NodeFrame {
+  return { nodeName, podCidrs, ...transport.localFrame(peer) };
+}
+
 /** No payload transport of our own (the CNI carries traffic): node handshakes still gate pairs. */
 export class NoTransport implements Transport {
   readonly kind = 'none';

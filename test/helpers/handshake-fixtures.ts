@@ -4,6 +4,8 @@
 // the real clock, so tests can also build deliberately broken SVIDs signed by the same CA.
 import { EventEmitter } from 'node:events';
 import { KeyObject, randomBytes } from 'node:crypto';
+import { createServer as createNetServer, connect as connectTcp, type AddressInfo, type Server as NetServer, type Socket } from 'node:net';
+import { createServer as createTlsServer } from 'node:tls';
 import { Registry } from 'prom-client';
 import { HandshakeInitiator } from '../../src/handshake/initiator.js';
 import { HandshakeResponder } from '../../src/handshake/responder.js';
@@ -11,8 +13,10 @@ import { LocalIdentities, type SvidSource } from '../../src/handshake/local-iden
 import { PeerValidator } from '../../src/handshake/peer-validator.js';
 import { defaultNodeIdentityScheme } from '../../src/handshake/node-identity.js';
 import { handshakeOptionsSchema, type HandshakeOptionsInput } from '../../src/handshake/handshake-options.js';
-import type { NodeFrame } from '../../src/handshake/frames.js';
-import type { AuthResult, AuthorizeRequest } from '../../src/handshake/types.js';
+import { readFrame, type NodeFrame } from '../../src/handshake/frames.js';
+import { TLS_BASE_OPTIONS } from '../../src/handshake/local-identities.js';
+import { ALPN } from '../../src/handshake/protocol.js';
+import type { AuthResult, AuthorizeRequest, PeerAddress } from '../../src/handshake/types.js';
 import { TrustBundleSet } from '../../src/identity/bundle-set.js';
 import { IdentityStore } from '../../src/identity/store.js';
 import { SpiffeId } from '../../src/identity/spiffe-id.js';
@@ -252,4 +256,93 @@ export async function eventually(check: () => boolean | Promise<boolean>, what: 
 /** Waits until the agent's responder has settled `count` connections (any result). */
 export function responderSettled(agent: TestAgent, count = 1): Promise<void> {
   return eventually(async () => (await metricValue(agent.registry, 'meshauth_handshakes_total', { role: 'responder' })) >= count, `${count} responder outcomes`);
+}
+
+/** Listens on `address` (port 0) and resolves once it does. */
+async function listening(server: NetServer, address: string): Promise<PeerAddress> {
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(0, address, () => {
+      server.off('error', reject);
+      resolve();
+    });
+  });
+  return { host: address, port: (server.address() as AddressInfo).port };
+}
+
+export interface FrameRecorder {
+  address: PeerAddress;
+  /** The JSON of the first frame the initiator sent after the TLS handshake, as it arrived. */
+  frame: Promise<unknown>;
+  close(): Promise<void>;
+}
+
+/**
+ * A stand-in for `agent`'s responder that completes the TLS handshake with the agent's SVIDs,
+ * records the first frame the initiator sends, and ends the connection without answering. What
+ * a real responder does with a frame (its failure class) can look the same for quite different
+ * frames; the recorder shows the bytes that actually crossed the wire.
+ */
+export async function frameRecorder(agent: TestAgent): Promise<FrameRecorder> {
+  let record!: (frame: unknown) => void;
+  let fail!: (err: unknown) => void;
+  const frame = new Promise<unknown>((resolve, reject) => {
+    record = resolve;
+    fail = reject;
+  });
+  const server = createTlsServer(
+    {
+      ...TLS_BASE_OPTIONS,
+      ALPNProtocols: [ALPN.pair, ALPN.node],
+      SNICallback: (servername, callback) => callback(null, agent.identities.contextForSni(servername)),
+    },
+    (socket) => {
+      socket.on('error', fail);
+      readFrame(socket).then((payload) => {
+        record(JSON.parse(payload.toString('utf8')));
+        socket.end();
+      }, fail);
+    },
+  );
+  const address = await listening(server, agent.address);
+  return { address, frame, close: () => new Promise((resolve) => server.close(() => resolve())) };
+}
+
+export interface ConnectionCounter {
+  address: PeerAddress;
+  /** Connections accepted so far, not counting the probes this call makes. */
+  accepted(): Promise<number>;
+  close(): Promise<void>;
+}
+
+/**
+ * A bare TCP listener that counts the connections it accepts: where a test points an initiator
+ * that must not connect at all. accepted() first makes a connection of its own and waits until
+ * the listener has taken it: the kernel hands over connections in the order they were
+ * established, so any connection attempted before the call has been counted by then.
+ */
+export async function connectionCounter(address: string): Promise<ConnectionCounter> {
+  const seen: string[] = [];
+  const probes = new Set<string>();
+  const server = createNetServer((socket) => {
+    seen.push(`${socket.remoteAddress}:${socket.remotePort}`);
+    socket.on('error', () => {});
+    socket.destroy();
+  });
+  const listen = await listening(server, address);
+  return {
+    address: listen,
+    async accepted() {
+      const probe = await new Promise<Socket>((resolve, reject) => {
+        const socket = connectTcp({ host: listen.host, port: listen.port! }, () => resolve(socket));
+        socket.on('error', reject);
+      });
+      const key = `${probe.localAddress}:${probe.localPort}`;
+      probes.add(key);
+      await eventually(() => seen.includes(key), 'the probe connection to be accepted');
+      probe.destroy();
+      return seen.filter((connection) => !probes.has(connection)).length;
+    },
+    close: () => new Promise((resolve) => server.close(() => resolve())),
+  };
 }

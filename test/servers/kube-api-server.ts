@@ -11,6 +11,12 @@
 //   ends; timeoutSeconds ends the stream cleanly;
 // - resourceVersions are one global counter, as in etcd, and history is one bounded log, so
 //   changes to one kind can make another kind's watch position too old;
+// - authentication: every request must carry `Authorization: Bearer <token>` (the server's
+//   token); without it the answer is 401 Unauthorized, as from an API server that does not allow
+//   anonymous requests;
+// - every authenticated request is recorded with the attributes RBAC authorizes it by (verb,
+//   apiGroup, resource, subresource, name, namespace; or the non-resource path), derived from the
+//   method and path as the API server's RequestInfo does, whether or not the test server serves it;
 // - test controls: create/update/remove objects, send bookmarks, compact history, expire open
 //   watches (410), end or drop open watches, end the next watches at once, fail the next
 //   requests with a status.
@@ -19,7 +25,10 @@ import type { AddressInfo } from 'node:net';
 import { randomUUID } from 'node:crypto';
 
 export type KubeResource = 'pods' | 'nodes' | 'mutualauthpolicies';
-export type Verb = 'list' | 'watch';
+/** The verbs RBAC rules name: GET of a collection is list, of one object get, either with
+ *  watch=true watch; POST create, PUT update, PATCH patch, DELETE of one object delete, of a
+ *  collection deletecollection. */
+export type Verb = 'get' | 'list' | 'watch' | 'create' | 'update' | 'patch' | 'delete' | 'deletecollection';
 
 interface ResourceType {
   kind: string;
@@ -48,13 +57,28 @@ export interface KubeObject {
   [key: string]: unknown;
 }
 
-export interface RequestRecord {
+/** What RBAC authorizes a request to a resource by. */
+export interface ResourceAttributes {
   verb: Verb;
-  resource: KubeResource;
+  /** '' for the core group (/api/v1). */
+  apiGroup: string;
+  resource: string;
+  subresource?: string;
+  name?: string;
   namespace?: string;
+}
+
+export interface RequestRecord extends ResourceAttributes {
   query: Record<string, string>;
   /** performance.now() when the request arrived. */
   at: number;
+}
+
+/** A request outside /api and /apis resources (discovery, /version, /healthz...): RBAC matches
+ *  its path against nonResourceURLs, its verb is the lowercase HTTP method. */
+export interface NonResourceRequestRecord {
+  verb: string;
+  path: string;
 }
 
 interface HistoryEntry {
@@ -83,7 +107,13 @@ export interface KubeApiServerOptions {
 }
 
 export class KubeApiServer {
+  /** The bearer token every request must carry (clients put it in their kubeconfig user). */
+  readonly token = randomUUID();
+  /** Every authenticated request to a resource, served or not. */
   readonly requests: RequestRecord[] = [];
+  readonly nonResourceRequests: NonResourceRequestRecord[] = [];
+  /** Requests refused with 401 for a missing or wrong token. */
+  unauthenticated = 0;
   private readonly objects = new Map<KubeResource, Map<string, KubeObject>>(
     (Object.keys(TYPES) as KubeResource[]).map((resource) => [resource, new Map()]),
   );
@@ -237,14 +267,23 @@ export class KubeApiServer {
   // ---- protocol ----
 
   private handle(req: IncomingMessage, res: ServerResponse): void {
+    if (req.headers.authorization !== `Bearer ${this.token}`) {
+      this.unauthenticated += 1;
+      return this.status(res, 401, 'Unauthorized', 'Unauthorized');
+    }
     const url = new URL(req.url ?? '/', 'http://localhost');
+    const query = Object.fromEntries(url.searchParams);
+    const watching = query.watch === 'true' || query.watch === '1';
+    const attributes = resourceAttributes(req.method ?? 'GET', url.pathname, watching);
+    if (!attributes) {
+      this.nonResourceRequests.push({ verb: (req.method ?? 'GET').toLowerCase(), path: url.pathname });
+      return this.status(res, 404, 'NotFound', `the server could not find the requested resource (${url.pathname})`);
+    }
+    this.requests.push({ ...attributes, query, at: performance.now() });
     const route = this.route(url.pathname);
     if (!route) return this.status(res, 404, 'NotFound', `the server could not find the requested resource (${url.pathname})`);
     if (req.method !== 'GET') return this.status(res, 405, 'MethodNotAllowed', `${req.method} is not supported by the test server`);
-    const query = Object.fromEntries(url.searchParams);
-    const watching = query.watch === 'true' || query.watch === '1';
-    const verb: Verb = watching ? 'watch' : 'list';
-    this.requests.push({ verb, resource: route.resource, ...(route.namespace ? { namespace: route.namespace } : {}), query, at: performance.now() });
+    const verb = attributes.verb;
     const failure = this.failures.find((entry) => entry.verb === verb && entry.resource === route.resource && entry.remaining > 0);
     if (failure) {
       failure.remaining -= 1;
@@ -398,6 +437,43 @@ export class KubeApiServer {
     res.writeHead(code, { 'Content-Type': 'application/json' });
     res.end(JSON.stringify(body));
   }
+}
+
+/** Namespace subresources: /api/v1/namespaces/<name>/status is the namespace's, not a resource in it. */
+const NAMESPACE_SUBRESOURCES = new Set(['status', 'finalize']);
+
+/**
+ * The RBAC attributes of a request, as the API server's RequestInfoFactory derives them:
+ * /api/v1/... (core group) or /apis/<group>/<version>/..., then [namespaces/<ns>/]<resource>
+ * [/<name>[/<subresource>]]. Undefined for a non-resource path (discovery and the like).
+ */
+function resourceAttributes(method: string, path: string, watching: boolean): ResourceAttributes | undefined {
+  const parts = path.split('/').filter((part) => part !== '');
+  let apiGroup: string;
+  let rest: string[];
+  if (parts[0] === 'api' && parts.length >= 3) [apiGroup, rest] = ['', parts.slice(2)];
+  else if (parts[0] === 'apis' && parts.length >= 4) [apiGroup, rest] = [parts[1]!, parts.slice(3)];
+  else return undefined;
+  let namespace: string | undefined;
+  if (rest[0] === 'namespaces' && rest.length > 1) {
+    namespace = rest[1];
+    if (rest.length > 2 && !NAMESPACE_SUBRESOURCES.has(rest[2]!)) rest = rest.slice(2);
+  }
+  const [resource = '', name, subresource] = rest;
+  const verbs: Record<string, Verb> = { POST: 'create', PUT: 'update', PATCH: 'patch' };
+  let verb: Verb;
+  if (method === 'GET' || method === 'HEAD') verb = watching ? 'watch' : name === undefined ? 'list' : 'get';
+  else if (method === 'DELETE') verb = name === undefined ? 'deletecollection' : 'delete';
+  // Any other method keeps its lowercase name as the verb, as in the API server: no rule here grants it.
+  else verb = verbs[method] ?? (method.toLowerCase() as Verb);
+  return {
+    verb,
+    apiGroup,
+    resource,
+    ...(subresource !== undefined && { subresource }),
+    ...(name !== undefined && { name }),
+    ...(namespace !== undefined && { namespace }),
+  };
 }
 
 function expiredStatus(message: string): Record<string, unknown> {
