@@ -373,7 +373,7 @@ test('the DaemonSet: host network, minimal capabilities, mounts, probes, tolerat
   const role = find(files, 'ClusterRole') as unknown as { metadata: { name: string }; rules: { apiGroups: string[]; resources: string[]; verbs: string[] }[] };
   t.deepEqual(
     role.rules.flatMap((rule) => rule.resources.map((resource) => `${rule.apiGroups.join(',')}/${resource}:${[...rule.verbs].sort().join(',')}`)).sort(),
-    ['/nodes:get,list,watch', '/pods:get,list,watch', `${POLICY_GROUP}/${POLICY_PLURAL}:get,list,watch`],
+    ['/nodes:list,watch', '/pods:list,watch', `${POLICY_GROUP}/${POLICY_PLURAL}:list,watch`],
   );
   const binding = find(files, 'ClusterRoleBinding') as unknown as { roleRef: { name: string }; subjects: { kind: string; name: string; namespace: string }[] };
   t.is(binding.roleRef.name, role.metadata.name);
