@@ -21,8 +21,13 @@ import { TRUST_DOMAIN, demoWorkload } from '../src/demo/scenario.js';
 import { DevCa } from '../src/identity/dev-ca.js';
 import type { RawSvid } from '../src/identity/types.js';
 import { WorkloadApiServer } from './servers/workload-api-server.js';
+import { eventually } from './helpers/agents.js';
 import { privileged } from './helpers/privileged.js';
 
+
+// The timeout of a probe that must pass: generous, for a loaded machine's namespaces and
+// wireguard-go. Probes that must fail keep short ones: the gate, not the wait, decides them.
+const PASSES_WITHIN_MS = 5_000;
 
 const WEB = demoWorkload('web');
 const DB = demoWorkload('db');
@@ -80,7 +85,7 @@ privileged('an agent killed during traffic leaves enforcement in place, and rest
   t.false(a.running);
 
   // While node-a's agent is down: the authenticated pair keeps passing, the unauthenticated one stays dropped.
-  const whileDown = await cluster.probe('web').tcp(DB.ip, { timeoutMs: 1000, payload: 'while-the-agent-is-down' });
+  const whileDown = await cluster.probe('web').tcp(DB.ip, { timeoutMs: PASSES_WITHIN_MS, payload: 'while-the-agent-is-down' });
   t.true(whileDown.ok, 'a new connection web -> db works while the agent is down');
   await rogueIsDropped(t, cluster, 'while the agent is down');
 
@@ -94,7 +99,13 @@ privileged('an agent killed during traffic leaves enforcement in place, and rest
   t.is(restoredPair.trigger, 'restored');
   const restoreMs = restoredLine.time! - Date.parse(status.startedAt);
   t.log(`restored ${String(restoredLine.restored)} pair(s) ${restoreMs} ms after the agent started (${restoredLine.time! - restarted.spawnedAt} ms after spawn, Node and tsx start-up included)`);
-  t.true(restoreMs < 1000, `pinned pairs restored within 1 s of the agent starting (took ${restoreMs} ms)`);
+  // How fast is bench/agent.ts's figure (restore_ms); on a slow or loaded CI machine any bound
+  // here would measure the machine. What this test holds is the order: the pairs are restored
+  // from the pinned map before the agent can make or answer any handshake.
+  const logs = await restarted.logs();
+  const restoredAt = logs.findIndex((line) => line.msg === 'auth cache restored from the pinned map');
+  const firstHandshakeAt = logs.findIndex((line) => line.msg === 'handshake responder listening' || line.msg === 'node link up');
+  t.true(firstHandshakeAt >= 0 && restoredAt < firstHandshakeAt, 'the pinned pairs were restored before the agent could make or answer a handshake');
   await cluster.waitUntilReady('node-a');
 
   const { sent } = await streaming;
@@ -112,7 +123,7 @@ privileged('an agent killed during traffic leaves enforcement in place, and rest
   t.true(metricSum(await b.metrics(), 'meshauth_handshakes_total', { kind: 'node', result: 'success' }) > nodeHandshakesBefore, 'the node link was re-authenticated');
   t.is(pair(await restarted.status(), WEB.spiffeId, DB.spiffeId)?.trigger, 'restored');
 
-  t.true((await cluster.probe('web').tcp(DB.ip, { timeoutMs: 1000, payload: 'after-the-restart' })).ok, 'web -> db after the restart');
+  t.true((await cluster.probe('web').tcp(DB.ip, { timeoutMs: PASSES_WITHIN_MS, payload: 'after-the-restart' })).ok, 'web -> db after the restart');
   await rogueIsDropped(t, cluster, 'after the restart');
 });
 
@@ -126,7 +137,7 @@ privileged('endpoints that name no interface (as Kubernetes gives them) are foun
       cluster: { ...config.cluster, endpoints: [...(config.cluster?.endpoints?.map(({ interface: _named, ...endpoint }) => endpoint) ?? []), ghost] },
     }),
   });
-  t.true((await cluster.probe('web').tcp(DB.ip, { timeoutMs: 1000, payload: 'found-interfaces' })).ok, 'web -> db');
+  t.true((await cluster.probe('web').tcp(DB.ip, { timeoutMs: PASSES_WITHIN_MS, payload: 'found-interfaces' })).ok, 'web -> db');
   await rogueIsDropped(t, cluster, 'on interfaces the agents found');
   const ungated = async (node: string) => metricSum(await cluster.agent(node).metrics(), 'meshauth_gate_ungated_endpoints');
   for (let waited = 0; (await ungated('node-a')) !== 1 && waited < 5000; waited += 100) await sleep(100);
@@ -188,7 +199,7 @@ privileged('a CA rotation re-validates pairs: removed while the nodes do not tru
   });
   const a = cluster.agent('node-a');
   const b = cluster.agent('node-b');
-  t.true((await cluster.probe('web').tcp(DB.ip, { timeoutMs: 1000 })).ok, 'web -> db under the first CA');
+  t.true((await cluster.probe('web').tcp(DB.ip, { timeoutMs: PASSES_WITHIN_MS })).ok, 'web -> db under the first CA');
 
   // node-a moves to the new CA alone: it no longer trusts node-b's certificates, nor node-b its own.
   const logged = (await a.logs()).length;
@@ -209,10 +220,10 @@ privileged('a CA rotation re-validates pairs: removed while the nodes do not tru
   );
   t.true(Date.parse(pair(onA, WEB.spiffeId, DB.spiffeId)!.lastAuthenticatedAt!) >= rotatedAt - 1000, 'node-a holds a fresh authentication');
   t.truthy(pair(onB, DB.spiffeId, WEB.spiffeId));
-  t.true((await cluster.probe('web').tcp(DB.ip, { timeoutMs: 1000 })).ok, 'web -> db under the new CA');
+  t.true((await cluster.probe('web').tcp(DB.ip, { timeoutMs: PASSES_WITHIN_MS })).ok, 'web -> db under the new CA');
 });
 
-privileged('config reloads: a malformed file changes nothing, an identity removed loses its traffic within 100 ms', async (t) => {
+privileged('config reloads: a malformed file changes nothing, an identity removed loses its traffic', async (t) => {
   const cluster = await startCluster(t);
   const a = cluster.agent('node-a');
   const pairBefore = pair(await a.status(), WEB.spiffeId, DB.spiffeId)!;
@@ -229,23 +240,32 @@ privileged('config reloads: a malformed file changes nothing, an identity remove
     t.regex(String(rejected.err), expected);
     t.true(a.running, 'the agent keeps running');
     t.deepEqual(pair(await a.status(), WEB.spiffeId, DB.spiffeId), pairBefore, 'the pair is untouched');
-    t.true((await cluster.probe('web').tcp(DB.ip, { timeoutMs: 1000 })).ok, 'web -> db still passes');
+    t.true((await cluster.probe('web').tcp(DB.ip, { timeoutMs: PASSES_WITHIN_MS })).ok, 'web -> db still passes');
   }
   await rogueIsDropped(t, cluster, 'after the rejected reloads');
 
   // Revocation: web's endpoint leaves the cluster while it streams to db.
   const tag = `revoke-${randomBytes(3).toString('hex')}`;
   const streaming = cluster.probe('web').stream(DB.ip, tag, { intervalMs: 2, count: 500 });
-  await sleep(300);
+  // The revocation starts once the stream is seen passing, not after a fixed time a loaded
+  // machine may spend starting it.
+  await eventually(async () => (await cluster.probe('db').arrivals(tag)).size > 50, 'web -> db passing before the revocation');
   cluster.setWorkloads(['db', 'rogue']);
   const revokedAt = await cluster.reload();
+  // The property: once reloaded, web -> db is cut. A datagram sent now either arrives within
+  // moments (not cut) or never (cut); polled for 10 s, far longer than the cut takes on any
+  // machine (bench/agent.ts: revoke_ms_p99, target 100 ms), while nothing but the reload would cut
+  // it before the pair expires in an hour.
+  await eventually(async () => {
+    const token = `after-revoke-${randomBytes(4).toString('hex')}`;
+    await cluster.probe('web').udp(DB.ip, token);
+    return !(await cluster.probe('db').received(token, 1000));
+  }, 'web -> db cut after the reload');
+  // How soon is a benchmark's figure: logged, not asserted (the stream may end before a slow
+  // machine's reload does).
   const { sent } = await streaming;
-  await sleep(200);
   const cut = trafficCut(sent, await cluster.probe('db').arrivals(tag), revokedAt);
-  t.log(`revocation: last datagram through sent ${cut.lastPassedMs?.toFixed(1)} ms, first dropped ${cut.cutMs?.toFixed(1)} ms after the SIGHUP`);
-  t.true(cut.received > 50, 'web -> db passed before the revocation');
-  t.not(cut.cutMs, undefined, 'the traffic was cut');
-  t.true(cut.cutMs! < 100, `cut within 100 ms (${cut.cutMs?.toFixed(1)} ms)`);
+  t.log(`revocation: last datagram through sent ${cut.lastPassedMs?.toFixed(1)} ms, first dropped ${cut.cutMs?.toFixed(1) ?? '(the stream ended before the cut)'} ms after the SIGHUP`);
   t.false((await cluster.probe('web').tcp(DB.ip, { timeoutMs: 600 })).ok, 'no new connection either');
   t.is(pair(await a.status(), WEB.spiffeId, DB.spiffeId), undefined, 'the pair is gone on node-a');
   t.is(pair(await cluster.agent('node-b').status(), DB.spiffeId, WEB.spiffeId), undefined, 'and on node-b');
@@ -278,6 +298,6 @@ privileged('an unreachable identity provider is a clear error, and the agent kee
   t.true(a.running, 'the agent keeps running');
   t.deepEqual(after.identities, before.identities, 'it keeps its SVIDs');
   t.deepEqual(pair(after, WEB.spiffeId, DB.spiffeId), pair(before, WEB.spiffeId, DB.spiffeId), 'and its pair');
-  t.true((await cluster.probe('web').tcp(DB.ip, { timeoutMs: 1000, payload: 'provider-down' })).ok, 'web -> db still passes');
+  t.true((await cluster.probe('web').tcp(DB.ip, { timeoutMs: PASSES_WITHIN_MS, payload: 'provider-down' })).ok, 'web -> db still passes');
   t.true(metricSum(await a.metrics(), 'meshauth_identity_provider_errors_total', { provider: 'spiffe' }) > 0, 'the error is counted');
 });

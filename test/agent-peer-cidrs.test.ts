@@ -52,13 +52,13 @@ test('a node link whose peer claims pod CIDRs the cluster state does not give it
   const a = await start('node-a', '127.0.33.1', ['10.2.0.0/24'], onA);
   const peerOfA = () => a.status().peers.find((p) => p.node === 'node-b');
 
-  await eventually(() => peerOfA()?.state === 'failed', 'node-a refused node-b\'s claims', 5000);
+  await eventually(() => peerOfA()?.state === 'failed', 'node-a refused node-b\'s claims', 20_000);
   t.is(peerOfA()?.lastError, 'unauthorized');
   t.deepEqual(onA.upserts, [], 'node-a programmed nothing for node-b');
 
   // The claim node-b makes comes from its own view of itself: once that agrees with node-a's,
   // the next attempt brings the link up with exactly the assigned CIDR.
   b.reload(configOf('node-b', '127.0.33.2', ['10.2.0.0/24']));
-  await eventually(() => peerOfA()?.state === 'up', 'node-a\'s link to node-b came up', 5000);
+  await eventually(() => peerOfA()?.state === 'up', 'node-a\'s link to node-b came up', 20_000);
   t.deepEqual(onA.upserts, [{ node: 'node-b', podCidrs: ['10.2.0.0/24'] }]);
 });

@@ -45,9 +45,11 @@ test('a key scheduled earlier than the armed timer still fires on time', async (
   const start = Date.now();
   scheduler.schedule('late', start + 10_000);
   scheduler.schedule('soon', start + 20);
+  // The scheduler's timer for 'soon' was set before this one, so it fires first however late a
+  // loaded machine fires both: fired by now means re-armed for 'soon', not left on the 10 s key.
   await new Promise((resolve) => setTimeout(resolve, 100));
   t.is(fired.length, 1);
-  t.true(fired[0]! - start < 90);
+  t.true(fired[0]! >= start + 20, 'not before it was due');
   scheduler.stop();
 });
 

@@ -3,7 +3,7 @@ import { randomBytes } from 'node:crypto';
 import { monotonicNowNs } from '../src/datapath/datapath.js';
 import { COUNTER_NAMES, type Counters, type Signal } from '../src/datapath/layout.js';
 import { sleep } from '../src/util/backoff.js';
-import { Cluster } from './helpers/datapath-fixture.js';
+import { Cluster, TEST_CAPACITIES } from './helpers/datapath-fixture.js';
 import type { Workload } from './helpers/netns.js';
 import { privileged } from './helpers/privileged.js';
 
@@ -21,7 +21,9 @@ async function send(from: Workload, to: Workload, protocol: 'udp' | 'raw', famil
   }
 }
 
-async function until(condition: () => boolean, timeoutMs = 2000): Promise<void> {
+// Waits for what must happen; the bound only stops a broken run, so it is generous (a loaded CI
+// machine, not the code, decides how long the kernel and the event loop take).
+async function until(condition: () => boolean, timeoutMs = 10_000): Promise<void> {
   const deadline = Date.now() + timeoutMs;
   while (!condition()) {
     if (Date.now() > deadline) throw new Error('timed out');
@@ -34,8 +36,12 @@ function withoutTime(signal: Signal): Omit<Signal, 'ktimeNs'> {
   return rest;
 }
 
-privileged('a dropped pair is signalled once per rate-limit window, and every packet is counted', async (t) => {
-  const cluster = await Cluster.start(t);
+privileged('a dropped pair is signalled once per rate-limit window, every packet is counted, and the doorbell delivers', async (t) => {
+  // The safety poll, which also delivers signals, runs only every hour here: once the doorbell
+  // reader is up (the warm-up below; bar the one fast poll already due then), signals arrive by
+  // the doorbell or not at all. (Telling them apart by delay, < 200 ms against a 1 s poll, would
+  // measure the machine.)
+  const cluster = await Cluster.start(t, TEST_CAPACITIES, { safetyIntervalMs: 3_600_000 });
   const [agent1, agent2] = cluster.agents;
   const [a, b] = [cluster.w('w1a'), cluster.w('w2a')];
   const windowNs = 600_000_000n;
@@ -79,15 +85,16 @@ privileged('a dropped pair is signalled once per rate-limit window, and every pa
   t.deepEqual(delta(before, agent1.counters()), { droppedNoEntry: 2n, signalsSent: 1n, signalsSuppressed: 1n });
 
   // Authenticated: counted as allowed on both nodes, no signal.
-  const expiry = monotonicNowNs() + 300_000_000n;
-  cluster.authorize(a, b, expiry);
+  cluster.authorize(a, b, monotonicNowNs() + 3_600_000_000_000n);
   const allowedBefore = [agent1.counters(), agent2.counters()];
   t.true(await cluster.topology.reaches(a, b, 'udp', 4));
   t.deepEqual(delta(allowedBefore[0]!, agent1.counters()), { allowed: 1n });
   t.deepEqual(delta(allowedBefore[1]!, agent2.counters()), { allowed: 1n });
 
-  // Expired (the gate checks expiry itself): dropped as expired, signalled with that reason.
-  await sleep(Number((expiry - monotonicNowNs()) / 1_000_000n) + 10);
+  // Expired (the gate checks expiry itself): the entry stays, its expiry passes, and the packet
+  // is dropped as expired, signalled with that reason. The expiry is set once the traffic above
+  // has passed (one set ahead of it would race a loaded machine's round trip).
+  cluster.authorize(a, b, monotonicNowNs());
   await sleep(Number((signals[1]!.ktimeNs + windowNs - monotonicNowNs()) / 1_000_000n) + 10);
   const expiredBefore = agent1.counters();
   await send(a, b, 'udp', 4);
@@ -96,8 +103,7 @@ privileged('a dropped pair is signalled once per rate-limit window, and every pa
   t.deepEqual(delta(expiredBefore, agent1.counters()), { droppedExpired: 1n, signalsSent: 1n });
   await sleep(30);
   t.is(signals.length, 3);
-  // The safety poll runs once a second: only the doorbell explains deliveries this fast.
-  t.true(delaysMs.every((ms) => ms < 200), `delivery delays ${delaysMs.map((ms) => ms.toFixed(2)).join(', ')} ms`);
+  t.log(`delivery delays ${delaysMs.map((ms) => ms.toFixed(2)).join(', ')} ms`);
 });
 
 privileged('signals name the direction, protocol and family of the dropped packet', async (t) => {
@@ -105,7 +111,10 @@ privileged('signals name the direction, protocol and family of the dropped packe
   const agent1 = cluster.agent(1);
   const received = agent1.signals();
   const next = async (): Promise<Omit<Signal, 'ktimeNs'>> => {
-    const result = await Promise.race([received.next(), sleep(2000).then(() => undefined)]);
+    // Generous, as until() is: the signal is awaited, not timed. The timer ends with the wait,
+    // so that ten seconds of it do not outlive the test.
+    const waited = new AbortController();
+    const result = await Promise.race([received.next(), sleep(10_000, waited.signal).then(() => undefined)]).finally(() => waited.abort());
     if (!result || result.done) throw new Error('no signal');
     return withoutTime(result.value);
   };

@@ -120,15 +120,31 @@ test('renews each SVID at half-life with the configured TTL', async (t) => {
   const started = Date.now();
   await provider.start(sink);
   t.teardown(() => provider.stop());
-  await sink.until(() => sink.svidStates.length >= 2, 'a renewal', 5_000);
-  const renewedAfter = Date.now() - started;
-  const [first, second] = sink.svidStates.map((state) => new X509Certificate(state[0]!.chain[0]!));
-  // notAfter has one-second precision, so the real lifetime is up to 1 s short of the TTL; the
-  // renewal is due at half of the real lifetime, up to 10 % earlier.
-  const halfLife = (Date.parse(first!.validTo) - started) / 2;
-  t.true(renewedAfter >= halfLife * 0.9 - 50 && renewedAfter < halfLife + 500, `renewed after ${renewedAfter} ms, half-life ${halfLife} ms`);
-  t.not(first!.serialNumber, second!.serialNumber);
-  const lifetime = Date.parse(second!.validTo) - Date.parse(second!.validFrom);
+  // When the renewal is due is read back from the provider (it keeps it beside the SVID it holds,
+  // and the first SVID is all it holds until the renewal): when its timer then fires is up to the
+  // machine. notAfter has one-second precision, so the real lifetime is up to 1 s short of the
+  // TTL; the renewal is due at half of the real lifetime, up to 10 % earlier.
+  const held = (provider as unknown as { held: Map<string, { svid: RawSvid; renewAt: number }> }).held;
+  // Read within the sink call that delivers the first SVID: what it holds then is that SVID.
+  const [first] = await sink.until(() => sink.svidStates.length === 1 && [...held.values()], 'the first SVID');
+  const issuedBy = Date.now();
+  const notAfter = Date.parse(new X509Certificate(first!.svid.chain[0]!).validTo);
+  const dueAfter = first!.renewAt - started;
+  // Issued at some moment between `started` and `issuedBy`: due between 45 % (half, 10 % early)
+  // of the way from the earliest to notAfter and half the way from the latest.
+  t.true(
+    first!.renewAt >= started + (notAfter - started) * 0.45 && first!.renewAt <= (issuedBy + notAfter) / 2,
+    `renewal due ${Math.round(dueAfter)} ms after the start, half-life ${(notAfter - started) / 2} ms`,
+  );
+  // Then it happens: no earlier than due, before the first SVID expires (waited for generously).
+  await sink.until(() => sink.svidStates.length >= 2, 'a renewal', 10_000);
+  const renewedAt = Date.now();
+  t.log(`renewed ${renewedAt - started} ms after the start, due after ${Math.round(dueAfter)} ms`);
+  t.true(renewedAt >= first!.renewAt, 'not before it was due');
+  t.true(renewedAt < notAfter, 'before the first SVID expired');
+  const [firstLeaf, secondLeaf] = sink.svidStates.map((state) => new X509Certificate(state[0]!.chain[0]!));
+  t.not(firstLeaf!.serialNumber, secondLeaf!.serialNumber);
+  const lifetime = Date.parse(secondLeaf!.validTo) - Date.parse(secondLeaf!.validFrom);
   // The CA backdates notBefore by a minute against clock skew; validTo has one-second precision.
   t.true(Math.abs(lifetime - (60_000 + ttlMs)) <= 1_000, `lifetime ${lifetime} ms`);
 });
@@ -139,8 +155,9 @@ test('reports an ID it cannot issue to sink.error as an issue failure, and keeps
   provider.setWanted([nodeId, SpiffeId.parse('spiffe://elsewhere.test/ns/a/sa/b')]);
   await provider.start(sink);
   t.teardown(() => provider.stop());
-  await sink.until(() => sink.errors.length >= 1 && sink.svidStates.length >= 1, 'an error and a state');
-  const firstErrorAt = Date.now();
+  // Timed inside the sink call that reports the error, not once the state arrives too.
+  const firstErrorAt = await sink.until(() => sink.errors.length >= 1 && Date.now(), 'an error');
+  await sink.until(() => sink.svidStates.length >= 1, 'a state');
   t.is(sink.errors[0]!.kind, 'issue');
   t.regex(sink.errors[0]!.message, /cannot issue spiffe:\/\/elsewhere\.test\/ns\/a\/sa\/b/);
   t.deepEqual(idsOf(sink.svidStates.at(-1)), [nodeId.toString()]);
@@ -167,14 +184,17 @@ test('start() after stop() is refused', async (t) => {
 
 test('when the CA has expired, renewal fails with a clear error and the held SVID is not withdrawn', async (t) => {
   const caDir = join(await tempDir(t), 'ca');
-  // A CA that expires within about two seconds caps the leaves' lifetime, so renewal comes quickly.
-  await (await DevCa.create({ trustDomain: TD, validityMs: 2_000 })).save(caDir);
+  // A CA that expires within a few seconds caps the leaves' lifetime, so renewal comes quickly.
+  // Its clock starts before the provider does: 4 s leaves a loaded machine's start-up and first
+  // issuance (well under a second) ample room before it.
+  await (await DevCa.create({ trustDomain: TD, validityMs: 4_000 })).save(caDir);
   const provider = new DevProvider({ trustDomain: TD, caDir, ttlMs: 3_600_000 });
   const sink = newSink();
   provider.setWanted([nodeId]);
   await provider.start(sink);
   t.teardown(() => provider.stop());
-  await sink.until(() => sink.errors.some((err) => /expired/.test(err.message)), 'a renewal failure', 6_000);
+  await sink.until(() => sink.svidStates.length > 0, 'the first SVID, issued before the CA expired');
+  await sink.until(() => sink.errors.some((err) => /expired/.test(err.message)), 'a renewal failure', 15_000);
   t.true(sink.errors.every((err) => err.kind === 'issue'));
   t.regex(sink.errors.at(-1)!.message, /the dev CA in .* expired at/);
   t.deepEqual(idsOf(sink.svidStates.at(-1)), [nodeId.toString()], 'the last state still holds the SVID');

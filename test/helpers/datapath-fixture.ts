@@ -7,6 +7,7 @@ import { join } from 'node:path';
 import { Datapath, monotonicNowNs } from '../../src/datapath/datapath.js';
 import { defaultObjectPath, type MapCapacities } from '../../src/datapath/loader.js';
 import type { AuthKey } from '../../src/datapath/layout.js';
+import type { SignalPollerOptions } from '../../src/datapath/signals.js';
 import { Topology, type Workload } from './netns.js';
 
 export const IDENTITY: Record<string, number> = { w1a: 101, w1b: 102, w2a: 201, w2b: 202 };
@@ -40,13 +41,14 @@ export class Cluster {
   static async start(
     t: { teardown(fn: () => void | Promise<void>): void },
     capacities: MapCapacities = TEST_CAPACITIES,
+    signalPolling?: SignalPollerOptions,
   ): Promise<Cluster> {
     assertGateBuilt();
     const topology = await Topology.create(t);
     const agents: Datapath[] = [];
     t.teardown(() => agents.forEach((agent) => agent.close()));
     for (const node of topology.nodes) {
-      const agent = await Datapath.open({ pinDir: node.pinDir, capacities });
+      const agent = await Datapath.open({ pinDir: node.pinDir, capacities, ...(signalPolling && { signalPolling }) });
       agents.push(agent);
       for (const w of topology.workloads) {
         agent.setIpcache(w.ipv4, { identity: IDENTITY[w.name]!, node: w.node });
