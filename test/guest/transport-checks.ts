@@ -240,12 +240,12 @@ export async function ipsecChecks(topo: TransportTopology, options: { keys: Buff
     await new Promise((resolve) => setTimeout(resolve, 500));
     const next = await negotiate();
     await program(next);
-    // Right after the switch and a moment later: the new outbound SA carries the traffic, the old
-    // one (still installed until it is retired) no longer grows.
-    const switched = await ownStates(n1.netns);
-    await new Promise((resolve) => setTimeout(resolve, 300));
-    const later = await ownStates(n1.netns);
     const during = await loop;
+    // After the switch, traffic of its own (the loop may have ended already on a slow machine):
+    // the new outbound SA carries it, the old one (still installed until it is retired) does not.
+    const switched = await ownStates(n1.netns);
+    await topo.ping(1, 2, { count: 3, intervalS: 0.05, deadlineS: 5 });
+    const later = await ownStates(n1.netns);
     record('ipsec.rekey-lossless', during.transmitted === 400 && during.received === 400, during);
     const packets = (states: { spi: number; packets: number }[], spi: number) => states.find((s) => s.spi === spi)?.packets ?? -1;
     const [newOut, oldOut] = [next[0].outSpi, current[0].outSpi];
