@@ -1,9 +1,10 @@
 // What `meshauth status` shows, as the agent's control API returns it (GET /v1/status on the
 // control socket). Plain JSON: dates as ISO strings, counters as decimal strings (they are u64).
 import { z } from 'zod';
+import type { PairStatus } from '../auth/types.js';
 
-export type PairState = 'authenticated' | 'pending' | 'failed';
-export type AuthTrigger = 'proactive' | 'on-demand' | 'reauth' | 'rotation' | 'bundle-change' | 'restored' | 'responder';
+// The pairs' part of the status is the auth layer's; its consumers find it here with the rest.
+export type { PairStatus } from '../auth/types.js';
 
 export interface IdentityStatus {
   spiffeId: string;
@@ -11,19 +12,6 @@ export interface IdentityStatus {
   node: boolean;
   notAfter: string;
   serial: string;
-}
-
-export interface PairStatus {
-  localId: string;
-  remoteId: string;
-  remoteNode: string;
-  state: PairState;
-  /** When the pair stops passing traffic (absent while pending). */
-  expiresAt?: string;
-  lastAuthenticatedAt?: string;
-  trigger?: AuthTrigger;
-  /** Failure class of the last attempt, when it failed. */
-  lastError?: string;
 }
 
 export interface PeerStatus {

@@ -1,14 +1,9 @@
 import { Counter, Gauge, type Registry } from 'prom-client';
 import type { CounterName, Counters } from '../datapath/layout.js';
-import type { AuthTrigger, PairState, PeerStatus } from '../agent/status.js';
+import type { AuthTrigger, PairState, SignalStatus } from '../auth/types.js';
+import type { PeerStatus } from '../agent/status.js';
 
 export type PeerState = PeerStatus['state'];
-
-/** What became of an "authentication required" signal from the gate, once the agent read it:
- *  handled (an authentication was started), deduplicated (one was already running or the pair is
- *  authenticated), unresolved (a numeric identity or node the agent does not know) or dropped (the
- *  agent was over its limit of pending authentications). */
-export type SignalStatus = 'handled' | 'deduplicated' | 'unresolved' | 'dropped';
 
 /** Re-authentications of a known pair, by what caused them (PairStatus.trigger values). */
 export type ReauthTrigger = Extract<AuthTrigger, 'reauth' | 'rotation' | 'bundle-change' | 'restored'>;
