@@ -9,7 +9,7 @@ import { mkdir, mkdtemp, rename, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
-import type { AgentStatus, PairStatus } from '../src/agent/status.js';
+import type { AgentStatus, PairStatus } from '../src/control/status.js';
 import type { ConfigInput } from '../src/config/config.js';
 import { tcxUsable } from '../src/datapath/hooks.js';
 import { defaultObjectPath } from '../src/datapath/loader.js';

@@ -30,11 +30,11 @@ import { IdentityMetrics } from '../metrics/identity-metrics.js';
 import { createRegistry } from '../metrics/registry.js';
 import { MetricsServer } from '../metrics/server.js';
 import type { Logger } from '../util/logger.js';
-import { ControlServer } from './control-server.js';
+import { ControlServer } from '../control/server.js';
 import { GateInterfaces } from './gate-interfaces.js';
 import { PeerManager } from './peers.js';
 import { planNode, type NodePlan } from './plan.js';
-import type { AgentStatus } from './status.js';
+import type { AgentStatus } from '../control/status.js';
 import type { Transport } from './transport.js';
 import { createTransport } from './transport-factory.js';
 

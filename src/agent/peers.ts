@@ -5,7 +5,7 @@ import { ReauthScheduler, followerTiming, type ReauthTiming } from '../auth/sche
 import { parseCidr } from '../datapath/transport-cidrs.js';
 import { Backoff } from '../util/backoff.js';
 import type { Logger } from '../util/logger.js';
-import type { PeerStatus } from './status.js';
+import type { PeerStatus } from '../control/status.js';
 import type { Transport } from './transport.js';
 
 // Failure classes that mean the peer's certificate is not (or no longer) acceptable.

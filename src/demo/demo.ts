@@ -14,7 +14,7 @@ import { randomBytes } from 'node:crypto';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { execa } from 'execa';
-import type { AgentStatus, PairStatus } from '../agent/status.js';
+import type { AgentStatus, PairStatus } from '../control/status.js';
 import { defaultObjectPath } from '../datapath/loader.js';
 import { DEFAULT_PORT } from '../handshake/protocol.js';
 import { preflight } from './preflight.js';

@@ -1,7 +1,7 @@
 import { Counter, Gauge, type Registry } from 'prom-client';
 import type { CounterName, Counters } from '../datapath/layout.js';
 import type { AuthTrigger, PairState, SignalStatus } from '../auth/types.js';
-import type { PeerStatus } from '../agent/status.js';
+import type { PeerStatus } from '../control/status.js';
 
 export type PeerState = PeerStatus['state'];
 

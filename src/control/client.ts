@@ -1,7 +1,7 @@
-// The client side of the control API (see control-server.ts), as `meshauth status` uses it.
+// The client side of the control API (see server.ts), as `meshauth status` uses it.
 import { request } from 'node:http';
 import { agentStatusSchema, type AgentStatus } from './status.js';
-import { DEFAULT_CONTROL_SOCKET } from './control-server.js';
+import { DEFAULT_CONTROL_SOCKET } from './server.js';
 
 /** Why the agent could not be asked: no agent, not allowed, or an answer that makes no sense. */
 export type ControlErrorKind = 'no-agent' | 'permission-denied' | 'timeout' | 'bad-response';
