@@ -1,5 +1,5 @@
 import { z } from 'zod';
-import { durationMs } from '../config/zod-helpers.js';
+import { durationMs } from '../util/zod-helpers.js';
 
 /** auth: the cache of authenticated pairs and when they are re-authenticated. */
 export const authOptionsSchema = z.strictObject({

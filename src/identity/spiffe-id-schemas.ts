@@ -1,16 +1,5 @@
 import { z } from 'zod';
-import { parseDuration } from '../util/duration.js';
-import { SpiffeId } from '../identity/spiffe-id.js';
-
-/** A duration string ("90s", "1h") parsed to milliseconds. */
-export const durationMs = z.string().transform((text, ctx) => {
-  try {
-    return parseDuration(text);
-  } catch (err) {
-    ctx.addIssue({ code: 'custom', message: (err as Error).message });
-    return z.NEVER;
-  }
-});
+import { SpiffeId } from './spiffe-id.js';
 
 /** A SPIFFE ID string, validated by the same parser the rest of meshauth uses. */
 export const spiffeIdString = z.string().superRefine((text, ctx) => {
