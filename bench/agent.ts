@@ -45,7 +45,7 @@ import { fileURLToPath } from 'node:url';
 // Only what holds pairs is imported statically: the RSS children load this file, and must not
 // load the whole agent. The two-agent part imports the rest when it runs.
 import type { Agent } from '../src/agent/agent.js';
-import { authOptionsSchema } from '../src/agent/agent-options.js';
+import { authOptionsSchema } from '../src/auth/options.js';
 import { AuthCache } from '../src/auth/cache.js';
 import { AuthManager, type AuthManagerOptions, type PairAuthentication } from '../src/auth/manager.js';
 import { NumericIds } from '../src/auth/numeric-ids.js';

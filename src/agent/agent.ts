@@ -138,7 +138,7 @@ export class Agent {
     // Identity.
     const nodeId = SpiffeId.parse(nodeIdentity(config));
     this.store = new IdentityStore({
-      provider: createProvider(config, logger),
+      provider: createProvider(config.identity, config, logger),
       nodeId,
       clockSkewMs: config.identity.clockSkew,
       maxChainDepth: config.identity.maxChainDepth,
