@@ -1,6 +1,6 @@
 import test from 'ava';
 import type { Registry } from 'prom-client';
-import { AgentMetrics } from '../src/metrics/agent-metrics.js';
+import { AgentMetrics } from '../src/agent/agent-metrics.js';
 import { createRegistry } from '../src/metrics/registry.js';
 import { COUNTER_NAMES, type Counters } from '../src/datapath/layout.js';
 

@@ -24,9 +24,9 @@ import type { AuthResult, AuthorizeRequest, PairAuthResult } from '../handshake/
 import { createProvider } from '../identity/providers/index.js';
 import { SpiffeId } from '../identity/spiffe-id.js';
 import { IdentityStore } from '../identity/store.js';
-import { AgentMetrics } from '../metrics/agent-metrics.js';
-import { HandshakeMetrics } from '../metrics/handshake-metrics.js';
-import { IdentityMetrics } from '../metrics/identity-metrics.js';
+import { AgentMetrics } from './agent-metrics.js';
+import { HandshakeMetrics } from '../handshake/handshake-metrics.js';
+import { IdentityMetrics } from '../identity/identity-metrics.js';
 import { createRegistry } from '../metrics/registry.js';
 import { MetricsServer } from '../metrics/server.js';
 import type { Logger } from '../util/logger.js';

@@ -41,7 +41,7 @@
 import { randomInt } from 'node:crypto';
 import { isIP } from 'node:net';
 import { setTimeout as sleep } from 'node:timers/promises';
-import type { TransportMetrics, TransportOperation } from '../metrics/transport-metrics.js';
+import type { TransportMetrics, TransportOperation } from './transport-metrics.js';
 import { silentLogger, type Logger } from '../util/logger.js';
 import { DatapathError } from './errors.js';
 import { checkDisjointOwners, parseCidr, parseCidrs, type Cidr } from './transport-cidrs.js';

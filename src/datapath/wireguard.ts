@@ -37,7 +37,7 @@ import { readFile } from 'node:fs/promises';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { isIP } from 'node:net';
 import { execa, type ResultPromise } from 'execa';
-import type { TransportMetrics, TransportOperation } from '../metrics/transport-metrics.js';
+import type { TransportMetrics, TransportOperation } from './transport-metrics.js';
 import { silentLogger, type Logger } from '../util/logger.js';
 import { DatapathError } from './errors.js';
 import { checkDisjointOwners, parseCidr, parseCidrs, type Cidr } from './transport-cidrs.js';

@@ -1,7 +1,7 @@
 import { connect, type TLSSocket } from 'node:tls';
 import type { SpiffeId } from '../identity/spiffe-id.js';
 import type { ValidatedSvid } from '../identity/svid-validator.js';
-import type { HandshakeMetrics } from '../metrics/handshake-metrics.js';
+import type { HandshakeMetrics } from './handshake-metrics.js';
 import { Backoff, sleep } from '../util/backoff.js';
 import type { Logger } from '../util/logger.js';
 import { buildAuthResult, exportSecrets, type HandshakeSecrets } from './auth-result.js';

@@ -1,7 +1,7 @@
 import { createServer as createNetServer, type AddressInfo, type Server as NetServer, type Socket } from 'node:net';
 import { createServer as createTlsServer, type Server as TlsServer, type TLSSocket } from 'node:tls';
 import type { ValidatedSvid } from '../identity/svid-validator.js';
-import type { HandshakeKindLabel, HandshakeMetrics } from '../metrics/handshake-metrics.js';
+import type { HandshakeKindLabel, HandshakeMetrics } from './handshake-metrics.js';
 import type { Logger } from '../util/logger.js';
 import { buildAuthResult, exportSecrets } from './auth-result.js';
 import { HandshakeFailure, classifySocketError } from './failure.js';

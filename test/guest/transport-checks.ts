@@ -8,7 +8,7 @@ import { join } from 'node:path';
 import { Writable } from 'node:stream';
 import { pino } from 'pino';
 import { execa } from 'execa';
-import type { TransportMetrics } from '../../src/metrics/transport-metrics.js';
+import type { TransportMetrics } from '../../src/datapath/transport-metrics.js';
 import type { Logger } from '../../src/util/logger.js';
 import { WireGuardTransport, type WireGuardImplementation, type WireGuardPeer } from '../../src/datapath/wireguard.js';
 import { WireGuardKeyPair } from '../../src/datapath/transport-keys.js';
