@@ -8,7 +8,8 @@ import { randomBytes } from 'node:crypto';
 import { execa } from 'execa';
 import { Datapath, monotonicNowNs } from '../src/datapath/datapath.js';
 import { COUNTER_NAMES } from '../src/datapath/layout.js';
-import { PinLayout, registeredInterfaces } from '../src/datapath/loader.js';
+import { registeredInterfaces } from '../src/datapath/loader.js';
+import { PinLayout } from '../src/datapath/pin-layout.js';
 import { TEST_CAPACITIES, assertGateBuilt, isRoot } from './helpers/datapath-fixture.js';
 
 const privileged = isRoot() ? test : test.skip;

@@ -9,7 +9,7 @@ import { fileURLToPath } from 'node:url';
 import { execa } from 'execa';
 import { Datapath, monotonicNowNs } from '../src/datapath/datapath.js';
 import { attachedPrograms, tcxUsable, tcxHelperPath, type AttachMode } from '../src/datapath/hooks.js';
-import { PinLayout } from '../src/datapath/loader.js';
+import { PinLayout } from '../src/datapath/pin-layout.js';
 import { sleep } from '../src/util/backoff.js';
 import { builtCli } from './helpers/cli.js';
 import { Cluster, IDENTITY, isRoot } from './helpers/datapath-fixture.js';

@@ -5,7 +5,7 @@ import type { EndpointInfo } from '../cluster/types.js';
 import type { Datapath } from '../datapath/datapath.js';
 import { resolveHostInterface } from '../datapath/interface-resolver.js';
 import type { IpcacheEntry } from '../datapath/layout.js';
-import type { WorkloadInterface } from '../datapath/loader.js';
+import type { WorkloadInterface } from '../datapath/pin-layout.js';
 import type { Logger } from '../util/logger.js';
 
 /** Retry delays while an endpoint's interface cannot be found (the CNI may still be wiring it). */

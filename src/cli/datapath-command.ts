@@ -4,7 +4,8 @@ import { Option, type Command } from 'commander';
 import { UsageError } from './errors.js';
 import { Datapath } from '../datapath/datapath.js';
 import { attachedPrograms, type AttachMode, type AttachPreference, type Hook } from '../datapath/hooks.js';
-import { DEFAULT_PIN_DIR, PinLayout, interfaceExists, validateInterface, type WorkloadInterface } from '../datapath/loader.js';
+import { interfaceExists } from '../datapath/loader.js';
+import { DEFAULT_PIN_DIR, PinLayout, validateInterface, type WorkloadInterface } from '../datapath/pin-layout.js';
 
 interface PinDirOption {
   pinDir: string;

@@ -30,7 +30,7 @@
  *
  * Map updates are in-process syscalls through the `bpf` package (no process per update); signals
  * arrive event-driven (signals.ts, doorbell.ts); install/uninstall use bpftool and tc. All of it
- * needs root (CAP_BPF + CAP_NET_ADMIN). Pins: loader.ts. Layouts: bpf/meshauth.h, layout.ts.
+ * needs root (CAP_BPF + CAP_NET_ADMIN). Pins: pin-layout.ts, loader.ts. Layouts: bpf/meshauth.h, layout.ts.
  */
 import { randomBytes } from 'node:crypto';
 import { existsSync } from 'node:fs';
@@ -63,11 +63,8 @@ import {
   type Signal,
 } from './layout.js';
 import {
-  DEFAULT_PIN_DIR,
-  PinLayout,
   attach,
   defaultObjectPath,
-  describeInterface,
   detach,
   ensureBpffs,
   ensureMaps,
@@ -77,10 +74,9 @@ import {
   pruneGenerations,
   registeredInterfaces,
   uninstall,
-  validateInterface,
   type MapCapacities,
-  type WorkloadInterface,
 } from './loader.js';
+import { DEFAULT_PIN_DIR, PinLayout, describeInterface, validateInterface, type WorkloadInterface } from './pin-layout.js';
 import { resolveAttachMode, type AttachMode, type AttachPreference } from './hooks.js';
 import { SignalPoller, type SignalListener, type SignalPollerOptions } from './signals.js';
 

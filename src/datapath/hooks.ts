@@ -17,7 +17,7 @@ import { execa } from 'execa';
 import { packageFile } from '../util/package-root.js';
 import { DatapathError } from './errors.js';
 import { PROGRAMS } from './layout.js';
-import type { PinLayout, WorkloadInterface } from './loader.js';
+import type { PinLayout, WorkloadInterface } from './pin-layout.js';
 import { runIn } from './run-in.js';
 
 export type AttachMode = 'tcx' | 'tc';

@@ -1,21 +1,14 @@
 // Kernel-side lifecycle of the gate: bpffs, pinned maps, program load, attach/detach (hooks.ts),
-// uninstall. Everything is driven through bpftool, tc and meshauth-tcx (run-in.ts), and
-// everything lives under one pin directory, /sys/fs/bpf/meshauth by default (DEFAULT_PIN_DIR;
-// pinDir / --pin-dir choose another, so that tests and two agents on one machine keep apart):
+// uninstall, all under one pin directory (pin-layout.ts). Everything is driven through bpftool,
+// tc and meshauth-tcx (run-in.ts).
 //
-//   <pin dir>/maps/<map>              the maps (created once, reused by every later load)
-//   <pin dir>/progs/<generation>/     from_workload, to_workload of the latest load
-//   <pin dir>/interfaces/<name@netns> one directory per interface the gate was attached to,
-//                                     holding its TCX links (ingress, egress) where it uses TCX
-//
-// bpffs holds only pins and directories, so the interface registry is a set of directory names;
-// it is what `uninstall` walks, and it survives the agent. Pins survive everything but unpinning
-// (agent exit, SIGKILL, deletion of the namespaces involved): that is what keeps the gate closed
-// while no agent runs, and why uninstall removes them explicitly. Removing an interface's entry
-// by hand releases its TCX links, and so takes the gate off that interface.
+// Pins survive everything but unpinning (agent exit, SIGKILL, deletion of the namespaces
+// involved): that is what keeps the gate closed while no agent runs, and why uninstall removes
+// them explicitly. Removing an interface's entry by hand releases its TCX links, and so takes the
+// gate off that interface.
 import { existsSync } from 'node:fs';
 import { mkdir, readdir, rm, statfs } from 'node:fs/promises';
-import { dirname, isAbsolute, join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { MapType } from 'bpf';
 import { packageFile } from '../util/package-root.js';
@@ -24,63 +17,13 @@ import { MAP_SPECS, type MapName } from './layout.js';
 import { openPinnedMap, possibleCpuCount } from './bpf-maps.js';
 import { hookGate, unhookGate, type AttachMode } from './hooks.js';
 import { netnsPath, run, runIn } from './run-in.js';
+import { validateInterface, type PinLayout, type WorkloadInterface } from './pin-layout.js';
 
-export const DEFAULT_PIN_DIR = '/sys/fs/bpf/meshauth';
 const BPFFS_ROOT = '/sys/fs/bpf';
 const BPF_FS_MAGIC = 0xcafe4a11;
 const BPF_F_NO_PREALLOC = 1;
 
-export interface WorkloadInterface {
-  /** Host-side interface of the workload (e.g. the host end of its veth). */
-  name: string;
-  /** Network namespace holding that interface: a name under /run/netns or an absolute path; absent = ours. */
-  netns?: string;
-}
-
 export type MapCapacities = Partial<Record<'ipcache' | 'ipcache_hosts4' | 'ipcache_hosts6' | 'interfaces' | 'policy' | 'auth' | 'ratelimit' | 'signals', number>>;
-
-const IFNAME = /^[A-Za-z0-9_.:+-]{1,15}$/;
-
-export function validateInterface(iface: WorkloadInterface): void {
-  if (!IFNAME.test(iface.name) || iface.name === '.' || iface.name === '..') {
-    throw new DatapathError(`bad interface name ${JSON.stringify(iface.name)}`);
-  }
-  if (iface.netns !== undefined) netnsPath(iface.netns);
-}
-
-export function describeInterface(iface: WorkloadInterface): string {
-  return iface.netns === undefined ? iface.name : `${iface.name}@${iface.netns}`;
-}
-
-/** URI-encoded, dots included: bpffs refuses names with a dot (EPERM, reserved for itself). */
-function encodeForBpffs(text: string): string {
-  return encodeURIComponent(text).replaceAll('.', '%2E');
-}
-
-/** The paths under one pin directory. */
-export class PinLayout {
-  readonly mapsDir: string;
-  readonly progsDir: string;
-  readonly interfacesDir: string;
-
-  constructor(readonly root: string) {
-    if (!isAbsolute(root) || /\s/.test(root)) {
-      throw new DatapathError(`pin dir must be an absolute path without spaces, got ${JSON.stringify(root)}`);
-    }
-    this.mapsDir = join(root, 'maps');
-    this.progsDir = join(root, 'progs');
-    this.interfacesDir = join(root, 'interfaces');
-  }
-
-  mapPath(name: MapName): string {
-    return join(this.mapsDir, name);
-  }
-
-  /** The interface's registry entry: a directory, holding the gate's TCX links where it has them. */
-  interfaceEntry(iface: WorkloadInterface): string {
-    return join(this.interfacesDir, `${encodeForBpffs(iface.name)}@${encodeForBpffs(iface.netns ?? '')}`);
-  }
-}
 
 /** bpf/gate.bpf.o of the package this module belongs to (built by `npm run build:bpf`). */
 export function defaultObjectPath(): string {

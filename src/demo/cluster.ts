@@ -14,7 +14,7 @@ import { execa } from 'execa';
 import { stringify as toYaml } from 'yaml';
 import type { ConfigInput } from '../config/config.js';
 import { attachedPrograms } from '../datapath/hooks.js';
-import { PinLayout } from '../datapath/loader.js';
+import { PinLayout } from '../datapath/pin-layout.js';
 import { AgentProcess } from './agent-process.js';
 import { Probe } from './probe.js';
 import { DEMO_NODES, DEMO_WORKLOADS, TRUST_DOMAIN, type DemoWorkload } from './scenario.js';

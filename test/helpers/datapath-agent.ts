@@ -3,7 +3,7 @@
 // Usage: node --import tsx datapath-agent.ts '<JSON AgentPlan>'
 import { Datapath } from '../../src/datapath/datapath.js';
 import type { AuthKey, IpcacheEntry } from '../../src/datapath/layout.js';
-import type { WorkloadInterface } from '../../src/datapath/loader.js';
+import type { WorkloadInterface } from '../../src/datapath/pin-layout.js';
 
 export interface AgentPlan {
   nodes: {
