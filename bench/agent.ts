@@ -52,8 +52,8 @@ import { NumericIds } from '../src/auth/numeric-ids.js';
 import type { ReauthScheduler } from '../src/auth/scheduler.js';
 import { keyed, pairKeyString, type KeyedPair, type PairKey } from '../src/auth/types.js';
 import type { ConfigInput } from '../src/config/config.js';
-import { Datapath, monotonicNowNs, type AuthEntry } from '../src/datapath/datapath.js';
-import type { AuthKey } from '../src/datapath/layout.js';
+import { Datapath, monotonicNowNs, type AuthEntry } from '../src/datapath/gate/datapath.js';
+import type { AuthKey } from '../src/datapath/gate/layout.js';
 import { sleep } from '../src/util/backoff.js';
 import { silentLogger } from '../src/util/logger.js';
 

@@ -3,8 +3,8 @@
 // again after the entry expires (the BPF program enforces expiry) and after it is deleted.
 import test from 'ava';
 import { randomBytes } from 'node:crypto';
-import { monotonicNowNs } from '../src/datapath/datapath.js';
-import type { Signal } from '../src/datapath/layout.js';
+import { monotonicNowNs } from '../src/datapath/gate/datapath.js';
+import type { Signal } from '../src/datapath/gate/layout.js';
 import { sleep } from '../src/util/backoff.js';
 import { Cluster, IDENTITY, isRoot } from './helpers/datapath-fixture.js';
 import { inNetns, type Family, type Protocol } from './helpers/netns.js';

@@ -8,9 +8,9 @@ import { mkdir, mkdtemp, readdir, rm, writeFile } from 'node:fs/promises';
 import { machine, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { execa } from 'execa';
-import { Datapath } from '../src/datapath/datapath.js';
-import { attachedPrograms, tcxHelperPath, tcxUsable } from '../src/datapath/hooks.js';
-import { defaultObjectPath, loadPrograms } from '../src/datapath/loader.js';
+import { Datapath } from '../src/datapath/gate/datapath.js';
+import { attachedPrograms, tcxHelperPath, tcxUsable } from '../src/datapath/gate/hooks.js';
+import { defaultObjectPath, loadPrograms } from '../src/datapath/gate/loader.js';
 import { Cluster, IDENTITY, isRoot } from './helpers/datapath-fixture.js';
 import { inNetns, type Workload } from './helpers/netns.js';
 

@@ -4,7 +4,7 @@
 import test from 'ava';
 import { randomBytes } from 'node:crypto';
 import { execa } from 'execa';
-import { resolveHostInterface } from '../src/datapath/interface-resolver.js';
+import { resolveHostInterface } from '../src/datapath/gate/interface-resolver.js';
 import { inNetns } from './helpers/netns.js';
 
 const privileged = process.getuid?.() === 0 ? test.serial : test.skip;

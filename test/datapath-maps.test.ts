@@ -6,10 +6,10 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { execa } from 'execa';
-import { Datapath, monotonicNowNs } from '../src/datapath/datapath.js';
-import { COUNTER_NAMES } from '../src/datapath/layout.js';
-import { registeredInterfaces } from '../src/datapath/loader.js';
-import { PinLayout } from '../src/datapath/pin-layout.js';
+import { Datapath, monotonicNowNs } from '../src/datapath/gate/datapath.js';
+import { COUNTER_NAMES } from '../src/datapath/gate/layout.js';
+import { registeredInterfaces } from '../src/datapath/gate/loader.js';
+import { PinLayout } from '../src/datapath/gate/pin-layout.js';
 import { TEST_CAPACITIES, assertGateBuilt, isRoot } from './helpers/datapath-fixture.js';
 
 const privileged = isRoot() ? test : test.skip;

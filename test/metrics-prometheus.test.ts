@@ -9,7 +9,7 @@ import { execa, type ResultPromise } from 'execa';
 import { AgentMetrics } from '../src/agent/agent-metrics.js';
 import { createRegistry } from '../src/metrics/registry.js';
 import { MetricsServer } from '../src/metrics/server.js';
-import { COUNTER_NAMES, type Counters } from '../src/datapath/layout.js';
+import { COUNTER_NAMES, type Counters } from '../src/datapath/gate/layout.js';
 
 const DEADLINE_MS = 30_000;
 

@@ -6,7 +6,7 @@ import { createRegistry } from '../src/metrics/registry.js';
 import { AgentMetrics } from '../src/agent/agent-metrics.js';
 import { HandshakeMetrics } from '../src/handshake/handshake-metrics.js';
 import { IdentityMetrics } from '../src/identity/identity-metrics.js';
-import { COUNTER_NAMES, type Counters } from '../src/datapath/layout.js';
+import { COUNTER_NAMES, type Counters } from '../src/datapath/gate/layout.js';
 
 interface Started {
   server: MetricsServer;

@@ -1,5 +1,5 @@
 import { Counter, Gauge, type Registry } from 'prom-client';
-import type { CounterName, Counters } from '../datapath/layout.js';
+import type { CounterName, Counters } from '../datapath/gate/layout.js';
 import type { AuthTrigger, PairState, SignalStatus } from '../auth/types.js';
 import type { PeerStatus } from '../control/status.js';
 

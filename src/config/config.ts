@@ -9,9 +9,9 @@ import { identityOptionsSchema } from '../identity/options.js';
 import { staticClusterSchema } from '../cluster/static-options.js';
 import { kubernetesOptionsSchema } from '../cluster/kubernetes/options.js';
 import { handshakeOptionsSchema } from '../handshake/handshake-options.js';
-import { transportOptionsSchema } from '../datapath/transport-options.js';
+import { transportOptionsSchema } from '../datapath/transport/options.js';
 import { authOptionsSchema } from '../auth/options.js';
-import { datapathOptionsSchema } from '../datapath/gate-options.js';
+import { datapathOptionsSchema } from '../datapath/gate/options.js';
 import { metricsOptionsSchema } from '../metrics/options.js';
 import { controlOptionsSchema } from '../control/options.js';
 

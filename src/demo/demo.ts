@@ -15,7 +15,7 @@ import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { execa } from 'execa';
 import type { AgentStatus, PairStatus } from '../control/status.js';
-import { defaultObjectPath } from '../datapath/loader.js';
+import { defaultObjectPath } from '../datapath/gate/loader.js';
 import { DEFAULT_PORT } from '../handshake/protocol.js';
 import { preflight } from './preflight.js';
 import { metricSum } from './agent-process.js';

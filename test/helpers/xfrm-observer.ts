@@ -4,7 +4,7 @@
 // make-before-break). iproute2 has no JSON output for xfrm, so these parse its text; the
 // parsers are tested on canned output in test/agent-ipsec.test.ts.
 import { execa, type ResultPromise } from 'execa';
-import { listingBlocks } from '../../src/datapath/transport-xfrm.js';
+import { listingBlocks } from '../../src/datapath/transport/xfrm.js';
 
 export interface XfrmState {
   src: string;

@@ -5,7 +5,7 @@
 // silently corrupting maps. Integers are little-endian (host order on x86-64 and arm64);
 // addresses are network order.
 import { MapType } from 'bpf';
-import type { IpPrefix } from './ip-prefix.js';
+import type { IpPrefix } from '../ip-prefix.js';
 
 export const FAMILY = { ipv4: 4, ipv6: 6 } as const;
 export const IPCACHE_PREFIX_BASE = 32;

@@ -1,6 +1,6 @@
-import { IpsecTransport, type IpsecOptions } from '../datapath/ipsec.js';
-import type { NodeFrame } from '../handshake/frames.js';
-import type { Logger } from '../util/logger.js';
+import { IpsecTransport, type IpsecOptions } from './ipsec.js';
+import type { NodeFrame } from '../../handshake/frames.js';
+import type { Logger } from '../../util/logger.js';
 import type { Transport, TransportPeer } from './transport.js';
 
 // SPIs are allocated against the kernel's state table (asynchronous), but a node frame is built

@@ -1,5 +1,5 @@
-import type { NodeFrame } from '../handshake/frames.js';
-import type { TransportKeys } from '../handshake/key-material.js';
+import type { NodeFrame } from '../../handshake/frames.js';
+import type { TransportKeys } from '../../handshake/key-material.js';
 
 /** A node the transport carries traffic to, as a successful node handshake described it. */
 export interface TransportPeer {

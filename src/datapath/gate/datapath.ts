@@ -36,8 +36,8 @@ import { randomBytes } from 'node:crypto';
 import { existsSync } from 'node:fs';
 import { RawArrayMap, RawMap, RawQueueMap, type MapRef } from 'bpf';
 import { openPinnedMap, updateBatch } from './bpf-maps.js';
-import { DatapathError } from './errors.js';
-import { parseIpPrefix, type IpPrefix } from './ip-prefix.js';
+import { DatapathError } from '../errors.js';
+import { parseIpPrefix, type IpPrefix } from '../ip-prefix.js';
 import {
   COUNTER_NAMES,
   MAP_SPECS,

@@ -9,7 +9,7 @@
 // bpffs holds only pins and directories, so the interface registry is a set of directory names;
 // it is what `uninstall` walks, and it survives the agent.
 import { isAbsolute, join } from 'node:path';
-import { DatapathError } from './errors.js';
+import { DatapathError } from '../errors.js';
 import type { MapName } from './layout.js';
 import { netnsPath } from './run-in.js';
 

@@ -1,8 +1,8 @@
 // Pod CIDRs as the transports use them: validated, in canonical text, and checked so that no
 // two peers claim overlapping address space (WireGuard would silently move an allowed-ip to the
 // last peer that names it, and XFRM policies would shadow each other: both are traffic theft).
-import { DatapathError } from './errors.js';
-import { parseIpPrefix, IpPrefixError, type IpPrefix } from './ip-prefix.js';
+import { DatapathError } from '../errors.js';
+import { parseIpPrefix, IpPrefixError, type IpPrefix } from '../ip-prefix.js';
 
 export interface Cidr {
   family: 4 | 6;

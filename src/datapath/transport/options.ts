@@ -14,3 +14,5 @@ export const transportOptionsSchema = z.strictObject({
     })
     .prefault({}),
 });
+
+export type TransportOptions = z.output<typeof transportOptionsSchema>;

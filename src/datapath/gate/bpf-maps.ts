@@ -4,7 +4,7 @@
 import { readFileSync } from 'node:fs';
 import { BPFError, createMapRef, MapType, objGet, type MapRef } from 'bpf';
 import { native } from 'bpf/dist/util.js';
-import { DatapathError } from './errors.js';
+import { DatapathError } from '../errors.js';
 import type { MapSpec } from './layout.js';
 
 const PER_CPU_TYPES = new Set<MapType>([MapType.PERCPU_ARRAY, MapType.PERCPU_HASH, MapType.LRU_PERCPU_HASH]);

@@ -41,12 +41,12 @@
 import { randomInt } from 'node:crypto';
 import { isIP } from 'node:net';
 import { setTimeout as sleep } from 'node:timers/promises';
-import type { TransportMetrics, TransportOperation } from './transport-metrics.js';
-import { silentLogger, type Logger } from '../util/logger.js';
-import { DatapathError } from './errors.js';
-import { checkDisjointOwners, parseCidr, parseCidrs, type Cidr } from './transport-cidrs.js';
-import { NetnsExec, failedBatchLines } from './transport-exec.js';
-import { copyKey, type KeyInput } from './transport-keys.js';
+import type { TransportMetrics, TransportOperation } from './metrics.js';
+import { silentLogger, type Logger } from '../../util/logger.js';
+import { DatapathError } from '../errors.js';
+import { checkDisjointOwners, parseCidr, parseCidrs, type Cidr } from './cidrs.js';
+import { NetnsExec, failedBatchLines } from './exec.js';
+import { copyKey, type KeyInput } from './keys.js';
 import {
   REQID_BASE,
   REQID_LAST,
@@ -64,7 +64,7 @@ import {
   type ListedState,
   type PolicySpec,
   type SaId,
-} from './transport-xfrm.js';
+} from './xfrm.js';
 
 export { REQID_BASE, REQID_LAST };
 

@@ -1,6 +1,6 @@
 import { isIP } from 'node:net';
-import { WireGuardTransport, type WireGuardOptions } from '../datapath/wireguard.js';
-import type { NodeFrame } from '../handshake/frames.js';
+import { WireGuardTransport, type WireGuardOptions } from './wireguard.js';
+import type { NodeFrame } from '../../handshake/frames.js';
 import type { Transport, TransportPeer } from './transport.js';
 
 /**

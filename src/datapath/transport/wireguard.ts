@@ -37,12 +37,12 @@ import { readFile } from 'node:fs/promises';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { isIP } from 'node:net';
 import { execa, type ResultPromise } from 'execa';
-import type { TransportMetrics, TransportOperation } from './transport-metrics.js';
-import { silentLogger, type Logger } from '../util/logger.js';
-import { DatapathError } from './errors.js';
-import { checkDisjointOwners, parseCidr, parseCidrs, type Cidr } from './transport-cidrs.js';
-import { NetnsExec, withSecretFile } from './transport-exec.js';
-import { WireGuardKeyPair, copyKey, isWireGuardKey, type KeyInput } from './transport-keys.js';
+import type { TransportMetrics, TransportOperation } from './metrics.js';
+import { silentLogger, type Logger } from '../../util/logger.js';
+import { DatapathError } from '../errors.js';
+import { checkDisjointOwners, parseCidr, parseCidrs, type Cidr } from './cidrs.js';
+import { NetnsExec, withSecretFile } from './exec.js';
+import { WireGuardKeyPair, copyKey, isWireGuardKey, type KeyInput } from './keys.js';
 
 export type WireGuardImplementation = 'kernel' | 'userspace';
 

@@ -8,7 +8,7 @@
 // when it is ready, so `listening` turns true only WARMUP_MS after the start; until then, and
 // while the reader is down, the poller polls fast instead.
 import { execa, type ResultPromise } from 'execa';
-import { Backoff } from '../util/backoff.js';
+import { Backoff } from '../../util/backoff.js';
 
 const WARMUP_MS = 500;
 const CHILD_OPTIONS = { buffer: false, reject: false, stdin: 'ignore', stdout: 'pipe', stderr: 'pipe' } as const;

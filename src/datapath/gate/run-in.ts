@@ -2,7 +2,7 @@
 // (never a shell), optionally inside a network namespace, failing with the tool's own stderr.
 import { isAbsolute } from 'node:path';
 import { execa } from 'execa';
-import { DatapathError } from './errors.js';
+import { DatapathError } from '../errors.js';
 
 const NETNS_NAME = /^[A-Za-z0-9_.-]{1,255}$/;
 

@@ -14,8 +14,8 @@
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { execa } from 'execa';
-import { packageFile } from '../util/package-root.js';
-import { DatapathError } from './errors.js';
+import { packageFile } from '../../util/package-root.js';
+import { DatapathError } from '../errors.js';
 import { PROGRAMS } from './layout.js';
 import type { PinLayout, WorkloadInterface } from './pin-layout.js';
 import { runIn } from './run-in.js';

@@ -3,7 +3,7 @@ import { createPrivateKey, createPublicKey, generateKeyPairSync, randomBytes, ty
 import { link, mkdir, readFile, stat, unlink, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { inspect } from 'node:util';
-import { DatapathError } from './errors.js';
+import { DatapathError } from '../errors.js';
 
 /**
  * A key as the caller holds it: raw bytes, or a wrapper that hides them from logs and JSON and
