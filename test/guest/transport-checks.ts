@@ -12,7 +12,8 @@ import type { TransportMetrics } from '../../src/datapath/transport/metrics.js';
 import type { Logger } from '../../src/util/logger.js';
 import { WireGuardTransport, type WireGuardImplementation, type WireGuardPeer } from '../../src/datapath/transport/wireguard.js';
 import { WireGuardKeyPair } from '../../src/datapath/transport/keys.js';
-import { IpsecTransport, type IpsecPeer } from '../../src/datapath/transport/ipsec.js';
+import { IpsecTransport } from '../../src/datapath/transport/ipsec.js';
+import type { IpsecPeer } from '../../src/datapath/transport/ipsec-peer.js';
 import { isMeshauthReqid, parseStates } from '../../src/datapath/transport/xfrm.js';
 import { PING_MARKER, secretForms, type TransportTopology } from '../helpers/transport-topology.js';
 

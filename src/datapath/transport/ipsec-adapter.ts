@@ -1,4 +1,5 @@
-import { IpsecTransport, type IpsecOptions } from './ipsec.js';
+import { IpsecTransport } from './ipsec.js';
+import type { IpsecOptions } from './ipsec-options.js';
 import type { NodeFrame } from '../../handshake/frames.js';
 import type { Logger } from '../../util/logger.js';
 import type { Transport, TransportPeer } from './transport.js';

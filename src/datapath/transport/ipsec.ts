@@ -39,221 +39,25 @@
  * (node addresses are not in the selectors).
  */
 import { randomInt } from 'node:crypto';
-import { isIP } from 'node:net';
 import { setTimeout as sleep } from 'node:timers/promises';
-import type { TransportMetrics, TransportOperation } from './metrics.js';
 import { silentLogger, type Logger } from '../../util/logger.js';
 import { DatapathError } from '../errors.js';
-import { checkDisjointOwners, parseCidr, parseCidrs, type Cidr } from './cidrs.js';
-import { NetnsExec, failedBatchLines } from './exec.js';
-import { copyKey, type KeyInput } from './keys.js';
-import {
-  REQID_BASE,
-  REQID_LAST,
-  isMeshauthReqid,
-  parseAllSpis,
-  parsePolicies,
-  parseStates,
-  policyDeleteLine,
-  policyKey,
-  policyUpdateLine,
-  stateAddLine,
-  stateDeleteLine,
-  type Lifetime,
-  type ListedPolicy,
-  type ListedState,
-  type PolicySpec,
-  type SaId,
-} from './xfrm.js';
-
-export { REQID_BASE, REQID_LAST };
-
-/** rfc4106(gcm(aes)) key material: a 128-bit AES key followed by the 4-byte salt. */
-export const ESP_KEY_BYTES = 20;
-/** RFC 4303: SPIs 1-255 are reserved, 0 means none. */
-export const MIN_SPI = 256;
-
-export interface IpsecPeer {
-  /** The remote node, as the authenticated node handshake named it. */
-  nodeName: string;
-  /** This node's and the remote node's addresses: the tunnel endpoints. */
-  localAddress: string;
-  remoteAddress: string;
-  /** Pod CIDRs of this node and of the remote node: the traffic the policies select. */
-  localCidrs: string[];
-  remoteCidrs: string[];
-  /** The SPI this node allocated (allocateSpis) and sent in its frame: the peer sends on it. */
-  inSpi: number;
-  /** The SPI the peer allocated and sent in its frame: this node sends on it. */
-  outSpi: number;
-  /** 20 bytes each from the handshake's TLS exporter: the peer's outKey is this node's inKey. */
-  inKey: KeyInput;
-  outKey: KeyInput;
-}
-
-export interface IpsecLifetimeOptions {
-  softSeconds: number;
-  hardSeconds: number;
-  softBytes: number | bigint;
-  hardBytes: number | bigint;
-  softPackets: number | bigint;
-  hardPackets: number | bigint;
-}
-
-/**
- * Defaults: keys are replaced at every node re-authentication, which the agent does well within
- * an hour (before certificates expire); the kernel retires an SA that outlives 4 h anyway.
- * The byte and packet limits only bound a runaway SA (with 64-bit sequence numbers, nothing
- * else would).
- */
-export const DEFAULT_LIFETIME: IpsecLifetimeOptions = {
-  softSeconds: 3 * 3600,
-  hardSeconds: 4 * 3600,
-  softBytes: 2n ** 50n,
-  hardBytes: 2n ** 51n,
-  softPackets: 2n ** 40n,
-  hardPackets: 2n ** 41n,
-};
-
-export interface IpsecOptions {
-  /** Run everything inside /run/netns/<netns> (tests put each node in its own namespace). */
-  netns?: string;
-  lifetime?: Partial<IpsecLifetimeOptions>;
-  /** Re-keying: wait between the new inbound and the new outbound state; default 1000 ms. */
-  switchDelayMs?: number;
-  /** Re-keying: how long the old states stay after the switch; default 10 s. */
-  retireAfterMs?: number;
-  /** Policy priority (lower wins); default 1000. */
-  policyPriority?: number;
-  logger?: Logger;
-  metrics?: TransportMetrics;
-}
-
-interface PeerSpec {
-  nodeName: string;
-  local: string;
-  remote: string;
-  localCidrs: Cidr[];
-  remoteCidrs: Cidr[];
-  inSa: SaId;
-  outSa: SaId;
-  inKey: Buffer;
-  outKey: Buffer;
-}
-
-interface InstalledPeer extends PeerSpec {
-  reqid: number;
-  policies: PolicySpec[];
-}
-
-interface Leftover {
-  reqid: number;
-  states: ListedState[];
-  policies: ListedPolicy[];
-}
-
-interface Retirement {
-  owner: string;
-  sas: SaId[];
-  timer: NodeJS.Timeout;
-  done: Promise<void>;
-  fire: () => void;
-}
-
-/** A line of a batch and the peer it belongs to, so failures are attributed. */
-interface Line {
-  owner: string;
-  text: string;
-}
-
-const NODE_NAME = /^[a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?$/;
-
-function checkSpi(spi: number, what: string): number {
-  if (!Number.isInteger(spi) || spi < MIN_SPI || spi > 0xffff_ffff) throw new DatapathError(`${what}: SPI must be an integer in ${MIN_SPI}-4294967295, got ${spi}`);
-  return spi;
-}
-
-function lifetimeOf(options: Partial<IpsecLifetimeOptions> = {}): Lifetime {
-  const merged = { ...DEFAULT_LIFETIME, ...options };
-  const seconds = (value: number, name: string) => {
-    if (!Number.isInteger(value) || value < 1) throw new DatapathError(`IPsec lifetime ${name} must be a positive number of seconds`);
-    return value;
-  };
-  const count = (value: number | bigint, name: string) => {
-    const big = typeof value === 'bigint' ? value : Number.isInteger(value) ? BigInt(value) : -1n;
-    if (big < 1n || big >= 2n ** 64n) throw new DatapathError(`IPsec lifetime ${name} must be a positive 64-bit count`);
-    return big;
-  };
-  const lifetime = {
-    softSeconds: seconds(merged.softSeconds, 'softSeconds'),
-    hardSeconds: seconds(merged.hardSeconds, 'hardSeconds'),
-    softBytes: count(merged.softBytes, 'softBytes'),
-    hardBytes: count(merged.hardBytes, 'hardBytes'),
-    softPackets: count(merged.softPackets, 'softPackets'),
-    hardPackets: count(merged.hardPackets, 'hardPackets'),
-  };
-  if (lifetime.softSeconds > lifetime.hardSeconds || lifetime.softBytes > lifetime.hardBytes || lifetime.softPackets > lifetime.hardPackets) {
-    throw new DatapathError('IPsec lifetime: every soft limit must be at most its hard limit');
-  }
-  return lifetime;
-}
-
-function nonNegativeMs(value: number | undefined, fallback: number, name: string): number {
-  const ms = value ?? fallback;
-  if (!Number.isFinite(ms) || ms < 0) throw new DatapathError(`IPsec ${name} must be a non-negative number of milliseconds`);
-  return ms;
-}
-
-/** Validates a peer and takes private copies of its keys. */
-function peerSpec(peer: IpsecPeer): PeerSpec {
-  if (typeof peer !== 'object' || peer === null) throw new DatapathError('IPsec peer: expected an object');
-  const { nodeName } = peer;
-  if (typeof nodeName !== 'string' || !NODE_NAME.test(nodeName)) throw new DatapathError(`IPsec peer: bad node name ${JSON.stringify(nodeName)}`);
-  const what = `IPsec peer ${nodeName}`;
-  const family = isIP(peer.localAddress);
-  if (family === 0) throw new DatapathError(`${what}: local address ${JSON.stringify(peer.localAddress)} is not an IP address`);
-  if (isIP(peer.remoteAddress) !== family) throw new DatapathError(`${what}: remote address ${JSON.stringify(peer.remoteAddress)} is not an IPv${family} address like the local one`);
-  const local = parseCidr(peer.localAddress, `${what} local address`).text.split('/')[0]!;
-  const remote = parseCidr(peer.remoteAddress, `${what} remote address`).text.split('/')[0]!;
-  if (local === remote) throw new DatapathError(`${what}: local and remote address are the same`);
-  return {
-    nodeName,
-    local,
-    remote,
-    localCidrs: parseCidrs(peer.localCidrs, `${what} local CIDRs`),
-    remoteCidrs: parseCidrs(peer.remoteCidrs, `${what} remote CIDRs`),
-    inSa: { src: remote, dst: local, spi: checkSpi(peer.inSpi, `${what} inSpi`) },
-    outSa: { src: local, dst: remote, spi: checkSpi(peer.outSpi, `${what} outSpi`) },
-    inKey: copyKey(peer.inKey, ESP_KEY_BYTES, `${what} inKey`),
-    outKey: copyKey(peer.outKey, ESP_KEY_BYTES, `${what} outKey`),
-  };
-}
-
-function policiesOf(spec: PeerSpec, reqid: number): PolicySpec[] {
-  const policies: PolicySpec[] = [];
-  for (const local of spec.localCidrs) {
-    for (const remote of spec.remoteCidrs) {
-      if (local.family !== remote.family) continue;
-      policies.push({ src: local.text, dst: remote.text, dir: 'out', tmplSrc: spec.local, tmplDst: spec.remote, reqid });
-      for (const dir of ['in', 'fwd'] as const) policies.push({ src: remote.text, dst: local.text, dir, tmplSrc: spec.remote, tmplDst: spec.local, reqid });
-    }
-  }
-  return policies;
-}
-
-const sameSa = (a: SaId, b: SaId) => a.src === b.src && a.dst === b.dst && a.spi === b.spi;
+import { checkDisjointOwners, parseCidr, type Cidr } from './cidrs.js';
+import { NetnsExec } from './exec.js';
+import { REQID_BASE, REQID_LAST, parseAllSpis, policyDeleteLine, policyUpdateLine, stateAddLine, stateDeleteLine, type Lifetime, type PolicySpec } from './xfrm.js';
+import { policyLines, runPhase, type Line } from './ipsec-batch.js';
+import { canonicalPolicy, leftoversByReqid, listOwn, removeOwn, type Leftover } from './ipsec-kernel.js';
+import { checkedOptions, type IpsecOptions } from './ipsec-options.js';
+import { MIN_SPI, peerSpec, policiesOf, sameSa, wipe, type IpsecPeer, type PeerSpec } from './ipsec-peer.js';
+import { SaRetirements } from './ipsec-retirements.js';
+import type { TransportMetrics, TransportOperation } from './metrics.js';
 
 /** Owner of the batch lines that remove what a previous run left. */
 const PREVIOUS_RUN = '(previous run)';
 
-function wipe(peer: PeerSpec): void {
-  peer.inKey.fill(0);
-  peer.outKey.fill(0);
-}
-
-/** A listed policy with its selector in canonical form, comparable with a PolicySpec. */
-function canonicalPolicy(policy: ListedPolicy): ListedPolicy {
-  return { ...policy, src: parseCidr(policy.src, 'listed policy').text, dst: parseCidr(policy.dst, 'listed policy').text };
+interface InstalledPeer extends PeerSpec {
+  reqid: number;
+  policies: PolicySpec[];
 }
 
 export class IpsecTransport {
@@ -261,8 +65,7 @@ export class IpsecTransport {
   /** What each node's pending or installed configuration claims: checked for conflicts at call time. */
   private readonly claims = new Map<string, { remote: string; remoteCidrs: Cidr[] }>();
   private readonly reservedSpis = new Set<number>();
-  private readonly retirements = new Map<string, Set<Retirement>>();
-  private readonly dueRetirements: Retirement[] = [];
+  private readonly retirements: SaRetirements;
   private readonly busy = new Map<string, Promise<unknown>>();
   private closed = false;
 
@@ -270,30 +73,32 @@ export class IpsecTransport {
     private readonly exec: NetnsExec,
     private readonly lifetime: Lifetime,
     private readonly switchDelayMs: number,
-    private readonly retireAfterMs: number,
+    retireAfterMs: number,
     private readonly priority: number,
     private readonly logger: Logger,
     /** States and policies in meshauth's reqid range from a previous run, not yet adopted. */
     private readonly leftovers: Leftover[],
     private readonly metrics: TransportMetrics | undefined,
-  ) {}
+  ) {
+    this.retirements = new SaRetirements(retireAfterMs, (owners, sas) =>
+      this.withPeers(owners, async () => {
+        const result = await this.exec.ipBatch(sas.map(stateDeleteLine), { force: true });
+        // "No such process": the state expired or was removed already; anything else is logged.
+        const unexpected = result.stderr.split('\n').filter((line) => line.trim() !== '' && !/No such process|Command failed/.test(line));
+        if (unexpected.length > 0) this.logger.warn({ nodes: owners, error: unexpected.join('; ') }, 'could not delete retired IPsec states');
+      }),
+    );
+  }
 
   /** Checks the options and finds what a previous run left in the kernel (it keeps working). */
   static async open(options: IpsecOptions = {}): Promise<IpsecTransport> {
-    const lifetime = lifetimeOf(options.lifetime);
-    const switchDelayMs = nonNegativeMs(options.switchDelayMs, 1000, 'switchDelayMs');
-    const retireAfterMs = nonNegativeMs(options.retireAfterMs, 10_000, 'retireAfterMs');
-    const priority = options.policyPriority ?? 1000;
-    if (!Number.isInteger(priority) || priority < 0 || priority > 0xffff_ffff) throw new DatapathError('IPsec policyPriority must be a 32-bit unsigned integer');
+    const { lifetime, switchDelayMs, retireAfterMs, priority } = checkedOptions(options);
     const exec = new NetnsExec(options.netns);
     const logger = options.logger ?? silentLogger();
     const { states, policies } = await listOwn(exec);
-    const byReqid = new Map<number, Leftover>();
-    const leftover = (reqid: number) => byReqid.get(reqid) ?? byReqid.set(reqid, { reqid, states: [], policies: [] }).get(reqid)!;
-    for (const state of states) leftover(state.reqid).states.push(state);
-    for (const policy of policies) for (const reqid of policy.reqids.filter(isMeshauthReqid)) leftover(reqid).policies.push(policy);
-    if (byReqid.size > 0) logger.info({ peers: byReqid.size, states: states.length, policies: policies.length }, 'found IPsec states of a previous run');
-    return new IpsecTransport(exec, lifetime, switchDelayMs, retireAfterMs, priority, logger, [...byReqid.values()], options.metrics);
+    const leftovers = leftoversByReqid(states, policies);
+    if (leftovers.length > 0) logger.info({ peers: leftovers.length, states: states.length, policies: policies.length }, 'found IPsec states of a previous run');
+    return new IpsecTransport(exec, lifetime, switchDelayMs, retireAfterMs, priority, logger, leftovers, options.metrics);
   }
 
   /**
@@ -364,7 +169,7 @@ export class IpsecTransport {
   /** Resolves when no operation is running and every retired state is deleted. */
   async idle(): Promise<void> {
     for (;;) {
-      const pending = [...this.busy.values(), ...[...this.retirements.values()].flatMap((set) => [...set].map((r) => r.done))];
+      const pending = [...this.busy.values(), ...this.retirements.settling()];
       if (pending.length === 0) return;
       await Promise.allSettled(pending);
     }
@@ -377,13 +182,7 @@ export class IpsecTransport {
   async close(): Promise<void> {
     this.closed = true;
     await Promise.allSettled([...this.busy.values()]);
-    for (const set of this.retirements.values()) {
-      for (const retirement of set) {
-        clearTimeout(retirement.timer);
-        retirement.fire();
-      }
-    }
-    this.retirements.clear();
+    this.retirements.cancelAll();
     for (const peer of this.installed.values()) wipe(peer);
     this.installed.clear();
     this.claims.clear();
@@ -399,16 +198,7 @@ export class IpsecTransport {
 
   /** The same without an open transport (for `meshauth uninstall`). */
   static async uninstallAll(options: { netns?: string } = {}): Promise<{ states: number; policies: number }> {
-    const exec = new NetnsExec(options.netns);
-    const { states, policies } = await listOwn(exec);
-    // Policies first: no moment where a policy demands a state that is already gone.
-    await exec.ipBatch(policies.map((p) => policyDeleteLine(p)), { force: true });
-    await exec.ipBatch(states.map((s) => stateDeleteLine(s)), { force: true });
-    const left = await listOwn(exec);
-    if (left.states.length > 0 || left.policies.length > 0) {
-      throw new DatapathError(`IPsec uninstall left ${left.states.length} states and ${left.policies.length} policies behind`);
-    }
-    return { states: states.length, policies: policies.length };
+    return removeOwn(new NetnsExec(options.netns));
   }
 
   /** Checks the new specs against every other node's claims, then records them. */
@@ -487,7 +277,7 @@ export class IpsecTransport {
       if (current && sameKeys && sameSa(current.inSa, spec.inSa) && sameSa(current.outSa, spec.outSa)) {
         // Same SAs: only the policies may change (new pod CIDRs).
         const policies = policiesOf(spec, current.reqid);
-        phase1.push(...this.policyLines(name, policies, current.policies));
+        phase1.push(...policyLines(name, policies, current.policies, this.priority));
         commits.set(name, () => this.installed.set(name, { ...spec, reqid: current.reqid, policies }));
         continue;
       }
@@ -505,20 +295,20 @@ export class IpsecTransport {
       const previous = current ? { sas: [current.inSa, current.outSa], policies: current.policies } : adopted && adopted.states.length > 0 ? adopted : undefined;
       if (!previous) {
         // New peer: states before policies, so no packet meets a policy without its state.
-        phase1.push(inLine, outLine, ...this.policyLines(name, policies, adopted?.policies ?? []));
+        phase1.push(inLine, outLine, ...policyLines(name, policies, adopted?.policies ?? [], this.priority));
         rollback.set(name, [...policies.map(policyDeleteLine), stateDeleteLine(spec.inSa), stateDeleteLine(spec.outSa)]);
         commits.set(name, () => this.installed.set(name, { ...spec, reqid, policies }));
       } else {
         // Re-key, or the first key of this run for a peer the previous run programmed (its
         // states still carry traffic): make-before-break either way.
         phase1.push(inLine);
-        phase2.push(outLine, ...this.policyLines(name, policies, previous.policies));
+        phase2.push(outLine, ...policyLines(name, policies, previous.policies, this.priority));
         const restore = current ? current.policies.map((p) => policyUpdateLine(p, this.priority)) : [];
         rollback.set(name, [stateDeleteLine(spec.inSa), stateDeleteLine(spec.outSa), ...restore]);
         rekeyed.push(name);
         commits.set(name, () => {
           this.installed.set(name, { ...spec, reqid, policies });
-          this.retire(name, 'sas' in previous ? previous.sas : previous.states);
+          this.retirements.schedule(name, 'sas' in previous ? previous.sas : previous.states);
           if (current) wipe(current);
         });
       }
@@ -526,19 +316,14 @@ export class IpsecTransport {
 
     for (const name of removals) {
       const current = this.installed.get(name);
-      const retiring = [...(this.retirements.get(name) ?? [])];
-      const sas = [...(current ? [current.inSa, current.outSa] : []), ...retiring.flatMap((r) => r.sas)];
+      const sas = [...(current ? [current.inSa, current.outSa] : []), ...this.retirements.sasOf(name)];
       // Policies first: no moment where a policy demands a state that is already gone.
       phase1.push(...(current?.policies ?? []).map((p) => ({ owner: name, text: policyDeleteLine(p) })));
       phase1.push(...sas.map((sa) => ({ owner: name, text: stateDeleteLine(sa) })));
       commits.set(name, () => {
         if (current) wipe(current);
         this.installed.delete(name);
-        for (const retirement of retiring) {
-          clearTimeout(retirement.timer);
-          retirement.fire();
-        }
-        this.retirements.delete(name);
+        this.retirements.cancel(name);
       });
     }
     if (dropLeftovers) {
@@ -548,10 +333,10 @@ export class IpsecTransport {
       }
     }
 
-    await this.runPhase(phase1, failures);
+    await runPhase(this.exec, phase1, failures);
     if (rekeyed.some((name) => !failures.has(name))) {
       await sleep(this.switchDelayMs);
-      await this.runPhase(phase2.filter((line) => !failures.has(line.owner)), failures);
+      await runPhase(this.exec, phase2.filter((line) => !failures.has(line.owner)), failures);
     }
     const rollbackLines = [...failures.keys()].flatMap((name) => rollback.get(name) ?? []);
     if (rollbackLines.length > 0) await this.exec.ipBatch(rollbackLines, { force: true });
@@ -574,30 +359,6 @@ export class IpsecTransport {
     );
   }
 
-  /** Updates for the wanted policies (idempotent: it also repairs drift), deletes for the rest. */
-  private policyLines(owner: string, wanted: readonly PolicySpec[], previous: readonly Pick<PolicySpec, 'src' | 'dst' | 'dir'>[]): Line[] {
-    const keep = new Set(wanted.map(policyKey));
-    const stale = previous.filter((p) => !keep.has(policyKey(p)));
-    return [...wanted.map((p) => ({ owner, text: policyUpdateLine(p, this.priority) })), ...stale.map((p) => ({ owner, text: policyDeleteLine(p) }))];
-  }
-
-  /** Runs one batch with -force (every line is tried) and records which owners had a line fail. */
-  private async runPhase(lines: readonly Line[], failures: Map<string, string>): Promise<void> {
-    if (lines.length === 0) return;
-    const result = await this.exec.ipBatch(lines.map((l) => l.text), { force: true });
-    if (result.exitCode === 0) return;
-    const messages = result.stderr.split('\n');
-    const failed = failedBatchLines(result.stderr);
-    if (failed.length === 0) throw this.exec.failure('ip', ['-force', '-batch', '-'], result);
-    for (const number of failed) {
-      const owner = lines[number - 1]?.owner ?? '(unknown)';
-      // ip prints the error just before its "Command failed -:N" line.
-      const at = messages.findIndex((m) => m.includes(`Command failed -:${number}`));
-      const message = (at > 0 ? messages[at - 1] : undefined)?.trim() || 'failed';
-      if (!failures.has(owner)) failures.set(owner, message);
-    }
-  }
-
   /** The previous run's states for this address pair (same reqid), to be replaced. */
   private adoptLeftover(spec: PeerSpec): Leftover | undefined {
     const ends = new Set([spec.local, spec.remote]);
@@ -618,56 +379,7 @@ export class IpsecTransport {
   private installedSpis(): Set<number> {
     const spis = new Set<number>();
     for (const peer of this.installed.values()) spis.add(peer.inSa.spi);
-    for (const set of this.retirements.values()) for (const r of set) for (const sa of r.sas) spis.add(sa.spi);
+    for (const spi of this.retirements.spis()) spis.add(spi);
     return spis;
   }
-
-  /** Deletes the given states retireAfterMs from now (or at once when the peer is removed). */
-  private retire(owner: string, sas: SaId[]): void {
-    let fire!: () => void;
-    const done = new Promise<void>((resolve) => {
-      fire = resolve;
-    });
-    const retirement: Retirement = {
-      owner,
-      sas,
-      done,
-      fire,
-      timer: setTimeout(() => this.retireDue(retirement), this.retireAfterMs),
-    };
-    const set = this.retirements.get(owner) ?? new Set<Retirement>();
-    set.add(retirement);
-    this.retirements.set(owner, set);
-  }
-
-  /** Collects retirements whose timers fire together (a burst of re-keys) into one batch. */
-  private retireDue(retirement: Retirement): void {
-    this.dueRetirements.push(retirement);
-    if (this.dueRetirements.length > 1) return;
-    setImmediate(() => {
-      const due = this.dueRetirements.splice(0);
-      const owners = [...new Set(due.map((r) => r.owner))];
-      void this.withPeers(owners, async () => {
-        const result = await this.exec.ipBatch(due.flatMap((r) => r.sas.map(stateDeleteLine)), { force: true });
-        // "No such process": the state expired or was removed already; anything else is logged.
-        const unexpected = result.stderr.split('\n').filter((line) => line.trim() !== '' && !/No such process|Command failed/.test(line));
-        if (unexpected.length > 0) this.logger.warn({ nodes: owners, error: unexpected.join('; ') }, 'could not delete retired IPsec states');
-      }).finally(() => {
-        for (const r of due) {
-          this.retirements.get(r.owner)?.delete(r);
-          if (this.retirements.get(r.owner)?.size === 0) this.retirements.delete(r.owner);
-          r.fire();
-        }
-      });
-    });
-  }
-}
-
-/** meshauth's states and policies (reqid in its range) in a namespace. */
-async function listOwn(exec: NetnsExec): Promise<{ states: ListedState[]; policies: ListedPolicy[] }> {
-  const [stateText, policyText] = await Promise.all([exec.run('ip', ['xfrm', 'state', 'list', 'nokeys']), exec.run('ip', ['xfrm', 'policy', 'list'])]);
-  return {
-    states: parseStates(stateText).filter((s) => isMeshauthReqid(s.reqid)),
-    policies: parsePolicies(policyText).filter((p) => !p.qualified && p.reqids.length > 0 && p.reqids.every(isMeshauthReqid)),
-  };
 }
