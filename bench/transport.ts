@@ -19,8 +19,8 @@ import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { execa } from 'execa';
-import { WireGuardKeyPair } from '../src/datapath/transport-keys.js';
-import { WireGuardTransport, type WireGuardPeer } from '../src/datapath/wireguard.js';
+import { WireGuardKeyPair } from '../src/datapath/transport/keys.js';
+import { WireGuardTransport, type WireGuardPeer } from '../src/datapath/transport/wireguard.js';
 import { TransportTopology } from '../test/helpers/transport-topology.js';
 
 const json = process.argv.includes('--json');

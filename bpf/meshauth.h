@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
 /*
  * meshauth datapath: the one place where the layouts shared by the BPF gate
- * (bpf/gate.bpf.c) and the agent (src/datapath/layout.ts) are defined.
+ * (bpf/gate.bpf.c) and the agent (src/datapath/gate/layout.ts) are defined.
  *
  * Every struct below is mirrored byte for byte in TypeScript;
  * test/datapath-layout.test.ts compares the TypeScript sizes and offsets with

@@ -4,7 +4,7 @@ import { join } from 'node:path';
 import type { ConfigInput } from '../src/config/config.js';
 import { parseConfig } from '../src/config/config.js';
 import { Agent } from '../src/agent/agent.js';
-import { fetchStatus } from '../src/agent/control-client.js';
+import { fetchStatus } from '../src/control/client.js';
 import { silentLogger } from '../src/util/logger.js';
 import { agentConfig, eventually, startAgent, tempDir } from './helpers/agents.js';
 

@@ -6,7 +6,7 @@ import { mkdir, rename, symlink, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { execa } from 'execa';
 import { stringify } from 'yaml';
-import { fetchStatus } from '../src/agent/control-client.js';
+import { fetchStatus } from '../src/control/client.js';
 import type { ConfigInput } from '../src/config/config.js';
 import { agentConfig, eventually, tempDir } from './helpers/agents.js';
 import { builtCli } from './helpers/cli.js';

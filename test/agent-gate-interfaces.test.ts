@@ -5,8 +5,8 @@
 import { randomBytes } from 'node:crypto';
 import { execa } from 'execa';
 import { GateInterfaces } from '../src/agent/gate-interfaces.js';
-import { Datapath } from '../src/datapath/datapath.js';
-import { attachedPrograms } from '../src/datapath/hooks.js';
+import { Datapath } from '../src/datapath/gate/datapath.js';
+import { attachedPrograms } from '../src/datapath/gate/hooks.js';
 import { sleep } from '../src/util/backoff.js';
 import { silentLogger } from '../src/util/logger.js';
 import { assertGateBuilt, TEST_CAPACITIES } from './helpers/datapath-fixture.js';

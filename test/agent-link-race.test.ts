@@ -5,7 +5,7 @@
 // Found by the two-node demo (wireguard-go programs one side ~70 ms after the other).
 import test from 'ava';
 import { Agent } from '../src/agent/agent.js';
-import { NoTransport, type Transport } from '../src/agent/transport.js';
+import { NoTransport, type Transport } from '../src/datapath/transport/transport.js';
 import { parseConfig } from '../src/config/config.js';
 import { silentLogger } from '../src/util/logger.js';
 import { agentConfig, eventually, tempDir } from './helpers/agents.js';

@@ -6,7 +6,7 @@
 // node link, closed, until the two agree.
 import test from 'ava';
 import { Agent } from '../src/agent/agent.js';
-import { NoTransport, type Transport, type TransportPeer } from '../src/agent/transport.js';
+import { NoTransport, type Transport, type TransportPeer } from '../src/datapath/transport/transport.js';
 import { parseConfig, type ConfigInput } from '../src/config/config.js';
 import { silentLogger } from '../src/util/logger.js';
 import { agentConfig, eventually, tempDir } from './helpers/agents.js';

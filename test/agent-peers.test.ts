@@ -1,7 +1,7 @@
 // Node links: crossing node handshakes end on the same handshake on both nodes.
 import test from 'ava';
 import { PeerManager } from '../src/agent/peers.js';
-import type { Transport, TransportPeer } from '../src/agent/transport.js';
+import type { Transport, TransportPeer } from '../src/datapath/transport/transport.js';
 import type { NodeInfo } from '../src/cluster/types.js';
 import type { NodeAuthResult } from '../src/handshake/types.js';
 import { SpiffeId } from '../src/identity/spiffe-id.js';

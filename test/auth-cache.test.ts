@@ -4,7 +4,7 @@ import { randomBytes } from 'node:crypto';
 import { AuthCache, type Clocks } from '../src/auth/cache.js';
 import { NumericIds } from '../src/auth/numeric-ids.js';
 import type { CachedPair } from '../src/auth/types.js';
-import { Datapath } from '../src/datapath/datapath.js';
+import { Datapath } from '../src/datapath/gate/datapath.js';
 import { silentLogger } from '../src/util/logger.js';
 
 const HOUR = 3_600_000;

@@ -6,9 +6,9 @@ import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { execa } from 'execa';
-import { ControlServer, ControlServerError } from '../src/agent/control-server.js';
-import { ControlClientError, fetchStatus } from '../src/agent/control-client.js';
-import type { AgentStatus } from '../src/agent/status.js';
+import { ControlServer, ControlServerError } from '../src/control/server.js';
+import { ControlClientError, fetchStatus } from '../src/control/client.js';
+import type { AgentStatus } from '../src/control/status.js';
 import { DevCa } from '../src/identity/dev-ca.js';
 import { sampleStatus } from './helpers/sample-status.js';
 

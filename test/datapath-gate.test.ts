@@ -2,8 +2,8 @@
 // Every protocol family is gated alike: dropped without an entry, passed with one, dropped
 // again after the entry expires (the BPF program enforces expiry) and after it is deleted.
 import { randomBytes } from 'node:crypto';
-import { monotonicNowNs } from '../src/datapath/datapath.js';
-import type { Signal } from '../src/datapath/layout.js';
+import { monotonicNowNs } from '../src/datapath/gate/datapath.js';
+import type { Signal } from '../src/datapath/gate/layout.js';
 import { sleep } from '../src/util/backoff.js';
 import { eventually } from './helpers/agents.js';
 import { Cluster, IDENTITY } from './helpers/datapath-fixture.js';

@@ -3,7 +3,7 @@
 // are no workload's (behind a gateway, local, unknown to the bridge yet).
 import { randomBytes } from 'node:crypto';
 import { execa } from 'execa';
-import { resolveHostInterface } from '../src/datapath/interface-resolver.js';
+import { resolveHostInterface } from '../src/datapath/gate/interface-resolver.js';
 import { inNetns } from './helpers/netns.js';
 import { privileged } from './helpers/privileged.js';
 

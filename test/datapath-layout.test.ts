@@ -29,7 +29,7 @@ import {
   encodeIpcacheKey,
   encodePolicyKey,
   type MapName,
-} from '../src/datapath/layout.js';
+} from '../src/datapath/gate/layout.js';
 import { assertGateBuilt } from './helpers/datapath-fixture.js';
 
 interface BtfType {

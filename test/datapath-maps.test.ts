@@ -5,9 +5,10 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { execa } from 'execa';
-import { Datapath, monotonicNowNs } from '../src/datapath/datapath.js';
-import { COUNTER_NAMES } from '../src/datapath/layout.js';
-import { PinLayout, registeredInterfaces } from '../src/datapath/loader.js';
+import { Datapath, monotonicNowNs } from '../src/datapath/gate/datapath.js';
+import { COUNTER_NAMES } from '../src/datapath/gate/layout.js';
+import { registeredInterfaces } from '../src/datapath/gate/loader.js';
+import { PinLayout } from '../src/datapath/gate/pin-layout.js';
 import { TEST_CAPACITIES, assertGateBuilt } from './helpers/datapath-fixture.js';
 import { privilegedConcurrent } from './helpers/privileged.js';
 

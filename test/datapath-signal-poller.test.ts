@@ -1,8 +1,8 @@
 // The signal poller's fallback mode (no doorbell reader) against an in-memory queue: delivery
 // order, batching, listener isolation, the async iterator, and stopping. No kernel needed.
 import test from 'ava';
-import { STRUCTS, type Signal } from '../src/datapath/layout.js';
-import { SignalPoller, type SignalQueue } from '../src/datapath/signals.js';
+import { STRUCTS, type Signal } from '../src/datapath/gate/layout.js';
+import { SignalPoller, type SignalQueue } from '../src/datapath/gate/signals.js';
 import { sleep } from '../src/util/backoff.js';
 
 class FakeQueue implements SignalQueue {

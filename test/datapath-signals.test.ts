@@ -1,7 +1,7 @@
 // Privileged: "authentication required" signals and the per-CPU verdict counters, on a real kernel.
 import { randomBytes } from 'node:crypto';
-import { monotonicNowNs } from '../src/datapath/datapath.js';
-import { COUNTER_NAMES, type Counters, type Signal } from '../src/datapath/layout.js';
+import { monotonicNowNs } from '../src/datapath/gate/datapath.js';
+import { COUNTER_NAMES, type Counters, type Signal } from '../src/datapath/gate/layout.js';
 import { sleep } from '../src/util/backoff.js';
 import { Cluster, TEST_CAPACITIES } from './helpers/datapath-fixture.js';
 import type { Workload } from './helpers/netns.js';

@@ -15,9 +15,9 @@ import { configSchema, parseConfig } from '../src/config/config.js';
 import { SPIFFE_ID_PATTERN, policyRule } from '../src/cluster/kubernetes/convert.js';
 import { kubernetesOptionsSchema } from '../src/cluster/kubernetes/options.js';
 import { POLICY_GROUP, POLICY_KIND, POLICY_PLURAL, POLICY_VERSION } from '../src/cluster/kubernetes/resources.js';
-import { AgentMetrics } from '../src/metrics/agent-metrics.js';
-import { HandshakeMetrics } from '../src/metrics/handshake-metrics.js';
-import { IdentityMetrics } from '../src/metrics/identity-metrics.js';
+import { AgentMetrics } from '../src/agent/agent-metrics.js';
+import { HandshakeMetrics } from '../src/handshake/handshake-metrics.js';
+import { IdentityMetrics } from '../src/identity/identity-metrics.js';
 import { createRegistry } from '../src/metrics/registry.js';
 
 const DEPLOY = fileURLToPath(new URL('../deploy/', import.meta.url));

@@ -3,7 +3,7 @@ import { Registry } from 'prom-client';
 import { DevCa } from '../src/identity/dev-ca.js';
 import { IdentityStore } from '../src/identity/store.js';
 import { SpiffeId } from '../src/identity/spiffe-id.js';
-import { IdentityMetrics } from '../src/metrics/identity-metrics.js';
+import { IdentityMetrics } from '../src/identity/identity-metrics.js';
 import { ProviderError, type IdentityProvider, type ProviderSink, type RawSvid } from '../src/identity/types.js';
 import { silentLogger } from '../src/util/logger.js';
 

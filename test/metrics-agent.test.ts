@@ -1,8 +1,8 @@
 import test from 'ava';
 import type { Registry } from 'prom-client';
-import { AgentMetrics } from '../src/metrics/agent-metrics.js';
+import { AgentMetrics } from '../src/agent/agent-metrics.js';
 import { createRegistry } from '../src/metrics/registry.js';
-import { COUNTER_NAMES, type Counters } from '../src/datapath/layout.js';
+import { COUNTER_NAMES, type Counters } from '../src/datapath/gate/layout.js';
 
 /** `name{labels} value` lines of one metric family in the exposition text, as a map. */
 async function samples(registry: Registry, name: string): Promise<Map<string, number>> {

@@ -6,10 +6,10 @@ import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { execa, type ResultPromise } from 'execa';
-import { AgentMetrics } from '../src/metrics/agent-metrics.js';
+import { AgentMetrics } from '../src/agent/agent-metrics.js';
 import { createRegistry } from '../src/metrics/registry.js';
 import { MetricsServer } from '../src/metrics/server.js';
-import { COUNTER_NAMES, type Counters } from '../src/datapath/layout.js';
+import { COUNTER_NAMES, type Counters } from '../src/datapath/gate/layout.js';
 
 const DEADLINE_MS = 30_000;
 

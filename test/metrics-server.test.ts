@@ -3,10 +3,10 @@ import { connect } from 'node:net';
 import { execa } from 'execa';
 import { MetricsServer, type Readiness } from '../src/metrics/server.js';
 import { createRegistry } from '../src/metrics/registry.js';
-import { AgentMetrics } from '../src/metrics/agent-metrics.js';
-import { HandshakeMetrics } from '../src/metrics/handshake-metrics.js';
-import { IdentityMetrics } from '../src/metrics/identity-metrics.js';
-import { COUNTER_NAMES, type Counters } from '../src/datapath/layout.js';
+import { AgentMetrics } from '../src/agent/agent-metrics.js';
+import { HandshakeMetrics } from '../src/handshake/handshake-metrics.js';
+import { IdentityMetrics } from '../src/identity/identity-metrics.js';
+import { COUNTER_NAMES, type Counters } from '../src/datapath/gate/layout.js';
 
 interface Started {
   server: MetricsServer;

@@ -2,7 +2,7 @@ import test from 'ava';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { ControlServer } from '../src/agent/control-server.js';
+import { ControlServer } from '../src/control/server.js';
 import { runCli } from './helpers/cli.js';
 import { sampleStatus } from './helpers/sample-status.js';
 

@@ -10,9 +10,9 @@ import { join } from 'node:path';
 import { inspect } from 'node:util';
 import { execa } from 'execa';
 import { DatapathError } from '../src/datapath/errors.js';
-import { checkDisjointOwners, parseCidr, parseCidrs } from '../src/datapath/transport-cidrs.js';
-import { NetnsExec, checkNetnsName, failedBatchLines, scrubSecrets, withSecretFile } from '../src/datapath/transport-exec.js';
-import { WireGuardKeyPair, copyKey, isWireGuardKey } from '../src/datapath/transport-keys.js';
+import { checkDisjointOwners, parseCidr, parseCidrs } from '../src/datapath/transport/cidrs.js';
+import { NetnsExec, checkNetnsName, failedBatchLines, scrubSecrets, withSecretFile } from '../src/datapath/transport/exec.js';
+import { WireGuardKeyPair, copyKey, isWireGuardKey } from '../src/datapath/transport/keys.js';
 import {
   REQID_BASE,
   isMeshauthReqid,
@@ -23,7 +23,7 @@ import {
   policyUpdateLine,
   stateAddLine,
   stateDeleteLine,
-} from '../src/datapath/transport-xfrm.js';
+} from '../src/datapath/transport/xfrm.js';
 import { CmdlineScanner } from './helpers/transport-topology.js';
 
 async function tempDir(t: { teardown(fn: () => Promise<void>): void }): Promise<string> {

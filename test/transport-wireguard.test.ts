@@ -7,8 +7,8 @@
 import { execa } from 'execa';
 import { Registry } from 'prom-client';
 import { DatapathError } from '../src/datapath/errors.js';
-import { TransportMetrics } from '../src/metrics/transport-metrics.js';
-import { WireGuardTransport } from '../src/datapath/wireguard.js';
+import { TransportMetrics } from '../src/datapath/transport/metrics.js';
+import { WireGuardTransport } from '../src/datapath/transport/wireguard.js';
 import { CmdlineScanner, TransportTopology } from './helpers/transport-topology.js';
 import { WIREGUARD_CHECKS, capturedLogger, leakedIn, wireguardChecks, wireguardSecrets } from './guest/transport-checks.js';
 import { privileged } from './helpers/privileged.js';

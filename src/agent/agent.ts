@@ -10,8 +10,8 @@ import { staticSnapshot } from '../cluster/static-source.js';
 import { ClusterState } from '../cluster/state.js';
 import type { ClusterSource, NodeInfo } from '../cluster/types.js';
 import { nodeIdentity, type Config } from '../config/config.js';
-import { Datapath } from '../datapath/datapath.js';
-import type { Signal } from '../datapath/layout.js';
+import { Datapath } from '../datapath/gate/datapath.js';
+import type { Signal } from '../datapath/gate/layout.js';
 import { HandshakeFailure } from '../handshake/failure.js';
 import type { NodeFrame } from '../handshake/frames.js';
 import { HandshakeInitiator } from '../handshake/initiator.js';
@@ -24,19 +24,19 @@ import type { AuthResult, AuthorizeRequest, PairAuthResult } from '../handshake/
 import { createProvider } from '../identity/providers/index.js';
 import { SpiffeId } from '../identity/spiffe-id.js';
 import { IdentityStore } from '../identity/store.js';
-import { AgentMetrics } from '../metrics/agent-metrics.js';
-import { HandshakeMetrics } from '../metrics/handshake-metrics.js';
-import { IdentityMetrics } from '../metrics/identity-metrics.js';
+import { AgentMetrics } from './agent-metrics.js';
+import { HandshakeMetrics } from '../handshake/handshake-metrics.js';
+import { IdentityMetrics } from '../identity/identity-metrics.js';
 import { createRegistry } from '../metrics/registry.js';
 import { MetricsServer } from '../metrics/server.js';
 import type { Logger } from '../util/logger.js';
-import { ControlServer } from './control-server.js';
+import { ControlServer } from '../control/server.js';
 import { GateInterfaces } from './gate-interfaces.js';
 import { PeerManager } from './peers.js';
 import { planNode, type NodePlan } from './plan.js';
-import type { AgentStatus } from './status.js';
-import { assembleNodeFrame, type Transport } from './transport.js';
-import { createTransport } from './transport-factory.js';
+import type { AgentStatus } from '../control/status.js';
+import { assembleNodeFrame, type Transport } from '../datapath/transport/transport.js';
+import { createTransport } from '../datapath/transport/factory.js';
 
 export interface AgentDependencies {
   logger: Logger;
@@ -78,7 +78,7 @@ export class Agent {
   ) {
     this.registry = createRegistry();
     this.state = new ClusterState(config.nodeName);
-    this.transport = deps.transport ?? createTransport(config, deps.logger, () => this.state.nodes.get(config.nodeName));
+    this.transport = deps.transport ?? createTransport(config.transport, config.stateDir, deps.logger, () => this.state.nodes.get(config.nodeName));
     this.metrics = new AgentMetrics(this.registry, {
       datapathCounters: () => this.datapath?.counters(),
       onCollectError: (err) => deps.logger.warn({ err: (err as Error).message }, 'reading the datapath counters failed'),
@@ -138,7 +138,7 @@ export class Agent {
     // Identity.
     const nodeId = SpiffeId.parse(nodeIdentity(config));
     this.store = new IdentityStore({
-      provider: createProvider(config, logger),
+      provider: createProvider(config.identity, config, logger),
       nodeId,
       clockSkewMs: config.identity.clockSkew,
       maxChainDepth: config.identity.maxChainDepth,

@@ -2,10 +2,10 @@
 // each local endpoint, binds each interface to its endpoint's identity, and finds the interface
 // of endpoints whose cluster source does not name one (Kubernetes) by asking the kernel.
 import type { EndpointInfo } from '../cluster/types.js';
-import type { Datapath } from '../datapath/datapath.js';
-import { resolveHostInterface } from '../datapath/interface-resolver.js';
-import type { IpcacheEntry } from '../datapath/layout.js';
-import type { WorkloadInterface } from '../datapath/loader.js';
+import type { Datapath } from '../datapath/gate/datapath.js';
+import { resolveHostInterface } from '../datapath/gate/interface-resolver.js';
+import type { IpcacheEntry } from '../datapath/gate/layout.js';
+import type { WorkloadInterface } from '../datapath/gate/pin-layout.js';
 import type { Logger } from '../util/logger.js';
 
 /** Retry delays while an endpoint's interface cannot be found (the CNI may still be wiring it). */

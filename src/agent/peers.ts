@@ -2,11 +2,11 @@ import type { NodeAuthResult } from '../handshake/types.js';
 import type { NodeInfo } from '../cluster/types.js';
 import type { NodeLink } from '../auth/manager.js';
 import { ReauthScheduler, followerTiming, type ReauthTiming } from '../auth/scheduler.js';
-import { parseCidr } from '../datapath/transport-cidrs.js';
+import { parseCidr } from '../datapath/transport/cidrs.js';
 import { Backoff } from '../util/backoff.js';
 import type { Logger } from '../util/logger.js';
-import type { PeerStatus } from './status.js';
-import type { Transport } from './transport.js';
+import type { PeerStatus } from '../control/status.js';
+import type { Transport } from '../datapath/transport/transport.js';
 
 // Failure classes that mean the peer's certificate is not (or no longer) acceptable.
 const CERTIFICATE_FAILURES = new Set(['untrusted', 'expired', 'bad_certificate']);

@@ -4,7 +4,7 @@ import { pairKeyString, type KeyedPair } from '../auth/types.js';
 import { decide } from '../cluster/policy.js';
 import type { ClusterState } from '../cluster/state.js';
 import type { EndpointInfo, PolicyMode } from '../cluster/types.js';
-import { AUTH_TYPE, type IpcacheEntry, type PolicyKey } from '../datapath/layout.js';
+import { AUTH_TYPE, type IpcacheEntry, type PolicyKey } from '../datapath/gate/layout.js';
 
 /** Everything the agent derives from the cluster state for its own node. */
 export interface NodePlan {

@@ -1,6 +1,6 @@
 import { LRUCache } from 'lru-cache';
-import type { AuthEntry } from '../datapath/datapath.js';
-import type { AuthKey } from '../datapath/layout.js';
+import type { AuthEntry } from '../datapath/gate/datapath.js';
+import type { AuthKey } from '../datapath/gate/layout.js';
 import type { Logger } from '../util/logger.js';
 import type { NumericIds } from './numeric-ids.js';
 import { pairKeyString, type CachedPair, type PairKey } from './types.js';

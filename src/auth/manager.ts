@@ -1,10 +1,8 @@
 import { Backoff } from '../util/backoff.js';
 import type { Logger } from '../util/logger.js';
-import type { PairStatus } from '../agent/status.js';
-import type { SignalStatus } from '../metrics/agent-metrics.js';
 import type { AuthCache } from './cache.js';
 import { ReauthScheduler, followerTiming, type ReauthTiming } from './scheduler.js';
-import { keyed, pairKeyString, type AuthTrigger, type CachedPair, type KeyedPair, type PairKey } from './types.js';
+import { keyed, pairKeyString, type AuthTrigger, type CachedPair, type KeyedPair, type PairKey, type PairStatus, type SignalStatus } from './types.js';
 
 /** What the handshake layer reports for a pair, from either role. */
 export interface PairAuthentication extends PairKey {

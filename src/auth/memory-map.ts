@@ -1,5 +1,5 @@
-import type { AuthEntry } from '../datapath/datapath.js';
-import type { AuthKey } from '../datapath/layout.js';
+import type { AuthEntry } from '../datapath/gate/datapath.js';
+import type { AuthKey } from '../datapath/gate/layout.js';
 import type { AuthMap } from './cache.js';
 
 /**

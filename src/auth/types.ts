@@ -1,6 +1,15 @@
-import type { AuthTrigger } from '../agent/status.js';
+/** What started the authentication of a pair: its policy (proactive), a gate signal (on-demand),
+ *  its coming expiry (reauth), an SVID rotation, a trust-bundle change, the pinned map read at
+ *  start (restored), or a handshake the peer initiated (responder). */
+export type AuthTrigger = 'proactive' | 'on-demand' | 'reauth' | 'rotation' | 'bundle-change' | 'restored' | 'responder';
 
-export type { AuthTrigger };
+export type PairState = 'authenticated' | 'pending' | 'failed';
+
+/** What became of an "authentication required" signal from the gate, once the agent read it:
+ *  handled (an authentication was started), deduplicated (one was already running or the pair is
+ *  authenticated), unresolved (a numeric identity or node the agent does not know) or dropped (the
+ *  agent was over its limit of pending authentications). */
+export type SignalStatus = 'handled' | 'deduplicated' | 'unresolved' | 'dropped';
 
 /** An authenticated identity pair, by name. */
 export interface PairKey {
@@ -34,4 +43,18 @@ export function keyed(pair: PairKey): KeyedPair {
 
 export function pairKeyString(key: PairKey): string {
   return `${key.localId}\n${key.remoteId}\n${key.remoteNode}`;
+}
+
+/** A pair as the agent's status reports it (JSON: times as ISO strings). */
+export interface PairStatus {
+  localId: string;
+  remoteId: string;
+  remoteNode: string;
+  state: PairState;
+  /** When the pair stops passing traffic (absent while pending). */
+  expiresAt?: string;
+  lastAuthenticatedAt?: string;
+  trigger?: AuthTrigger;
+  /** Failure class of the last attempt, when it failed. */
+  lastError?: string;
 }

@@ -1,10 +1,11 @@
 // `meshauth datapath install|uninstall|status`: the eBPF gate's lifecycle from the command line, for
-// operators and for tearing a node down. The agent itself uses src/datapath/datapath.ts directly.
+// operators and for tearing a node down. The agent itself uses src/datapath/gate/datapath.ts directly.
 import { Option, type Command } from 'commander';
 import { UsageError } from './errors.js';
-import { Datapath } from '../datapath/datapath.js';
-import { attachedPrograms, type AttachMode, type AttachPreference, type Hook } from '../datapath/hooks.js';
-import { DEFAULT_PIN_DIR, PinLayout, interfaceExists, validateInterface, type WorkloadInterface } from '../datapath/loader.js';
+import { Datapath } from '../datapath/gate/datapath.js';
+import { attachedPrograms, type AttachMode, type AttachPreference, type Hook } from '../datapath/gate/hooks.js';
+import { interfaceExists } from '../datapath/gate/loader.js';
+import { DEFAULT_PIN_DIR, PinLayout, validateInterface, type WorkloadInterface } from '../datapath/gate/pin-layout.js';
 
 interface PinDirOption {
   pinDir: string;

@@ -1,8 +1,8 @@
 // `meshauth status`: asks the running agent over its control socket what it holds and prints it
 // as tables, or as the raw AgentStatus JSON with --json.
 import type { Command } from 'commander';
-import { fetchStatus } from '../agent/control-client.js';
-import { DEFAULT_CONTROL_SOCKET } from '../agent/control-server.js';
+import { fetchStatus } from '../control/client.js';
+import { DEFAULT_CONTROL_SOCKET } from '../control/server.js';
 import { renderStatus } from './status-render.js';
 
 export function registerStatusCommand(program: Command): void {

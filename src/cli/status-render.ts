@@ -1,6 +1,6 @@
 // Turns an AgentStatus into the text `meshauth status` prints: a summary line, then one aligned
 // table per section. Pure (the time is a parameter), so tests can pin every line.
-import type { AgentStatus } from '../agent/status.js';
+import type { AgentStatus } from '../control/status.js';
 
 export function renderStatus(status: AgentStatus, now: Date): string {
   const lines: string[] = [];

@@ -1,6 +1,6 @@
 import { isIP } from 'node:net';
 import { z } from 'zod';
-import { spiffeIdString } from '../config/zod-helpers.js';
+import { spiffeIdString } from '../identity/spiffe-id-schemas.js';
 
 const ipAddress = z.string().refine((text) => isIP(text) !== 0, 'expected an IPv4 or IPv6 address');
 const cidr = z.string().refine((text) => {

@@ -1,40 +1,19 @@
+// The agent's config file. Each layer owns the schema of its own section; this module only
+// composes them (and nothing below the agent imports it), so a layer's options live beside it.
 import { readFile } from 'node:fs/promises';
 import { hostname } from 'node:os';
 import { parse as parseYaml } from 'yaml';
 import { z } from 'zod';
-import { durationMs, spiffeIdString, trustDomainName } from './zod-helpers.js';
-import { devOptionsSchema } from '../identity/providers/dev-options.js';
-import { fileOptionsSchema } from '../identity/providers/file-options.js';
-import { spiffeOptionsSchema } from '../identity/providers/spiffe-options.js';
-import { spireDelegatedOptionsSchema } from '../identity/providers/spire-delegated-options.js';
-import { vaultOptionsSchema } from '../identity/providers/vault-options.js';
+import { trustDomainName } from '../identity/spiffe-id-schemas.js';
+import { identityOptionsSchema } from '../identity/options.js';
 import { staticClusterSchema } from '../cluster/static-options.js';
 import { kubernetesOptionsSchema } from '../cluster/kubernetes/options.js';
 import { handshakeOptionsSchema } from '../handshake/handshake-options.js';
-import { authOptionsSchema, controlOptionsSchema, datapathOptionsSchema, metricsOptionsSchema, transportOptionsSchema } from '../agent/agent-options.js';
-
-const identitySchema = z
-  .strictObject({
-    provider: z.enum(['dev', 'file', 'spiffe', 'spire-delegated', 'vault']).default('dev'),
-    /** The agent's own identity for node ↔ node handshakes; default spiffe://<trustDomain>/meshauth/node/<nodeName>. */
-    nodeId: spiffeIdString.optional(),
-    /** Allowance for clocks that disagree when checking certificate validity times. */
-    clockSkew: durationMs.prefault('30s'),
-    /** Longest accepted chain, leaf and intermediates (the trust anchor not counted). */
-    maxChainDepth: z.number().int().min(1).max(16).default(5),
-    dev: devOptionsSchema.prefault({ ttl: '1h' }),
-    file: fileOptionsSchema.optional(),
-    spiffe: spiffeOptionsSchema.optional(),
-    spireDelegated: spireDelegatedOptionsSchema.optional(),
-    vault: vaultOptionsSchema.optional(),
-  })
-  .superRefine((identity, ctx) => {
-    const section = { file: 'file', 'spire-delegated': 'spireDelegated', vault: 'vault' } as const;
-    const needed = identity.provider in section ? section[identity.provider as keyof typeof section] : undefined;
-    if (needed && identity[needed] === undefined) {
-      ctx.addIssue({ code: 'custom', path: [needed], message: `provider "${identity.provider}" needs an identity.${needed} section` });
-    }
-  });
+import { transportOptionsSchema } from '../datapath/transport/options.js';
+import { authOptionsSchema } from '../auth/options.js';
+import { datapathOptionsSchema } from '../datapath/gate/options.js';
+import { metricsOptionsSchema } from '../metrics/options.js';
+import { controlOptionsSchema } from '../control/options.js';
 
 export const configSchema = z.strictObject({
   /** This node's name, as peers and Kubernetes know it; default $NODE_NAME (the DaemonSet sets it
@@ -44,7 +23,7 @@ export const configSchema = z.strictObject({
   trustDomain: trustDomainName.default('cluster.local'),
   /** Persistent state (node keys, dev CA); 0700. */
   stateDir: z.string().default('/var/lib/meshauth'),
-  identity: identitySchema.prefault({
+  identity: identityOptionsSchema.prefault({
     provider: 'dev',
     clockSkew: '30s',
     maxChainDepth: 5,

@@ -8,8 +8,8 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { closeSync, openSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { fetchStatus } from '../agent/control-client.js';
-import type { AgentStatus } from '../agent/status.js';
+import { fetchStatus } from '../control/client.js';
+import type { AgentStatus } from '../control/status.js';
 import { inNetns, nsenterArgs } from './topology.js';
 import { cliInvocation } from './self.js';
 

@@ -1,5 +1,5 @@
 import { z } from 'zod';
-import { durationMs } from '../config/zod-helpers.js';
+import { durationMs } from '../util/zod-helpers.js';
 import { DEFAULT_PORT } from './protocol.js';
 
 /** The handshake section of the agent config: listener, timeouts, limits, retries. */

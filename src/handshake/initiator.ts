@@ -1,33 +1,18 @@
 import { connect, type TLSSocket } from 'node:tls';
 import type { SpiffeId } from '../identity/spiffe-id.js';
 import type { ValidatedSvid } from '../identity/svid-validator.js';
-import type { HandshakeMetrics } from '../metrics/handshake-metrics.js';
 import { Backoff, sleep } from '../util/backoff.js';
-import type { Logger } from '../util/logger.js';
 import { buildAuthResult, exportSecrets, type HandshakeSecrets } from './auth-result.js';
 import { HandshakeFailure, classifySocketError } from './failure.js';
 import { acceptedPeerFrame, checkedOwnFrame, decodeVerdict, encodeVerdict, readFrame, type NodeFrame } from './frames.js';
-import type { HandshakeOptions } from './handshake-options.js';
-import { TLS_BASE_OPTIONS, type LocalIdentities, type LocalIdentity } from './local-identities.js';
-import type { NodeIdentityScheme } from './node-identity.js';
-import type { PeerValidator } from './peer-validator.js';
+import { TLS_BASE_OPTIONS, type LocalIdentity } from './local-identities.js';
 import { ALPN, DEFAULT_PORT, RETRYABLE_FAILURES, kindOfAlpn, type HandshakeKind } from './protocol.js';
 import { Semaphore } from './semaphore.js';
 import { sniForIdentity } from './sni.js';
-import type { AuthResult, AuthSink, NodeAuthResult, PairAuthResult, PeerAddress } from './types.js';
+import type { AuthResult, NodeAuthResult, PairAuthResult, PeerAddress } from './types.js';
+import type { HandshakeRoleOptions } from './role-options.js';
 
-export interface InitiatorOptions {
-  identities: LocalIdentities;
-  validator: PeerValidator;
-  nodeIds: NodeIdentityScheme;
-  /** This node's frame for a node handshake with the named peer (it may allocate per-peer values, such as IPsec SPIs). */
-  localNodeFrame: (peerNode: string) => NodeFrame;
-  onAuthenticated: AuthSink;
-  settings: HandshakeOptions;
-  logger: Logger;
-  metrics?: HandshakeMetrics;
-  now?: () => Date;
-}
+export type InitiatorOptions = HandshakeRoleOptions;
 
 export interface PairRequest {
   /** The local workload identity to present. */

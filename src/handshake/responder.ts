@@ -1,35 +1,22 @@
 import { createServer as createNetServer, type AddressInfo, type Server as NetServer, type Socket } from 'node:net';
 import { createServer as createTlsServer, type Server as TlsServer, type TLSSocket } from 'node:tls';
 import type { ValidatedSvid } from '../identity/svid-validator.js';
-import type { HandshakeKindLabel, HandshakeMetrics } from '../metrics/handshake-metrics.js';
-import type { Logger } from '../util/logger.js';
+import type { HandshakeKindLabel } from './handshake-metrics.js';
 import { buildAuthResult, exportSecrets } from './auth-result.js';
 import { HandshakeFailure, classifySocketError } from './failure.js';
-import { acceptedPeerFrame, checkedOwnFrame, decodeVerdict, encodeVerdict, readFrame, type NodeFrame } from './frames.js';
-import type { HandshakeOptions } from './handshake-options.js';
-import { TLS_BASE_OPTIONS, type LocalIdentities, type LocalIdentity } from './local-identities.js';
-import type { NodeIdentityScheme } from './node-identity.js';
-import type { PeerValidator } from './peer-validator.js';
+import { acceptedPeerFrame, checkedOwnFrame, decodeVerdict, encodeVerdict, readFrame } from './frames.js';
+import { TLS_BASE_OPTIONS, type LocalIdentity } from './local-identities.js';
 import { ALPN, kindOfAlpn, type HandshakeKind } from './protocol.js';
 import { SourceAdmission, normalizeAddress } from './source-admission.js';
-import type { AuthResult, AuthSink, AuthorizeRequest } from './types.js';
+import type { AuthResult, AuthorizeRequest } from './types.js';
+import type { HandshakeRoleOptions } from './role-options.js';
 
-export interface ResponderOptions {
-  identities: LocalIdentities;
-  validator: PeerValidator;
-  nodeIds: NodeIdentityScheme;
+export interface ResponderOptions extends HandshakeRoleOptions {
   /** The node a source address belongs to (node InternalIP → node name); undefined → refused. */
   resolveNode: (address: string) => string | undefined;
   /** May this remote identity authenticate to this local identity? Fails closed if it throws; a
    *  thrown HandshakeFailure refuses with its own class (a 'refused' is retried by the initiator). */
   authorize: (request: AuthorizeRequest) => boolean;
-  /** This node's frame for a node handshake with the named peer (it may allocate per-peer values, such as IPsec SPIs). */
-  localNodeFrame: (peerNode: string) => NodeFrame;
-  onAuthenticated: AuthSink;
-  settings: HandshakeOptions;
-  logger: Logger;
-  metrics?: HandshakeMetrics;
-  now?: () => Date;
 }
 
 interface Connection {

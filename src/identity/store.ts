@@ -5,7 +5,7 @@ import { SpiffeId } from './spiffe-id.js';
 import { SvidError } from './svid-errors.js';
 import { validateX509Svid } from './svid-validator.js';
 import type { IdentityProvider, ProviderError, ProviderSink, RawBundles, RawSvid, Svid } from './types.js';
-import type { IdentityMetrics } from '../metrics/identity-metrics.js';
+import type { IdentityMetrics } from './identity-metrics.js';
 import type { Logger } from '../util/logger.js';
 
 export interface IdentityStoreOptions {

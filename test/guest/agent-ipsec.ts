@@ -18,7 +18,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { ConfigInput } from '../../src/config/config.js';
-import { isMeshauthReqid } from '../../src/datapath/transport-xfrm.js';
+import { isMeshauthReqid } from '../../src/datapath/transport/xfrm.js';
 import { AgentProcess, type LogLine } from '../../src/demo/agent-process.js';
 import { Topology, inNetns, type NodeSpec, type TopologyNode } from '../../src/demo/topology.js';
 import { ProcessRecorder, processesHolding } from '../helpers/process-recorder.js';

@@ -4,7 +4,8 @@
 // Everything here runs under qemu's software emulation: absolute numbers are pessimistic.
 // Prints one JSON object on the last line.
 import { randomBytes, randomInt } from 'node:crypto';
-import { IpsecTransport, type IpsecPeer } from '../../src/datapath/ipsec.js';
+import { IpsecTransport } from '../../src/datapath/transport/ipsec.js';
+import type { IpsecPeer } from '../../src/datapath/transport/ipsec-peer.js';
 import { TransportTopology } from '../helpers/transport-topology.js';
 
 const PEERS = 100;

@@ -8,12 +8,13 @@ import { join } from 'node:path';
 import { Writable } from 'node:stream';
 import { pino } from 'pino';
 import { execa } from 'execa';
-import type { TransportMetrics } from '../../src/metrics/transport-metrics.js';
+import type { TransportMetrics } from '../../src/datapath/transport/metrics.js';
 import type { Logger } from '../../src/util/logger.js';
-import { WireGuardTransport, type WireGuardImplementation, type WireGuardPeer } from '../../src/datapath/wireguard.js';
-import { WireGuardKeyPair } from '../../src/datapath/transport-keys.js';
-import { IpsecTransport, type IpsecPeer } from '../../src/datapath/ipsec.js';
-import { isMeshauthReqid, parseStates } from '../../src/datapath/transport-xfrm.js';
+import { WireGuardTransport, type WireGuardImplementation, type WireGuardPeer } from '../../src/datapath/transport/wireguard.js';
+import { WireGuardKeyPair } from '../../src/datapath/transport/keys.js';
+import { IpsecTransport } from '../../src/datapath/transport/ipsec.js';
+import type { IpsecPeer } from '../../src/datapath/transport/ipsec-peer.js';
+import { isMeshauthReqid, parseStates } from '../../src/datapath/transport/xfrm.js';
 import { PING_MARKER, secretForms, type TransportTopology } from '../helpers/transport-topology.js';
 
 export type Record = (check: string, ok: boolean, detail?: unknown) => void;

@@ -1,9 +1,9 @@
 // A stand-in agent process for the SIGKILL test: programs the gate like the real agent would, says
 // "ready" on stdout, then keeps running (polling signals) until it is killed.
 // Usage: node --import tsx datapath-agent.ts '<JSON AgentPlan>'
-import { Datapath } from '../../src/datapath/datapath.js';
-import type { AuthKey, IpcacheEntry } from '../../src/datapath/layout.js';
-import type { WorkloadInterface } from '../../src/datapath/loader.js';
+import { Datapath } from '../../src/datapath/gate/datapath.js';
+import type { AuthKey, IpcacheEntry } from '../../src/datapath/gate/layout.js';
+import type { WorkloadInterface } from '../../src/datapath/gate/pin-layout.js';
 
 export interface AgentPlan {
   nodes: {

@@ -4,10 +4,10 @@
 // workload's identity; no pair is authenticated yet.
 import { statSync } from 'node:fs';
 import { join } from 'node:path';
-import { Datapath, monotonicNowNs } from '../../src/datapath/datapath.js';
-import { defaultObjectPath, type MapCapacities } from '../../src/datapath/loader.js';
-import type { AuthKey } from '../../src/datapath/layout.js';
-import type { SignalPollerOptions } from '../../src/datapath/signals.js';
+import { Datapath, monotonicNowNs } from '../../src/datapath/gate/datapath.js';
+import { defaultObjectPath, type MapCapacities } from '../../src/datapath/gate/loader.js';
+import type { AuthKey } from '../../src/datapath/gate/layout.js';
+import type { SignalPollerOptions } from '../../src/datapath/gate/signals.js';
 import { Topology, type Workload } from './netns.js';
 
 export const IDENTITY: Record<string, number> = { w1a: 101, w1b: 102, w2a: 201, w2b: 202 };

@@ -21,7 +21,7 @@ import { TrustBundleSet } from '../../src/identity/bundle-set.js';
 import { IdentityStore } from '../../src/identity/store.js';
 import { SpiffeId } from '../../src/identity/spiffe-id.js';
 import type { IdentityProvider, ProviderSink, RawBundles, RawSvid, Svid } from '../../src/identity/types.js';
-import { HandshakeMetrics } from '../../src/metrics/handshake-metrics.js';
+import { HandshakeMetrics } from '../../src/handshake/handshake-metrics.js';
 import { silentLogger } from '../../src/util/logger.js';
 import { caSpec, forge, leafSpec, type CertSpec, type Forged } from './cert-forge.js';
 

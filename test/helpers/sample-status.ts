@@ -1,6 +1,6 @@
 // A representative AgentStatus for the status tests: a node and two workload identities, pairs
 // in every state, peers on both transports, and datapath counters beyond 2^53.
-import type { AgentStatus } from '../../src/agent/status.js';
+import type { AgentStatus } from '../../src/control/status.js';
 
 export const NOW = new Date('2030-06-01T12:00:00Z');
 const at = (offsetMs: number) => new Date(NOW.getTime() + offsetMs).toISOString();

@@ -2,9 +2,9 @@
 // a test compares them across nodes), `ip xfrm policy list` (with the templates), and
 // `ip xfrm monitor` as a timestamped event stream (the order of adds and deletes shows
 // make-before-break). iproute2 has no JSON output for xfrm, so these parse its text; the
-// parsers are tested on canned output in test/agent-ipsec.test.ts.
+// parsers are tested on canned output in test/xfrm-observer.test.ts.
 import { execa, type ResultPromise } from 'execa';
-import { listingBlocks } from '../../src/datapath/transport-xfrm.js';
+import { listingBlocks } from '../../src/datapath/transport/xfrm.js';
 
 export interface XfrmState {
   src: string;

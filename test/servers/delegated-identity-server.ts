@@ -17,7 +17,8 @@ import {
   type SubscribeToX509SvidsRequest,
   type SubscribeToX509SvidsResponse,
 } from '../../src/identity/providers/grpc-protos.js';
-import { GrpcTestServer, type ListenOptions, type StreamCall } from './grpc-test-server.js';
+import type { ListenOptions, StreamCall } from './grpc-test-server.js';
+import { IdentityApiServer } from './identity-api-server.js';
 
 export interface RegistrationEntry {
   id: string;
@@ -37,22 +38,17 @@ export interface DelegatedIdentityServerOptions extends ListenOptions {
 
 type DelegatedMethod = 'SubscribeToX509SVIDs' | 'SubscribeToX509Bundles';
 
-export class DelegatedIdentityServer {
-  /** Every call received, in order. */
-  readonly calls: { method: DelegatedMethod; selectors: string[] }[] = [];
+export class DelegatedIdentityServer extends IdentityApiServer<DelegatedMethod, { method: DelegatedMethod; selectors: string[] }> {
   private issued = new Map<RegistrationEntry, RawSvid>();
   private readonly subscriptions = new Map<StreamCall, string[]>();
-  private federated: DevCa[];
-
-  private transport!: GrpcTestServer;
 
   private constructor(private readonly options: DelegatedIdentityServerOptions) {
-    this.federated = options.federated ?? [];
+    super(options.federated);
   }
 
   static async start(options: DelegatedIdentityServerOptions): Promise<DelegatedIdentityServer> {
     const server = new DelegatedIdentityServer(options);
-    server.transport = await GrpcTestServer.start(
+    await server.listen(
       delegatedIdentityDefinition().service,
       {
         SubscribeToX509SVIDs: (call: StreamCall) => server.subscribeSvids(call),
@@ -62,14 +58,6 @@ export class DelegatedIdentityServer {
     );
     await server.setEntries(options.entries);
     return server;
-  }
-
-  get address(): string {
-    return this.transport.address;
-  }
-
-  callCount(method: DelegatedMethod): number {
-    return this.calls.filter((call) => call.method === method).length;
   }
 
   /** The selector sets of the open SVID subscriptions, each as sorted "type:value" strings. */
@@ -92,26 +80,9 @@ export class DelegatedIdentityServer {
     this.push();
   }
 
-  setFederated(cas: DevCa[]): void {
-    this.federated = cas;
-    this.push();
-  }
-
-  fail(code: grpc.status, details = `test server answers ${grpc.status[code]}`): void {
-    this.transport.fail(code, details);
-  }
-
-  recover(): void {
-    this.transport.recover();
-  }
-
-  restart(): Promise<void> {
+  override restart(): Promise<void> {
     this.subscriptions.clear();
-    return this.transport.restart();
-  }
-
-  close(): Promise<void> {
-    return this.transport.close();
+    return super.restart();
   }
 
   private subscribeSvids(call: StreamCall): void {
@@ -142,7 +113,7 @@ export class DelegatedIdentityServer {
     call.write(this.bundlesResponse());
   }
 
-  private push(): void {
+  protected push(): void {
     for (const call of this.transport.streams('SubscribeToX509SVIDs')) call.write(this.svidsFor(this.subscriptions.get(call) ?? []));
     for (const call of this.transport.streams('SubscribeToX509Bundles')) call.write(this.bundlesResponse());
   }

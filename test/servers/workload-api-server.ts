@@ -9,7 +9,8 @@ import type { DevCa, KeyAlgorithm } from '../../src/identity/dev-ca.js';
 import type { RawSvid } from '../../src/identity/types.js';
 import { workloadApiDefinition, type X509BundlesResponse, type X509SvidResponse } from '../../src/identity/providers/grpc-protos.js';
 import { WORKLOAD_API_HEADER } from '../../src/identity/providers/spiffe.js';
-import { GrpcTestServer, type ListenOptions, type StreamCall } from './grpc-test-server.js';
+import type { ListenOptions, StreamCall } from './grpc-test-server.js';
+import { IdentityApiServer } from './identity-api-server.js';
 
 export interface WorkloadSvidSpec {
   id: string;
@@ -36,22 +37,17 @@ export interface WorkloadCall {
   header: string[];
 }
 
-export class WorkloadApiServer {
-  /** Every call received, in order, with its security header. */
-  readonly calls: WorkloadCall[] = [];
+export class WorkloadApiServer extends IdentityApiServer<WorkloadMethod, WorkloadCall> {
   private issued: { spec: WorkloadSvidSpec; svid: RawSvid }[] = [];
   private tamper?: (response: X509SvidResponse) => X509SvidResponse;
-  private federated: DevCa[];
-
-  private transport!: GrpcTestServer;
 
   private constructor(private readonly options: WorkloadApiServerOptions) {
-    this.federated = options.federated ?? [];
+    super(options.federated);
   }
 
   static async start(options: WorkloadApiServerOptions): Promise<WorkloadApiServer> {
     const server = new WorkloadApiServer(options);
-    server.transport = await GrpcTestServer.start(
+    await server.listen(
       workloadApiDefinition().service,
       {
         FetchX509SVID: (call: StreamCall) => server.open(call, 'FetchX509SVID'),
@@ -61,14 +57,6 @@ export class WorkloadApiServer {
     );
     await server.setSvids(options.svids);
     return server;
-  }
-
-  get address(): string {
-    return this.transport.address;
-  }
-
-  callCount(method: WorkloadMethod): number {
-    return this.calls.filter((call) => call.method === method).length;
   }
 
   /** Grants exactly these SVIDs (freshly issued) and pushes the new state; [] withdraws all. */
@@ -82,34 +70,10 @@ export class WorkloadApiServer {
     await this.setSvids(this.issued.map(({ spec }) => spec));
   }
 
-  /** Replaces the federated trust domains and pushes the new state. */
-  setFederated(cas: DevCa[]): void {
-    this.federated = cas;
-    this.push();
-  }
-
   /** Makes the server misbehave: every X509SVIDResponse from now on passes through tamper. */
   setTamper(tamper: ((response: X509SvidResponse) => X509SvidResponse) | undefined): void {
     this.tamper = tamper;
     this.push();
-  }
-
-  /** Every call (open or new) ends with this status until recover(). */
-  fail(code: grpc.status, details = `test server answers ${grpc.status[code]}`): void {
-    this.transport.fail(code, details);
-  }
-
-  recover(): void {
-    this.transport.recover();
-  }
-
-  /** Drops every connection, as a restarting agent does. */
-  restart(): Promise<void> {
-    return this.transport.restart();
-  }
-
-  close(): Promise<void> {
-    return this.transport.close();
   }
 
   private open(call: StreamCall, method: WorkloadMethod): void {
@@ -129,7 +93,7 @@ export class WorkloadApiServer {
     this.send(call, method);
   }
 
-  private push(): void {
+  protected push(): void {
     for (const method of ['FetchX509SVID', 'FetchX509Bundles'] as const) {
       for (const call of this.transport.streams(method)) this.send(call, method);
     }

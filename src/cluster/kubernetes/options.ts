@@ -1,5 +1,5 @@
 import { z } from 'zod';
-import { trustDomainName } from '../../config/zod-helpers.js';
+import { trustDomainName } from '../../identity/spiffe-id-schemas.js';
 
 /**
  * kubernetes: cluster state (pods, nodes, MutualAuthPolicies) from the Kubernetes API. The lead

@@ -1,5 +1,5 @@
 import { z } from 'zod';
-import { durationMs } from '../../config/zod-helpers.js';
+import { durationMs } from '../../util/zod-helpers.js';
 
 /** identity.dev: the embedded development CA. */
 export const devOptionsSchema = z.strictObject({

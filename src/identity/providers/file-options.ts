@@ -1,5 +1,5 @@
 import { z } from 'zod';
-import { trustDomainName } from '../../config/zod-helpers.js';
+import { trustDomainName } from '../spiffe-id-schemas.js';
 
 /** identity.file: PEM files on disk, watched for atomic replacement. */
 export const fileOptionsSchema = z.strictObject({

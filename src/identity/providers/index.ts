@@ -1,5 +1,5 @@
-import type { Config } from '../../config/config.js';
 import type { Logger } from '../../util/logger.js';
+import type { IdentityOptions } from '../options.js';
 import type { IdentityProvider } from '../types.js';
 import { DevProvider, devProviderOptions } from './dev.js';
 import { FileProvider, fileProviderOptions } from './file.js';
@@ -7,12 +7,12 @@ import { SpiffeProvider } from './spiffe.js';
 import { SpireDelegatedProvider } from './spire-delegated.js';
 import { VaultProvider } from './vault.js';
 
-/** The provider that `identity.provider` names, built from its config section. */
-export function createProvider(config: Config, logger: Logger): IdentityProvider {
-  const identity = config.identity;
+/** The provider that `identity.provider` names, built from its config section; the dev CA also
+ *  needs the node's trust domain and state directory. */
+export function createProvider(identity: IdentityOptions, node: { trustDomain: string; stateDir: string }, logger: Logger): IdentityProvider {
   switch (identity.provider) {
     case 'dev':
-      return new DevProvider(devProviderOptions(identity.dev, { trustDomain: config.trustDomain, stateDir: config.stateDir, logger }));
+      return new DevProvider(devProviderOptions(identity.dev, { trustDomain: node.trustDomain, stateDir: node.stateDir, logger }));
     case 'file':
       return new FileProvider(fileProviderOptions(requireSection(identity.file, 'file'), logger));
     case 'spiffe':
