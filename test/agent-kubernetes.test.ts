@@ -334,6 +334,11 @@ test('initial sync: not ready and nothing desired until every list is complete; 
   t.is(countsA['pair/initiator'] ?? 0, countsB['pair/responder'] ?? 0, "every pair handshake node-a ran, node-b answered");
   t.is(countsB['pair/initiator'] ?? 0, countsA['pair/responder'] ?? 0, "every pair handshake node-b ran, node-a answered");
   t.true((countsA['pair/initiator'] ?? 0) + (countsB['pair/initiator'] ?? 0) >= 1);
+  // Every family the dashboard charts is exported, whatever the transport (here none).
+  const exposition = await (await fetch(`http://${addresses.a}:${a.metricsPort}/metrics`)).text();
+  for (const family of ['meshauth_transport_peers', 'meshauth_transport_operations_total', 'meshauth_transport_operation_duration_seconds']) {
+    t.regex(exposition, new RegExp(`^# TYPE ${family} `, 'm'), `${family} is exported`);
+  }
 });
 
 test('a deleted MutualAuthPolicy takes its pair out of both agents; re-added, it is back with one handshake', async (t) => {

@@ -15,9 +15,7 @@ import { configSchema, parseConfig } from '../src/config/config.js';
 import { SPIFFE_ID_PATTERN, policyRule } from '../src/cluster/kubernetes/convert.js';
 import { kubernetesOptionsSchema } from '../src/cluster/kubernetes/options.js';
 import { POLICY_GROUP, POLICY_KIND, POLICY_PLURAL, POLICY_VERSION } from '../src/cluster/kubernetes/resources.js';
-import { AgentMetrics } from '../src/agent/agent-metrics.js';
-import { HandshakeMetrics } from '../src/handshake/handshake-metrics.js';
-import { IdentityMetrics } from '../src/identity/identity-metrics.js';
+import { registerAgentMetrics } from '../src/agent/metric-families.js';
 import { createRegistry } from '../src/metrics/registry.js';
 
 const DEPLOY = fileURLToPath(new URL('../deploy/', import.meta.url));
@@ -393,15 +391,13 @@ test('the DaemonSet: host network, minimal capabilities, mounts, probes, tolerat
 });
 
 /**
- * The registry the agent builds (src/agent/agent.ts): createRegistry() and the metric classes the
- * agent registers in it. Constructing them here, rather than listing names, means a metric
- * renamed or added in src/metrics/ is seen by the dashboard test below.
+ * The registry the agent builds (src/agent/agent.ts): createRegistry() and registerAgentMetrics(),
+ * the one place that registers the agent's metric families, so a metric renamed, added or left
+ * unregistered is seen by the dashboard test below.
  */
 function agentRegistry(): Registry {
   const registry = createRegistry();
-  new AgentMetrics(registry);
-  new IdentityMetrics(registry);
-  new HandshakeMetrics(registry);
+  registerAgentMetrics(registry);
   return registry;
 }
 
@@ -466,4 +462,20 @@ test('the Dockerfile: node:24-slim stages, compilers only in the build stage, ru
   for (const tool of ['iproute2', 'wireguard-tools', 'bpftool']) t.regex(runtime, new RegExp(`install[^\\n]*${tool}`));
   t.notRegex(runtime, /clang/);
   t.regex(runtime, /COPY --from=build/);
+});
+
+test("the README's metrics table lists exactly the agent's metric families, with their labels", async (t) => {
+  const readme = await readFile(fileURLToPath(new URL('../README.md', import.meta.url)), 'utf8');
+  const documented = new Map<string, string[]>();
+  for (const [, names, labels] of readme.matchAll(/^\| (`meshauth_[^|]+)\| ([^|]*)\|$/gm)) {
+    const labelList = [...labels!.matchAll(/`(\w+)`/g)].map((m) => m[1]!);
+    for (const [, name] of names!.matchAll(/`(meshauth_\w+)`/g)) documented.set(name!, labelList);
+  }
+  const registry = agentRegistry();
+  const exported = new Map(
+    (await registry.getMetricsAsJSON())
+      .filter((metric) => metric.name.startsWith('meshauth_'))
+      .map((metric) => [metric.name, [...((registry.getSingleMetric(metric.name) as unknown as { labelNames: string[] }).labelNames ?? [])]]),
+  );
+  t.deepEqual(Object.fromEntries([...documented].sort()), Object.fromEntries([...exported].sort()));
 });

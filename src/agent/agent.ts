@@ -24,9 +24,8 @@ import type { AuthResult, AuthorizeRequest, PairAuthResult } from '../handshake/
 import { createProvider } from '../identity/providers/index.js';
 import { SpiffeId } from '../identity/spiffe-id.js';
 import { IdentityStore } from '../identity/store.js';
-import { AgentMetrics } from './agent-metrics.js';
-import { HandshakeMetrics } from '../handshake/handshake-metrics.js';
-import { IdentityMetrics } from '../identity/identity-metrics.js';
+import type { AgentMetrics } from './agent-metrics.js';
+import { registerAgentMetrics, type AgentMetricFamilies } from './metric-families.js';
 import { createRegistry } from '../metrics/registry.js';
 import { MetricsServer } from '../metrics/server.js';
 import type { Logger } from '../util/logger.js';
@@ -51,6 +50,7 @@ export interface AgentDependencies {
  */
 export class Agent {
   private readonly registry: Registry;
+  private readonly families: AgentMetricFamilies;
   private readonly metrics: AgentMetrics;
   private readonly state: ClusterState;
   private plan?: NodePlan;
@@ -77,12 +77,14 @@ export class Agent {
     private readonly deps: AgentDependencies,
   ) {
     this.registry = createRegistry();
-    this.state = new ClusterState(config.nodeName);
-    this.transport = deps.transport ?? createTransport(config.transport, config.stateDir, deps.logger, () => this.state.nodes.get(config.nodeName));
-    this.metrics = new AgentMetrics(this.registry, {
+    this.families = registerAgentMetrics(this.registry, {
       datapathCounters: () => this.datapath?.counters(),
       onCollectError: (err) => deps.logger.warn({ err: (err as Error).message }, 'reading the datapath counters failed'),
     });
+    this.metrics = this.families.agent;
+    this.state = new ClusterState(config.nodeName);
+    this.transport =
+      deps.transport ?? createTransport(config.transport, config.stateDir, deps.logger, this.families.transport, () => this.state.nodes.get(config.nodeName));
   }
 
   static async start(config: Config, deps: AgentDependencies): Promise<Agent> {
@@ -143,7 +145,7 @@ export class Agent {
       clockSkewMs: config.identity.clockSkew,
       maxChainDepth: config.identity.maxChainDepth,
       logger,
-      metrics: new IdentityMetrics(this.registry),
+      metrics: this.families.identity,
     });
     this.closers.push(() => this.store.stop());
     await this.store.start();
@@ -152,7 +154,6 @@ export class Agent {
     this.closers.push(() => this.transport.close());
 
     // Handshake.
-    const handshakeMetrics = new HandshakeMetrics(this.registry);
     const identities = new LocalIdentities(this.store);
     const validator = new PeerValidator({
       bundles: this.store.trustBundles,
@@ -170,7 +171,7 @@ export class Agent {
       onAuthenticated: (result: AuthResult) => this.onResponderResult(result),
       settings: config.handshake,
       logger,
-      metrics: handshakeMetrics,
+      metrics: this.families.handshake,
     };
     this.initiator = new HandshakeInitiator({ ...common, onAuthenticated: () => {} });
     this.closers.push(() => this.initiator.close());

@@ -4,6 +4,7 @@ import { NoTransport, type Transport } from './transport.js';
 import { IpsecAdapter } from './ipsec-adapter.js';
 import { WireGuardAdapter } from './wireguard-adapter.js';
 import type { TransportOptions } from './options.js';
+import type { TransportMetrics } from './metrics.js';
 
 /** The payload transport the config's transport section selects, keeping its state (the WireGuard
  *  key) under stateDir; `self` is this node as cluster state knows it. */
@@ -11,6 +12,7 @@ export function createTransport(
   transport: TransportOptions,
   stateDir: string,
   logger: Logger,
+  metrics: TransportMetrics,
   self: () => { address: string; podCidrs: string[] } | undefined,
 ): Transport {
   switch (transport.mode) {
@@ -19,11 +21,11 @@ export function createTransport(
     case 'wireguard': {
       const wg = transport.wireguard;
       return new WireGuardAdapter(
-        { stateDir: join(stateDir, 'wireguard'), interfaceName: wg.interface, listenPort: wg.listenPort, implementation: wg.implementation, mtu: wg.mtu, logger },
+        { stateDir: join(stateDir, 'wireguard'), interfaceName: wg.interface, listenPort: wg.listenPort, implementation: wg.implementation, mtu: wg.mtu, logger, metrics },
         () => self()?.address,
       );
     }
     case 'ipsec':
-      return new IpsecAdapter({ logger }, self, logger);
+      return new IpsecAdapter({ logger, metrics }, self, logger);
   }
 }
