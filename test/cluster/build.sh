@@ -202,6 +202,7 @@ main() {
 	mkdir -p "$cache/.tmp"
 	exec 9>"$cache/.lock"
 	flock 9 # one build.sh at a time per cache root
+	rm -rf "${cache:?}/.tmp/"* # what a killed build left behind (we hold the lock)
 	t0=$(date +%s.%N)
 	echo "build.sh: cache $cache, go build -p $jobs, $(go version | cut -d' ' -f3)" >&2
 	printf '%-11s %-14s %9s  %-6s  %s\n' component version wall status bin-size

@@ -59,9 +59,20 @@ done
 "$ebin/etcdctl" --endpoints "127.0.0.1:$etcd_client" endpoint health
 
 # --- kube-apiserver ---------------------------------------------------------------
+# Required: --etcd-servers; the service-account trio --service-account-issuer,
+# --service-account-key-file, --service-account-signing-key-file (it refuses to
+# start without any one of them); --tls-cert-file/--tls-private-key-file (else
+# it writes a self-signed pair to /var/run/kubernetes that our CA does not
+# sign); --client-ca-file (else client certs are not accepted: /readyz still
+# answers anonymously, other requests do not).
+# Defaulted, given anyway: --bind-address (default 0.0.0.0), --secure-port
+# (6443), --service-cluster-ip-range (10.0.0.0/24), --authorization-mode
+# (AlwaysAllow). Not given: --advertise-address 127.0.0.1, with which the
+# "kubernetes" Endpoints cannot be written (loopback is not allowed); without
+# it the host's address is advertised (data only, nothing is sent there).
 "$kbin/kube-apiserver" \
 	--etcd-servers "http://127.0.0.1:$etcd_client" \
-	--bind-address 127.0.0.1 --advertise-address 127.0.0.1 --secure-port "$api_port" \
+	--bind-address 127.0.0.1 --secure-port "$api_port" \
 	--tls-cert-file apiserver.crt --tls-private-key-file apiserver.key \
 	--client-ca-file ca.crt \
 	--service-account-issuer https://kubernetes.default.svc \
