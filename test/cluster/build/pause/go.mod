@@ -1,0 +1,3 @@
+module meshauth.invalid/test/cluster/build/pause
+
+go 1.24.0
