@@ -16,7 +16,7 @@ import { DEFAULT_PORT } from '../src/handshake/protocol.js';
 import { agentConfig, eventually, startAgent, tempDir } from './helpers/agents.js';
 import { node, pod, policy } from './helpers/cluster-events.js';
 import { KubeApiServer, type KubeResource } from './servers/kube-api-server.js';
-import { agentClusterRoleRules, deniedRequests } from './helpers/rbac.js';
+import { assertRequestsAuthorized } from './helpers/rbac.js';
 
 // Each test's API server, for the RBAC check after it.
 const test = anyTest as TestFn<{ servers: KubeApiServer[] }>;
@@ -28,12 +28,7 @@ test.beforeEach((t) => {
 // Whatever the agent asks the API server for, with the token of its kubeconfig, must be allowed
 // by the ClusterRole deploy/rbac.yaml binds to its service account.
 test.afterEach('every request carried the token and is allowed by deploy/rbac.yaml', async (t) => {
-  const rules = await agentClusterRoleRules();
-  for (const server of t.context.servers) {
-    t.is(server.unauthenticated, 0, 'requests without the bearer token');
-    t.true(server.requests.length > 0);
-    t.deepEqual(deniedRequests(rules, { resources: server.requests, nonResources: server.nonResourceRequests }), [], 'requests deploy/rbac.yaml does not allow');
-  }
+  await assertRequestsAuthorized(t, t.context.servers, { eachMadeRequests: true });
 });
 
 const TD = 'example.org';

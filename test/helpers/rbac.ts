@@ -2,7 +2,8 @@
 // check every request the real client made against the ClusterRole that will authorize it.
 import { readFile } from 'node:fs/promises';
 import { parseAllDocuments } from 'yaml';
-import type { NonResourceRequestRecord, ResourceAttributes } from '../servers/kube-api-server.js';
+import type { ExecutionContext } from 'ava';
+import type { KubeApiServer, NonResourceRequestRecord, RequestRecord, ResourceAttributes } from '../servers/kube-api-server.js';
 
 export interface PolicyRule {
   verbs: string[];
@@ -71,4 +72,21 @@ export function unusedGrants(rules: PolicyRule[], requests: ResourceAttributes[]
     }
   }
   return unused;
+}
+
+/**
+ * After a scenario: every request its API servers saw carried the bearer token and is one
+ * deploy/rbac.yaml lets the agent's service account make. Returns the requests, for a file that
+ * also checks that every grant was used.
+ */
+export async function assertRequestsAuthorized(t: ExecutionContext, servers: readonly KubeApiServer[], options: { eachMadeRequests: boolean }): Promise<RequestRecord[]> {
+  const rules = await agentClusterRoleRules();
+  const requests: RequestRecord[] = [];
+  for (const server of servers) {
+    t.is(server.unauthenticated, 0, 'requests without the bearer token');
+    if (options.eachMadeRequests) t.true(server.requests.length > 0, 'the scenario made requests');
+    t.deepEqual(deniedRequests(rules, { resources: server.requests, nonResources: server.nonResourceRequests }), [], 'requests deploy/rbac.yaml does not allow');
+    requests.push(...server.requests);
+  }
+  return requests;
 }
