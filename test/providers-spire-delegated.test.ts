@@ -11,6 +11,7 @@ import { spireDelegatedOptionsSchema } from '../src/identity/providers/spire-del
 import type { BackoffOptions } from '../src/util/backoff.js';
 import { providerConformance } from './helpers/provider-conformance.js';
 import { RecordingSink } from './helpers/recording-sink.js';
+import { unavailableKeepsStateAndBacksOff } from './helpers/unavailable-check.js';
 import { DelegatedIdentityServer, type DelegatedIdentityServerOptions, type RegistrationEntry } from './servers/delegated-identity-server.js';
 
 const FAST: BackoffOptions = { initialMs: 40, maxMs: 200, jitter: 0 };
@@ -177,24 +178,7 @@ test('PermissionDenied (not an authorized delegate) withdraws SVIDs and bundles,
 test('Unavailable keeps the last SVIDs, backs off instead of spinning, and recovers', async (t) => {
   await withProvider([NODE], {}, async ({ server, sink }) => {
     await sink.until(idsAre(sink, [NODE]), 'the first state');
-    const statesBefore = sink.svidStates.length;
-    const callsBefore = server.callCount('SubscribeToX509SVIDs');
-    server.fail(grpc.status.UNAVAILABLE, 'agent is restarting');
-    const failedAt = performance.now();
-    // It keeps retrying: awaited (a loaded machine may fit fewer attempts in a fixed window), then
-    // counted over the time that actually passed.
-    const retried = () => server.callCount('SubscribeToX509SVIDs') - callsBefore;
-    for (const deadline = Date.now() + 10_000; retried() < 2 && Date.now() < deadline; ) await delay(20);
-    await delay(600);
-    const retries = retried();
-    const elapsed = performance.now() - failedAt;
-    // Immediate reconnect, then 40, 80, 160, 200, 200 ms: a handful, not hundreds. The bound, the
-    // ramp and one per 100 ms, is twice that rate and far below a client that spins.
-    t.true(retries >= 2 && retries <= 5 + elapsed / 100, `${retries} retries in ${Math.round(elapsed)} ms`);
-    t.is(sink.svidStates.length, statesBefore, 'Unavailable must not withdraw SVIDs');
-    server.recover();
-    await sink.until(() => (sink.svidStates.length > statesBefore ? true : undefined), 'a state after recovery');
-    t.deepEqual(sink.latestIds(), [NODE]);
+    await unavailableKeepsStateAndBacksOff(t, { server, sink, method: 'SubscribeToX509SVIDs', expectedIds: [NODE] });
   });
 });
 
