@@ -204,8 +204,9 @@ export class FileProvider implements IdentityProvider {
     if (this.stopped) return;
     this.seenSignature = signature;
     const now = performance.now();
-    const settling = absorb(this.svidSources, svids, sink, now) | absorb(this.bundleSources, bundles, sink, now);
-    if (settling) this.reloadSoon(REPLACEMENT_GRACE_MS);
+    const svidsSettling = absorb(this.svidSources, svids, sink, now);
+    const bundlesSettling = absorb(this.bundleSources, bundles, sink, now);
+    if (svidsSettling || bundlesSettling) this.reloadSoon(REPLACEMENT_GRACE_MS);
     this.push(sink);
   }
 
@@ -326,12 +327,12 @@ function settle<T>(sources: Source<T>[]): Promise<(T | ProviderError)[]> {
   );
 }
 
-/** Keeps each source's good outcome; reports each failure once per distinct message, because
- *  unrelated events in a watched directory would otherwise repeat it on every reload. */
-/** Takes each source's outcome; returns 1 when a failing source is still within its replacement
- *  grace (so the caller reads it again once the grace is over), 0 otherwise. */
-function absorb<T>(sources: Source<T>[], outcomes: (T | ProviderError)[], sink: ProviderSink, now: number): 0 | 1 {
-  let settling: 0 | 1 = 0;
+/** Keeps each source's good outcome; reports each failure once per distinct message (unrelated
+ *  events in a watched directory would otherwise repeat it on every reload), and a source that
+ *  was good only once its replacement grace is over. Returns true while a failing source is
+ *  within that grace, so the caller reads it again once the grace is over. */
+function absorb<T>(sources: Source<T>[], outcomes: (T | ProviderError)[], sink: ProviderSink, now: number): boolean {
+  let settling = false;
   for (const [index, source] of sources.entries()) {
     const outcome = outcomes[index]!;
     if (!(outcome instanceof ProviderError)) {
@@ -343,7 +344,7 @@ function absorb<T>(sources: Source<T>[], outcomes: (T | ProviderError)[], sink: 
     if (source.good !== undefined) {
       source.failingSince ??= now;
       if (now - source.failingSince < REPLACEMENT_GRACE_MS) {
-        settling = 1;
+        settling = true;
         continue;
       }
     }
