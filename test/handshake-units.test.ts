@@ -34,6 +34,8 @@ test('frames round-trip and carry a 2-byte big-endian length', (t) => {
   t.deepEqual(decodeVerdict(frame.subarray(2)), { verdict: 'reject', reason: 'untrusted' });
   const node = { nodeName: 'n1', podCidrs: ['10.0.0.0/24'], wireguard: { publicKey: Buffer.alloc(32, 1).toString('base64'), endpoint: '[fd00::1]:51820' } };
   t.deepEqual(decodeVerdict(encodeVerdict({ verdict: 'accept', node }).subarray(2)), { verdict: 'accept', node });
+  const v4 = { ...node, wireguard: { ...node.wireguard, endpoint: '192.0.2.7:51820' } };
+  t.deepEqual(decodeVerdict(encodeVerdict({ verdict: 'accept', node: v4 }).subarray(2)), { verdict: 'accept', node: v4 });
 });
 
 test('frames outside the schema are protocol failures', (t) => {
@@ -47,6 +49,11 @@ test('frames outside the schema are protocol failures', (t) => {
     '{"v":1,"verdict":"accept","node":{"nodeName":"n","podCidrs":["10.0.0.0/33"]}}',
     '{"v":1,"verdict":"accept","node":{"nodeName":"n","podCidrs":[],"ipsecSpis":[255]}}',
     `{"v":1,"verdict":"accept","node":{"nodeName":"n","podCidrs":[],"wireguard":{"publicKey":"${Buffer.alloc(31).toString('base64')}"}}}`,
+    // A WireGuard endpoint must be an IP literal: a name would be resolved on the programming queue.
+    ...['node-b.example:51820', 'localhost:51820', '10.0.0.300:51820', '[fd00::1::2]:51820', '10.0.0.1:65536', '10.0.0.1'].map(
+      (endpoint) =>
+        `{"v":1,"verdict":"accept","node":{"nodeName":"n","podCidrs":[],"wireguard":{"publicKey":"${Buffer.alloc(32, 1).toString('base64')}","endpoint":"${endpoint}"}}}`,
+    ),
     `{"v":1,"verdict":"accept","node":{"nodeName":"n","podCidrs":${JSON.stringify(Array.from({ length: 17 }, (_, i) => `10.${i}.0.0/16`))}}}`,
   ];
   for (const text of bad) {

@@ -1,6 +1,7 @@
 // The one frame each side sends after the TLS handshake: its verdict on the peer, and for the
 // node kind its node description. Frames are a 2-byte big-endian length and UTF-8 JSON, checked
 // against a strict schema; anything else, bigger or trailing is a protocol failure.
+import { isIPv4, isIPv6 } from 'node:net';
 import type { Duplex } from 'node:stream';
 import { z } from 'zod';
 import { HandshakeFailure, classifySocketError } from './failure.js';
@@ -19,12 +20,19 @@ const wireguardPublicKey = z
   .base64()
   .refine((text) => Buffer.from(text, 'base64').length === 32, 'a WireGuard public key is 32 bytes');
 
-/** host:port with an IPv4 address, a bracketed IPv6 address or a DNS name. */
+/**
+ * IPv4:port or [IPv6]:port, never a DNS name: `wg set` would resolve a name, with retries, on the
+ * one queue that programs every peer, so one peer could stall every other peer's re-key.
+ */
 const endpoint = z
   .string()
-  .max(300)
-  .regex(/^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]+):\d{1,5}$/, 'expected host:port')
-  .refine((text) => Number(text.slice(text.lastIndexOf(':') + 1)) <= 65535, 'port out of range');
+  .max(64)
+  .refine((text) => {
+    const match = /^(?:\[([0-9a-fA-F:.]+)\]|([0-9.]+)):(\d{1,5})$/.exec(text);
+    if (!match) return false;
+    const addressOk = match[1] !== undefined ? isIPv6(match[1]) : isIPv4(match[2]!);
+    return addressOk && Number(match[3]) <= 65535;
+  }, 'expected an IP literal endpoint: IPv4:port or [IPv6]:port');
 
 export const nodeFrameSchema = z.strictObject({
   nodeName,
