@@ -205,3 +205,10 @@ test('the command-line scanner sees a process that carries a secret (positive co
   t.true(report.scans > 0);
   t.true(report.hits.some((hit) => hit.where === 'cmdline' && hit.command.includes('setTimeout')), JSON.stringify(report.hits));
 });
+
+test('a tool that does not finish is killed and its run fails, naming the command', async (t) => {
+  const started = performance.now();
+  const err = await t.throwsAsync(new NetnsExec(undefined, 200).run('sleep', ['30']), { instanceOf: DatapathError });
+  t.regex(err.message, /^sleep 30 did not finish within 200 ms and was killed$/);
+  t.true(performance.now() - started < 25_000, 'killed long before sleep would have ended');
+});

@@ -5,6 +5,9 @@ import { execa } from 'execa';
 import { DatapathError } from '../errors.js';
 
 const NETNS_NAME = /^[A-Za-z0-9_.-]{1,255}$/;
+/** Every tool run ends within this (killed past it, and the run fails): a stuck tool must not
+ *  hold up the agent's plans. Loading and attaching the gate takes well under a second. */
+export const COMMAND_TIMEOUT_MS = 30_000;
 
 /** /run/netns/NAME for a name, the path itself for an absolute path; throws on anything else. */
 export function netnsPath(netns: string): string {
@@ -18,11 +21,12 @@ export function netnsPath(netns: string): string {
   return `/run/netns/${netns}`;
 }
 
-export async function run(file: string, args: string[], input?: string): Promise<string> {
+export async function run(file: string, args: string[], input?: string, timeoutMs = COMMAND_TIMEOUT_MS): Promise<string> {
   try {
-    const result = await execa(file, args, { input, stripFinalNewline: true });
+    const result = await execa(file, args, { input, stripFinalNewline: true, timeout: timeoutMs });
     return result.stdout;
   } catch (err) {
+    if ((err as { timedOut?: boolean }).timedOut) throw new DatapathError(`${file} ${args.join(' ')} did not finish within ${timeoutMs} ms and was killed`, { cause: err });
     const stderr = (err as { stderr?: unknown }).stderr;
     const detail = typeof stderr === 'string' && stderr.trim() !== '' ? stderr.trim() : (err as Error).message;
     throw new DatapathError(`${file} ${args.join(' ')} failed: ${detail}`, { cause: err });

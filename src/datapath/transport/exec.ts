@@ -10,6 +10,10 @@ import { execa } from 'execa';
 import { DatapathError } from '../errors.js';
 
 const NETNS_NAME = /^[A-Za-z0-9_.-]{1,64}$/;
+/** Every tool run ends within this (killed past it, and the run fails): one stuck `wg` or `ip`
+ *  must not hold the queue that programs every peer. A 100-peer IPsec batch takes < 1 s, even
+ *  emulated. */
+export const COMMAND_TIMEOUT_MS = 30_000;
 
 /** Throws unless `name` is a plain network namespace name (it becomes a /run/netns path). */
 export function checkNetnsName(name: string): string {
@@ -35,7 +39,10 @@ export interface CommandResult {
 export class NetnsExec {
   readonly netns: string | undefined;
 
-  constructor(netns?: string) {
+  constructor(
+    netns?: string,
+    private readonly timeoutMs = COMMAND_TIMEOUT_MS,
+  ) {
     this.netns = netns === undefined ? undefined : checkNetnsName(netns);
   }
 
@@ -56,7 +63,8 @@ export class NetnsExec {
   /** Runs a tool and returns its outcome whatever the exit status. */
   async attempt(command: string, args: readonly string[], input = ''): Promise<CommandResult> {
     const [file, argv] = command === 'ip' && this.netns !== undefined ? ['ip', ['-n', this.netns, ...args]] : this.argv(command, args);
-    const result = await execa(file, argv, { input, reject: false, stripFinalNewline: true, encoding: 'utf8' });
+    const result = await execa(file, argv, { input, reject: false, stripFinalNewline: true, encoding: 'utf8', timeout: this.timeoutMs });
+    if (result.timedOut) throw new DatapathError(`${this.describe(command, args)} did not finish within ${this.timeoutMs} ms and was killed`);
     if (result.exitCode === undefined) {
       // Not started at all (ENOENT, EACCES) or killed by a signal.
       throw new DatapathError(`${this.describe(command, args)} could not run: ${result.shortMessage}`);
