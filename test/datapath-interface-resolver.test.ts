@@ -4,7 +4,7 @@
 import { randomBytes } from 'node:crypto';
 import { execa } from 'execa';
 import { resolveHostInterface } from '../src/datapath/gate/interface-resolver.js';
-import { inNetns } from './helpers/netns.js';
+import { inNetns } from '../src/netns/exec.js';
 import { privileged } from './helpers/privileged.js';
 
 async function ipBatch(netns: string, lines: string[]): Promise<void> {
