@@ -9,7 +9,8 @@ import { Registry } from 'prom-client';
 import { DatapathError } from '../src/datapath/errors.js';
 import { TransportMetrics } from '../src/datapath/transport/metrics.js';
 import { WireGuardTransport } from '../src/datapath/transport/wireguard.js';
-import { CmdlineScanner, TransportTopology } from './helpers/transport-topology.js';
+import { CmdlineScanner } from './helpers/secret-scanner.js';
+import { TransportTopology } from './helpers/transport-topology.js';
 import { WIREGUARD_CHECKS, capturedLogger, leakedIn, wireguardChecks, wireguardSecrets } from './guest/transport-checks.js';
 import { privileged } from './helpers/privileged.js';
 

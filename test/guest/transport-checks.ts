@@ -15,7 +15,8 @@ import { WireGuardKeyPair } from '../../src/datapath/transport/keys.js';
 import { IpsecTransport } from '../../src/datapath/transport/ipsec.js';
 import type { IpsecPeer } from '../../src/datapath/transport/ipsec-peer.js';
 import { isMeshauthReqid, parseStates } from '../../src/datapath/transport/xfrm.js';
-import { PING_MARKER, secretForms, type TransportTopology } from '../helpers/transport-topology.js';
+import { secretForms } from '../helpers/secret-scanner.js';
+import { PING_MARKER, type TransportTopology } from '../helpers/transport-topology.js';
 
 export type Record = (check: string, ok: boolean, detail?: unknown) => void;
 

@@ -13,14 +13,12 @@
 // kernel decrypted, re-injected on the device they arrived on). Built by the namespace builder
 // (src/netns): names carry a random tag; cleanup() stops captures and removes all of them.
 //
-// Also here: ping/UDP traffic with a marker payload, tcpdump captures, and a scanner that
-// watches every process's command line and environment for key material while a test runs.
+// Also here: ping/UDP traffic with a marker payload, and tcpdump captures.
 import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import { existsSync } from 'node:fs';
 import { randomBytes } from 'node:crypto';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { Worker } from 'node:worker_threads';
 import { execa, type ResultPromise } from 'execa';
 import { inNetns, ipBatch, nsenterArgs } from '../../src/netns/exec.js';
 import { FORWARDING, NetnsTopology, QUIET_IPV6, namespaceName, randomTag, type NamespaceSpec, type TopologySpec, type VethSpec } from '../../src/netns/topology.js';
@@ -251,72 +249,5 @@ export class Capture {
     await this.stop();
     const { stdout } = await execa('tcpdump', ['-n', '-r', this.file, ...filter], { reject: false, stderr: 'ignore' });
     return stdout.split('\n').filter(Boolean).length;
-  }
-}
-
-/** Every representation a key could take on a command line or in an environment. */
-export function secretForms(key: Buffer | string): string[] {
-  const bytes = typeof key === 'string' ? Buffer.from(key, 'base64') : key;
-  return [bytes.toString('base64'), bytes.toString('base64url'), bytes.toString('hex'), bytes.toString('hex').toUpperCase()];
-}
-
-export interface ScanReport {
-  scans: number;
-  /** Distinct processes whose command line was read; proves the scanner saw the tools run. */
-  commandsSeen: string[];
-  hits: { pid: string; where: 'cmdline' | 'environ'; command: string }[];
-}
-
-// Runs in a worker thread: a tight loop over /proc that the test's event loop cannot starve.
-// Kernel threads (empty command line, they never exec) are skipped after the first look, and an
-// environment is read once per (pid, command line): both only change with an exec.
-const SCANNER_SOURCE = `
-const { workerData, parentPort } = require('node:worker_threads');
-const fs = require('node:fs');
-const flag = new Int32Array(workerData.flag);
-const needles = workerData.needles.map((s) => Buffer.from(s));
-const kernelThreads = new Set([String(process.pid)]);
-const seen = new Map();
-const hits = [];
-let scans = 0;
-const read = (path) => { try { return fs.readFileSync(path); } catch { return undefined; } };
-while (Atomics.load(flag, 0) === 0) {
-  for (const pid of fs.readdirSync('/proc')) {
-    if (!/^[0-9]+$/.test(pid) || kernelThreads.has(pid)) continue;
-    const cmdline = read('/proc/' + pid + '/cmdline');
-    if (cmdline === undefined) continue;
-    if (cmdline.length === 0 && scans === 0) { kernelThreads.add(pid); continue; }
-    const command = cmdline.toString().split('\\0').filter(Boolean).join(' ').slice(0, 200);
-    for (const needle of needles) if (cmdline.includes(needle)) hits.push({ pid, where: 'cmdline', command });
-    if (seen.has(pid + ' ' + command)) continue;
-    seen.set(pid + ' ' + command, command);
-    const environ = read('/proc/' + pid + '/environ') ?? Buffer.alloc(0);
-    for (const needle of needles) if (environ.includes(needle)) hits.push({ pid, where: 'environ', command });
-  }
-  scans++;
-  Atomics.wait(flag, 0, 0, 2);
-}
-parentPort.postMessage({ scans, commandsSeen: [...new Set(seen.values())], hits });
-`;
-
-/** Watches /proc/<pid>/cmdline and environ of every process for the given secrets until stop(). */
-export class CmdlineScanner {
-  private readonly flag = new Int32Array(new SharedArrayBuffer(4));
-  private readonly result: Promise<ScanReport>;
-
-  /** Secrets as Buffers (raw key bytes) or strings (base64 keys). */
-  constructor(secrets: (Buffer | string)[]) {
-    const needles = [...new Set(secrets.flatMap(secretForms))];
-    const worker = new Worker(SCANNER_SOURCE, { eval: true, workerData: { flag: this.flag.buffer, needles } });
-    this.result = new Promise((resolve, reject) => {
-      worker.once('message', (report: ScanReport) => resolve(report));
-      worker.once('error', reject);
-    });
-  }
-
-  async stop(): Promise<ScanReport> {
-    Atomics.store(this.flag, 0, 1);
-    Atomics.notify(this.flag, 0);
-    return this.result;
   }
 }
