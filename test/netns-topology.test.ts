@@ -14,7 +14,7 @@ const PREFIX = 'mnt';
  *   left ── router ── [sw: br0] ── right
  *
  * left 10.61.1.2 / fd00:61:1::2, right 10.61.2.2 / fd00:61:2::2; the router forwards between them,
- * and reaches right through a bridge in its own namespace. `hostLink` adds a veth from the host's
+ * and reaches right through a bridge (10.61.2.9) in its own namespace. `hostLink` adds a veth from the host's
  * namespace (no addresses) to left; `extraRoute` a route appended to left's.
  */
 function spec(options: { hostLink?: string; extraRoute?: { to: string; via: string } } = {}): TopologySpec {
@@ -27,7 +27,7 @@ function spec(options: { hostLink?: string; extraRoute?: { to: string; via: stri
         routes: [{ to: 'default', via: '10.61.1.1' }, { to: 'default', via: 'fd00:61:1::1' }, ...(options.extraRoute ? [options.extraRoute] : [])],
       },
       { name: 'router', sysctls: { ...QUIET_IPV6, ...FORWARDING } },
-      { name: 'sw', sysctls: QUIET_IPV6, bridges: ['br0'] },
+      { name: 'sw', sysctls: QUIET_IPV6, bridges: [{ name: 'br0', addresses: ['10.61.2.9/24'] }] },
       { name: 'right', sysctls: QUIET_IPV6, routes: [{ to: 'default', via: '10.61.2.1' }, { to: 'default', via: 'fd00:61:2::1' }] },
     ],
     veths: [
@@ -78,6 +78,7 @@ privileged('create builds the described namespaces, reachable across the router 
 
   t.true(await pings(topology, 'left', '10.61.2.2'), 'IPv4 across the router and the bridge');
   t.true(await pings(topology, 'right', 'fd00:61:1::2'), 'IPv6 back');
+  t.true(await pings(topology, 'router', '10.61.2.9'), "the bridge's own address");
   t.is((await topology.run('router', 'sysctl', ['-n', 'net.ipv6.conf.all.forwarding'])).stdout, '1');
   t.is((await topology.run('left', 'sysctl', ['-n', 'net.ipv6.conf.default.accept_dad'])).stdout, '0');
   const routerLinks = JSON.parse((await topology.run('router', 'ip', ['-j', 'link', 'show'])).stdout) as { ifname: string; ifindex: number; mtu: number }[];
@@ -131,6 +132,7 @@ test('a spec that could not be built is refused before anything is made', async 
     ['unknown namespace', { prefix: PREFIX, namespaces: [{ name: 'a' }], veths: [{ ends: [{ netns: 'a', name: 'x' }, { netns: 'b', name: 'y' }] }] }],
     ['host to host', { prefix: PREFIX, namespaces: [{ name: 'a' }], veths: [{ ends: [{ name: 'x' }, { name: 'y' }] }] }],
     ['long interface name', { prefix: PREFIX, namespaces: [{ name: 'a' }, { name: 'b' }], veths: [{ ends: [{ netns: 'a', name: 'sixteen-chars-xx' }, { netns: 'b', name: 'y' }] }] }],
+    ['long bridge name', { prefix: PREFIX, namespaces: [{ name: 'a', bridges: [{ name: 'a-bridge-too-long' }] }] }],
     ['no such bridge', { prefix: PREFIX, namespaces: [{ name: 'a' }, { name: 'b' }], veths: [{ ends: [{ netns: 'a', name: 'x', master: 'br0' }, { netns: 'b', name: 'y' }] }] }],
     ['bad name', { prefix: PREFIX, namespaces: [{ name: 'a/b' }] }],
     ['peer index alone', { prefix: PREFIX, namespaces: [{ name: 'a' }, { name: 'b' }], veths: [{ ends: [{ netns: 'a', name: 'x' }, { netns: 'b', name: 'y', index: 40 }] }] }],

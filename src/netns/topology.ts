@@ -57,8 +57,14 @@ export interface NamespaceSpec {
   name: string;
   sysctls?: Sysctls;
   /** Bridges made (and set up) in this namespace; veth ends join one with `master`. */
-  bridges?: readonly string[];
+  bridges?: readonly BridgeSpec[];
   routes?: readonly RouteSpec[];
+}
+
+export interface BridgeSpec {
+  name: string;
+  /** CIDRs (a gateway address, as a bridge CNI gives its bridge). */
+  addresses?: readonly string[];
 }
 
 export interface VethEnd {
@@ -175,7 +181,7 @@ export class NetnsTopology {
         .filter((ns) => Object.keys(ns.sysctls ?? {}).length > 0)
         .map((ns) => this.run(ns.name, 'sysctl', ['-q', '-w', ...Object.entries(ns.sysctls ?? {}).map(([key, value]) => `${key}=${value}`)])),
     );
-    await Promise.all(this.spec.namespaces.map((ns) => ipBatch(this.netns(ns.name), ['link set lo up', ...(ns.bridges ?? []).map((bridge) => `link add name ${bridge} type bridge`)])));
+    await Promise.all(this.spec.namespaces.map((ns) => ipBatch(this.netns(ns.name), ['link set lo up', ...(ns.bridges ?? []).map((bridge) => `link add name ${bridge.name} type bridge`)])));
     for (const { ends } of veths) {
       const [a, b] = creationOrder(ends);
       const side = (end: VethEnd) => [`name ${end.name}`, end.index === undefined ? '' : ` index ${end.index}`, end.mtu === undefined ? '' : ` mtu ${end.mtu}`].join('');
@@ -189,11 +195,11 @@ export class NetnsTopology {
     await Promise.all(
       keys.map((key) => {
         const ends = endsIn(key);
-        const bridges = key === undefined ? [] : (this.spec.namespaces.find((ns) => ns.name === key)?.bridges ?? []);
+        const links = [...(key === undefined ? [] : (this.spec.namespaces.find((ns) => ns.name === key)?.bridges ?? [])), ...ends];
         return ipBatch(full(key), [
           ...ends.filter((end) => end.master !== undefined).map((end) => `link set ${end.name} master ${end.master}`),
-          ...ends.flatMap((end) => (end.addresses ?? []).map((cidr) => `addr add ${cidr} dev ${end.name}${cidr.includes(':') ? ' nodad' : ''}`)),
-          ...[...bridges, ...ends.map((end) => end.name)].map((link) => `link set ${link} up`),
+          ...links.flatMap((link) => (link.addresses ?? []).map((cidr) => `addr add ${cidr} dev ${link.name}${cidr.includes(':') ? ' nodad' : ''}`)),
+          ...links.map((link) => `link set ${link.name} up`),
         ]);
       }),
     );
@@ -218,6 +224,7 @@ function checkSpec(spec: TopologySpec): void {
   for (const ns of spec.namespaces) {
     if (!SHORT_NAME.test(ns.name) || names.has(ns.name)) throw new Error(`topology: bad or repeated namespace name ${JSON.stringify(ns.name)}`);
     names.add(ns.name);
+    for (const bridge of ns.bridges ?? []) checkInterfaceName(bridge.name);
   }
   if (!SHORT_NAME.test(spec.prefix)) throw new Error(`topology: bad prefix ${JSON.stringify(spec.prefix)}`);
   for (const { ends } of spec.veths ?? []) {
@@ -227,13 +234,17 @@ function checkSpec(spec: TopologySpec): void {
       throw new Error(`topology: veth ${peer.name} has an index but ${first.name} has none (the kernel takes a peer's index only with its own)`);
     }
     for (const end of ends) {
-      if (end.master !== undefined && !spec.namespaces.find((ns) => ns.name === end.netns)?.bridges?.includes(end.master)) {
+      if (end.master !== undefined && !spec.namespaces.find((ns) => ns.name === end.netns)?.bridges?.some((bridge) => bridge.name === end.master)) {
         throw new Error(`topology: veth ${end.name} joins ${end.master}, no bridge of its namespace`);
       }
       if (end.netns !== undefined && !names.has(end.netns)) throw new Error(`topology: veth ${end.name} is in no namespace of the topology (${end.netns})`);
-      if (!INTERFACE_NAME.test(end.name)) throw new Error(`topology: bad interface name ${JSON.stringify(end.name)} (1-15 of A-Z a-z 0-9 _ . -)`);
+      checkInterfaceName(end.name);
     }
   }
+}
+
+function checkInterfaceName(name: string): void {
+  if (!INTERFACE_NAME.test(name)) throw new Error(`topology: bad interface name ${JSON.stringify(name)} (1-15 of A-Z a-z 0-9 _ . -)`);
 }
 
 /** Waits until every link but lo in these namespaces is operationally up: IPv6 ignores an

@@ -67,7 +67,7 @@ const SPEC: TopologySpec = {
         { to: 'default', via: `fd00:${id}:1::1` },
       ],
     })),
-    { name: 'ul', sysctls: QUIET_IPV6, bridges: ['br0'] },
+    { name: 'ul', sysctls: QUIET_IPV6, bridges: [{ name: 'br0' }] },
   ],
   veths: IDS.flatMap((id): VethSpec[] => [
     // Explicit ifindexes, distinct from their peers' (see VethEnd.index).
