@@ -12,7 +12,7 @@ import { spiffeOptionsSchema } from '../src/identity/providers/spiffe-options.js
 import { sleep, type BackoffOptions } from '../src/util/backoff.js';
 import { providerConformance } from './helpers/provider-conformance.js';
 import { bundleDomainsAre, idsAre, withRunningProvider, type RecordingSink } from './helpers/recording-sink.js';
-import { permissionDeniedWithdrawsAndRecovers, unavailableKeepsStateAndBacksOff } from './helpers/identity-api-checks.js';
+import { permissionDeniedWithdrawsAndRecovers, reportedAndNeverRetried, unavailableKeepsStateAndBacksOff } from './helpers/identity-api-checks.js';
 import { WorkloadApiServer, type WorkloadApiServerOptions } from './servers/workload-api-server.js';
 
 const FAST: BackoffOptions = { initialMs: 40, maxMs: 200, jitter: 0 };
@@ -188,12 +188,8 @@ test('a message with a required field left empty is discarded and reported; the 
 test('InvalidArgument is reported and never retried', async (t) => {
   await withProvider({}, async ({ server, sink }) => {
     await sink.until(idsAre(sink, [NODE]), 'the first state');
-    server.fail(grpc.status.INVALID_ARGUMENT, 'security header missing from request');
-    await sink.until(() => (sink.errorKinds().filter((kind) => kind === 'invalid_argument').length === 2 ? true : undefined), 'both streams reporting');
-    const calls = server.calls.length;
-    server.recover();
-    await sleep(500);
-    t.is(server.calls.length, calls, 'the provider called again after InvalidArgument');
+    const message = 'security header missing from request';
+    await reportedAndNeverRetried(t, { server, sink, status: grpc.status.INVALID_ARGUMENT, message, kind: 'invalid_argument', streams: 2 });
     t.deepEqual(sink.latestIds(), [NODE], 'InvalidArgument is not a withdrawal');
   });
 });

@@ -11,7 +11,7 @@ import { spireDelegatedOptionsSchema } from '../src/identity/providers/spire-del
 import { sleep, type BackoffOptions } from '../src/util/backoff.js';
 import { providerConformance } from './helpers/provider-conformance.js';
 import { bundleDomainsAre, idsAre, withRunningProvider, type RecordingSink } from './helpers/recording-sink.js';
-import { permissionDeniedWithdrawsAndRecovers, unavailableKeepsStateAndBacksOff } from './helpers/identity-api-checks.js';
+import { permissionDeniedWithdrawsAndRecovers, reportedAndNeverRetried, unavailableKeepsStateAndBacksOff } from './helpers/identity-api-checks.js';
 import { DelegatedIdentityServer, type DelegatedIdentityServerOptions, type RegistrationEntry } from './servers/delegated-identity-server.js';
 
 const FAST: BackoffOptions = { initialMs: 40, maxMs: 200, jitter: 0 };
@@ -178,24 +178,16 @@ test('an agent restart drops every subscription; all are reopened', async (t) =>
 test('InvalidArgument is reported and never retried', async (t) => {
   await withProvider([NODE, WEB], {}, async ({ server, sink }) => {
     await sink.until(idsAre(sink, [NODE, WEB]), 'the first state');
-    server.fail(grpc.status.INVALID_ARGUMENT, 'could not parse provided selectors');
-    await sink.until(() => (sink.errorKinds().filter((kind) => kind === 'invalid_argument').length === 3 ? true : undefined), 'all three streams reporting');
-    const calls = server.calls.length;
-    server.recover();
-    await sleep(500);
-    t.is(server.calls.length, calls, 'the provider called again after InvalidArgument');
+    const message = 'could not parse provided selectors';
+    await reportedAndNeverRetried(t, { server, sink, status: grpc.status.INVALID_ARGUMENT, message, kind: 'invalid_argument', streams: 3 });
   });
 });
 
 test('Unimplemented is reported and never retried', async (t) => {
   await withProvider([NODE], {}, async ({ server, sink }) => {
     await sink.until(idsAre(sink, [NODE]), 'the first state');
-    server.fail(grpc.status.UNIMPLEMENTED, 'unknown service spire.api.agent.delegatedidentity.v1.DelegatedIdentity');
-    await sink.until(() => (sink.errorKinds().filter((kind) => kind === 'unimplemented').length === 2 ? true : undefined), 'both streams reporting');
-    const calls = server.calls.length;
-    server.recover();
-    await sleep(500);
-    t.is(server.calls.length, calls);
+    const message = 'unknown service spire.api.agent.delegatedidentity.v1.DelegatedIdentity';
+    await reportedAndNeverRetried(t, { server, sink, status: grpc.status.UNIMPLEMENTED, message, kind: 'unimplemented', streams: 2 });
   });
 });
 

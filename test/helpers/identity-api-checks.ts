@@ -3,7 +3,9 @@
 // - UNAVAILABLE: the last SVIDs stay, reconnects back off (a handful, not hundreds), the error is
 //   reported, and the state comes back on recovery;
 // - PERMISSION_DENIED: every SVID and bundle is withdrawn at once, the provider keeps retrying,
-//   and the state comes back on recovery.
+//   and the state comes back on recovery;
+// - a status never to retry (INVALID_ARGUMENT, UNIMPLEMENTED): every stream reports it, and no
+//   call follows.
 import type { ExecutionContext } from 'ava';
 import * as grpc from '@grpc/grpc-js';
 import { sleep } from '../../src/util/backoff.js';
@@ -52,4 +54,19 @@ export async function permissionDeniedWithdrawsAndRecovers<Method extends string
   server.recover();
   await sink.until(idsAre(sink, expectedIds), 'the SVIDs back after recovery');
   await sink.until(bundleDomainsAre(sink, expectedDomains), 'the bundles back after recovery');
+}
+
+/** A status the provider must not retry: each of its `streams` streams reports it as `kind`, and
+ *  once the server has recovered no call follows. */
+export async function reportedAndNeverRetried<Method extends string>(
+  t: ExecutionContext,
+  options: { server: IdentityApiServer<Method, { method: Method }>; sink: RecordingSink; status: grpc.status; message: string; kind: string; streams: number },
+): Promise<void> {
+  const { server, sink, kind, streams } = options;
+  server.fail(options.status, options.message);
+  await sink.until(() => (sink.errorKinds().filter((reported) => reported === kind).length === streams ? true : undefined), `all ${streams} streams reporting`);
+  const calls = server.calls.length;
+  server.recover();
+  await sleep(500);
+  t.is(server.calls.length, calls, `the provider called again after ${kind}`);
 }
