@@ -86,3 +86,18 @@ test('handshakes waiting for a wanted SVID are capped per source; sources that a
   await eventually(async () => (await metricValue(nodeB.registry, 'meshauth_handshake_connections_rejected_total', { limit: 'svid_wait_per_source' })) >= 24, 'the node source to hit its cap', 20_000);
   t.is(await metricValue(nodeB.registry, 'meshauth_handshake_connections_rejected_total', { limit: 'svid_wait_per_source' }), 24, '16 of the node source\'s wait');
 });
+
+test('node handshakes are rate-limited per peer (each re-keys the transport); other peers are not held back', async (t) => {
+  const { directory, nodeA, nodeB } = await twoAgents(t);
+  const nodeC = await startAgent({ nodeName: 'node-c', address: '127.0.0.4', ca, settings: { retry: { attempts: 1 } } }, directory);
+  t.teardown(() => nodeC.close());
+  const nodeHandshake = (from: TestAgent) => from.initiator.authenticateNode({ remoteNode: nodeB.nodeName, address: { host: nodeB.address, port: nodeB.port } });
+  // The default burst is 4: a peer may re-authenticate its link 4 times in a row, then at 6 a minute.
+  for (let i = 0; i < 4; i++) await nodeHandshake(nodeA);
+  const refused = await t.throwsAsync(nodeHandshake(nodeA));
+  t.is((refused as { failureClass?: string }).failureClass, 'refused', 'retryable: the peer backs off');
+  t.is(await metricValue(nodeB.registry, 'meshauth_handshake_connections_rejected_total', { limit: 'node_handshake_rate' }), 1);
+  t.is(nodeB.results.filter((result) => result.kind === 'node').length, 4, 'the refused one re-keyed nothing');
+  await nodeHandshake(nodeC);
+  t.is(nodeB.results.filter((result) => result.kind === 'node' && result.remoteNode === 'node-c').length, 1);
+});

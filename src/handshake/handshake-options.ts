@@ -40,6 +40,17 @@ export const handshakeOptionsSchema = z.strictObject({
       maxOpen: z.number().int().min(1).default(32),
     })
     .prefault({}),
+  /**
+   * Responder, per peer node: node handshakes accepted (each re-keys the transport to that peer).
+   * Re-authentication needs one every few tens of minutes; the burst covers crossing handshakes,
+   * a trust-bundle change and a peer's restarts. Beyond it a node handshake is refused (retried).
+   */
+  nodeHandshakes: z
+    .strictObject({
+      perMinute: z.number().positive().default(6),
+      burst: z.number().int().min(1).default(4),
+    })
+    .prefault({}),
   /** Initiator: handshakes in progress at once; more wait for a slot. */
   maxConcurrentInitiations: z.number().int().min(1).default(64),
   /** Initiator: attempts per authentication for retryable failures, and the backoff between them. */

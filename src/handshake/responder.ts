@@ -8,6 +8,7 @@ import { acceptedPeerFrame, checkedOwnFrame, decodeVerdict, encodeVerdict, readF
 import { TLS_BASE_OPTIONS, type LocalIdentity } from './local-identities.js';
 import { ALPN, kindOfAlpn, type HandshakeKind } from './protocol.js';
 import { SourceAdmission, normalizeAddress, sourceKey, type AdmissionDecision, type AdmissionSource } from './source-admission.js';
+import { TokenBuckets } from './token-buckets.js';
 import type { AuthResult, AuthorizeRequest } from './types.js';
 import type { HandshakeRoleOptions } from './role-options.js';
 
@@ -60,6 +61,8 @@ export class HandshakeResponder {
   private readonly tls: TlsServer;
   private readonly admission: SourceAdmission;
   private readonly connections = new Map<string, Connection>();
+  /** Node handshakes accepted, per peer node: each one re-keys the transport to it. */
+  private readonly nodeHandshakes = new TokenBuckets(16_384);
   /** Handshakes held for a wanted SVID, by admission key. */
   private readonly waitingBySource = new Map<string, number>();
   private readonly now: () => Date;
@@ -247,6 +250,7 @@ export class HandshakeResponder {
     const local = this.presentedIdentity(socket, kind, connection.acceptedAt);
     const peer = this.options.validator.validatePeer(socket, 'initiator');
     const remoteNode = this.authorizePeer(kind, local, peer, connection.source);
+    if (kind === 'node') this.limitNodeHandshakes(remoteNode);
     const secrets = exportSecrets(socket, kind, 'responder');
 
     const peerFrame = acceptedPeerFrame(kind, decodeVerdict(await readFrame(socket)), remoteNode, 'initiator');
@@ -297,6 +301,14 @@ export class HandshakeResponder {
     }
     if (!allowed) throw new HandshakeFailure('unauthorized', `${peer.id.toString()} may not authenticate to ${local.id.toString()}`);
     return remoteNode;
+  }
+
+  /** Refuses (retryably) a peer's node handshake beyond its rate, before it re-keys anything. */
+  private limitNodeHandshakes(remoteNode: string): void {
+    const { perMinute, burst } = this.options.settings.nodeHandshakes;
+    if (this.nodeHandshakes.take(remoteNode, { ratePerSecond: perMinute / 60, burst })) return;
+    this.options.metrics?.rejectedConnections.inc({ limit: 'node_handshake_rate' });
+    throw new HandshakeFailure('refused', `node ${remoteNode} re-authenticated its link more than ${perMinute} times a minute`);
   }
 
   private enforceByteCap(): void {

@@ -1,4 +1,4 @@
-import { LRUCache } from 'lru-cache';
+import { TokenBuckets } from './token-buckets.js';
 
 /** What one class of sources may use of the responder. */
 export interface AdmissionBudget {
@@ -29,11 +29,6 @@ export type AdmissionSource = { kind: 'peer'; node: string } | { kind: 'other'; 
 
 export type AdmissionDecision = 'admit' | 'rate' | 'per_source' | 'max_open';
 
-interface Bucket {
-  tokens: number;
-  updatedAt: number;
-}
-
 /**
  * Admission for the responder, decided at accept, once the source address is mapped to a node:
  * a token bucket on new connections and a cap on open ones per source, and a cap per class.
@@ -43,14 +38,12 @@ interface Bucket {
  * Every admitted connection must be released exactly once when it closes.
  */
 export class SourceAdmission {
-  private readonly buckets: LRUCache<string, Bucket>;
+  private readonly buckets: TokenBuckets;
   private readonly open = new Map<string, number>();
   private readonly openByKind = { peer: 0, other: 0 };
-  private readonly now: () => number;
 
   constructor(private readonly options: SourceAdmissionOptions) {
-    this.buckets = new LRUCache({ max: options.maxSources ?? 16_384 });
-    this.now = options.now ?? (() => performance.now());
+    this.buckets = new TokenBuckets(options.maxSources ?? 16_384, options.now);
   }
 
   admit(source: AdmissionSource): AdmissionDecision {
@@ -59,13 +52,7 @@ export class SourceAdmission {
     const open = this.open.get(key) ?? 0;
     if (this.openByKind[source.kind] >= budget.maxOpen) return 'max_open';
     if (open >= budget.maxOpenPerSource) return 'per_source';
-    const now = this.now();
-    const bucket = this.buckets.get(key) ?? { tokens: budget.burst, updatedAt: now };
-    bucket.tokens = Math.min(budget.burst, bucket.tokens + ((now - bucket.updatedAt) / 1000) * budget.ratePerSecond);
-    bucket.updatedAt = now;
-    this.buckets.set(key, bucket);
-    if (bucket.tokens < 1) return 'rate';
-    bucket.tokens -= 1;
+    if (!this.buckets.take(key, budget)) return 'rate';
     this.open.set(key, open + 1);
     this.openByKind[source.kind]++;
     return 'admit';
