@@ -142,7 +142,7 @@ export class Agent {
     // Identity.
     const nodeId = SpiffeId.parse(nodeIdentity(config));
     this.store = new IdentityStore({
-      provider: createProvider(config.identity, config, logger),
+      provider: createProvider(config.identity, { ...config, nodeId: nodeId.toString() }, logger),
       nodeId,
       clockSkewMs: config.identity.clockSkew,
       maxChainDepth: config.identity.maxChainDepth,
