@@ -33,6 +33,7 @@ import { ControlServer } from '../control/server.js';
 import { GateInterfaces } from './gate-interfaces.js';
 import { PeerManager } from './peers.js';
 import { planNode, type NodePlan } from './plan.js';
+import { removeStaleGateEntries } from './pinned-state.js';
 import type { AgentStatus } from '../control/status.js';
 import { assembleNodeFrame, type Transport } from '../datapath/transport/transport.js';
 import { createTransport } from '../datapath/transport/factory.js';
@@ -128,6 +129,7 @@ export class Agent {
         ...(config.datapath.netns !== undefined && { netns: config.datapath.netns }),
         logger,
         onResolved: () => this.queueReplan(),
+        onStaleBindings: (count) => this.metrics.staleEntries('interfaces', count),
       });
       this.gateInterfaces = gateInterfaces;
       this.closers.push(() => gateInterfaces.stop());
@@ -140,7 +142,7 @@ export class Agent {
     // Identity.
     const nodeId = SpiffeId.parse(nodeIdentity(config));
     this.store = new IdentityStore({
-      provider: createProvider(config.identity, config, logger),
+      provider: createProvider(config.identity, { ...config, nodeId: nodeId.toString() }, logger),
       nodeId,
       clockSkewMs: config.identity.clockSkew,
       maxChainDepth: config.identity.maxChainDepth,
@@ -383,10 +385,19 @@ export class Agent {
       }
       for (const [id, policy] of previous?.policy ?? []) if (!plan.policy.has(id)) this.datapath.deletePolicy(policy.key);
       for (const [id, policy] of plan.policy) if (previous?.policy.get(id)?.authType !== policy.authType) this.datapath.setPolicy(policy.key, policy.authType);
+      if (!previous) this.removeStaleGateEntries(this.datapath, plan);
       this.gateInterfaces?.apply(plan.interfaces);
     }
     this.store.setWanted(plan.localIdentities.map((id) => SpiffeId.parse(id)));
     void this.ids.save().catch((err: unknown) => this.deps.logger.error({ err: (err as Error).message }, 'saving the identity numbering failed'));
+  }
+
+  /** The first complete plan of this process: what the pinned maps hold beyond it is stale. */
+  private removeStaleGateEntries(datapath: Datapath, plan: NodePlan): void {
+    const removed = removeStaleGateEntries(datapath, { ipcache: plan.ipcache.keys(), policy: [...plan.policy.values()].map((policy) => policy.key) });
+    this.metrics.staleEntries('ipcache', removed.ipcache);
+    this.metrics.staleEntries('policy', removed.policy);
+    if (removed.ipcache + removed.policy > 0) this.deps.logger.info(removed, 'gate entries of what went while the agent was down removed');
   }
 
   private localNodeFrame(peer: string): NodeFrame {
