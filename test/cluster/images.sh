@@ -22,7 +22,7 @@
 # package of the npm registry ships the official binary), the compiled dist/,
 # the BPF object and TCX helper (npm run build:bpf), production node_modules
 # (npm ci --omit=dev --ignore-scripts, as the Dockerfile's prune), and iproute2
-# (ip, tc), wireguard-tools (wg), bpftool and CA certificates. Where the
+# (ip, tc, bridge: the agent finds bridged pods through the fdb), wireguard-tools (wg), bpftool and CA certificates. Where the
 # Dockerfile installs those from Debian bookworm's packages, this copies the
 # same Debian 12 packages' binaries from the host with the shared libraries
 # they load (the host is Debian 12; scripts/debian-packages.txt installs them).
@@ -167,14 +167,14 @@ image_meshauth() {
 	key=$({
 		echo "node $NODE_VERSION $modules"
 		cd "$repo" && find dist bpf/gate.bpf.o native/meshauth-tcx package.json -type f -print0 | sort -z | xargs -0 sha256sum
-		sha256sum /usr/sbin/ip /usr/sbin/tc /usr/sbin/bpftool /usr/bin/wg
+		sha256sum /usr/sbin/ip /usr/sbin/tc /usr/sbin/bridge /usr/sbin/bpftool /usr/bin/wg
 	} | sha256sum | cut -c1-12)
 	out="$icache/meshauth-$key.tar"
 	if [[ ! -f "$out" ]]; then
 		base_files "$r"
 		install -D "$node" "$r/usr/local/bin/node"
 		for f in $(ldd "$node" | grep -o '/[^ ]*'); do [[ -e "$r$f" ]] || install -D "$f" "$r$f"; done
-		copy_binary "$r" /usr/sbin/ip /usr/sbin/tc /usr/sbin/bpftool /usr/bin/wg
+		copy_binary "$r" /usr/sbin/ip /usr/sbin/tc /usr/sbin/bridge /usr/sbin/bpftool /usr/bin/wg
 		cp -a /etc/iproute2 "$r/etc/iproute2"
 		install -D /etc/ssl/certs/ca-certificates.crt "$r/etc/ssl/certs/ca-certificates.crt"
 		mkdir -p "$r/opt/meshauth/bpf" "$r/opt/meshauth/native" "$r/bin"

@@ -328,6 +328,10 @@ for n in a b; do
 	# Forwarding between the pods' bridge and the underlay; bridged pod traffic through
 	# iptables, which kube-proxy needs for Services between pods of one node.
 	in_ns "${NS[$n]}" sysctl -qw net.ipv4.ip_forward=1 net.bridge.bridge-nf-call-iptables=1
+	# A default route, as every real node has: without one, host-network processes (kubelet
+	# probes aside, the meshauth agent) cannot even route to a ClusterIP before kube-proxy's DNAT
+	# (ENETUNREACH). It leads to the control plane's namespace, which forwards nothing.
+	in_ns "${NS[$n]}" ip route add default via "$CP_IP"
 	start_node "$n"
 done
 say "images"
