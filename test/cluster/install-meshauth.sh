@@ -26,6 +26,12 @@ kubectl() { "$W/bin/kubectl" "$@"; }
 digest=$("$W/bin/node-exec" a ctr --address /run/containerd/containerd.sock -n k8s.io images ls "name==$IMAGE_MESHAUTH" 2>/dev/null |
 	awk 'NR == 2 { print $3 }')
 [[ "$digest" == sha256:* ]] || { echo "install-meshauth.sh: no digest for $IMAGE_MESHAUTH on node-a" >&2; exit 1; }
+# containerd's CRI finds an image by a digest reference only under a name of that form (an
+# imported image has only its tag): as a pull by digest would have named it.
+for n in a b; do
+	"$W/bin/node-exec" "$n" ctr --address /run/containerd/containerd.sock -n k8s.io images tag --force \
+		"$IMAGE_MESHAUTH" "${IMAGE_MESHAUTH%:*}@$digest" >/dev/null 2>&1
+done
 
 o="$W/overlay"
 mkdir -p "$o"

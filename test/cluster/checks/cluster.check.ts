@@ -1,0 +1,236 @@
+// The real-cluster checks (issue #13), run in order against the cluster that run-checks.sh made
+// and installed meshauth into (install-meshauth.sh). Each check's message names what it saw.
+// The last one uninstalls meshauth.
+import test from 'ava';
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { spawn } from 'node:child_process';
+import { clusterFromEnv, controlPlaneExec, eventually, kubectl, kubectlOk, nodeExec } from './cluster.js';
+
+const cluster = clusterFromEnv();
+const NS = 'meshauth-system';
+const CLI = ['node', '/opt/meshauth/dist/src/cli/main.js'];
+
+interface PodInfo {
+  name: string;
+  node: string;
+}
+
+async function agentPods(): Promise<PodInfo[]> {
+  const out = await kubectlOk(cluster, ['-n', NS, 'get', 'pods', '-l', 'app.kubernetes.io/name=meshauth', '-o', 'jsonpath={range .items[*]}{.metadata.name} {.spec.nodeName}{"\\n"}{end}']);
+  return out
+    .split('\n')
+    .filter(Boolean)
+    .map((line) => {
+      const [name = '', node = ''] = line.split(' ');
+      return { name, node };
+    });
+}
+
+test.serial('1a: the DaemonSet is Ready on both nodes', async (t) => {
+  const ready = await eventually(async () => (await kubectl(cluster, ['-n', NS, 'rollout', 'status', 'daemonset/meshauth', '--timeout=5s'])).ok, 180_000);
+  const pods = await agentPods();
+  t.true(ready, `rollout status: ${(await kubectl(cluster, ['-n', NS, 'get', 'pods', '-o', 'wide'])).stdout}`);
+  t.deepEqual(pods.map((p) => p.node).sort(), ['node-a', 'node-b'], `agent pods: ${JSON.stringify(pods)}`);
+});
+
+test.serial('1b: `meshauth status` through kubectl exec: each agent ready, the other node its peer, up', async (t) => {
+  for (const pod of await agentPods()) {
+    const other = pod.node === 'node-a' ? 'node-b' : 'node-a';
+    let status: { nodeName?: string; ready?: boolean; peers?: { node: string; state: string }[] } = {};
+    const up = await eventually(async () => {
+      const result = await kubectl(cluster, ['-n', NS, 'exec', pod.name, '--', ...CLI, 'status', '--json']);
+      if (!result.ok) return false;
+      status = JSON.parse(result.stdout) as typeof status;
+      return status.peers?.some((peer) => peer.node === other && peer.state === 'up') ?? false;
+    }, 60_000);
+    t.is(status.nodeName, pod.node, `status of ${pod.name}: ${JSON.stringify(status)}`);
+    t.true(status.ready, `${pod.name} not ready: ${JSON.stringify(status)}`);
+    t.true(up, `${pod.name}: peer ${other} not up; peers: ${JSON.stringify(status.peers)}`);
+  }
+});
+
+test.serial('1c: Prometheus (Debian) scrapes both agents through the Service meshauth-metrics', async (t) => {
+  const dir = await mkdtemp(join(cluster.dir, 'prometheus-'));
+  const pki = join(cluster.dir, 'pki');
+  await writeFile(
+    join(dir, 'prometheus.yml'),
+    [
+      'global: { scrape_interval: 2s }',
+      'scrape_configs:',
+      '  - job_name: meshauth',
+      '    kubernetes_sd_configs:',
+      '      - role: endpoints',
+      `        api_server: https://${cluster.env.CLUSTER_CP_IP}:6443`,
+      `        namespaces: { names: [${NS}] }`,
+      `        tls_config: { ca_file: ${pki}/ca.crt, cert_file: ${pki}/admin.crt, key_file: ${pki}/admin.key }`,
+      '    relabel_configs:',
+      '      - { source_labels: [__meta_kubernetes_service_name], regex: meshauth-metrics, action: keep }',
+      '      - { source_labels: [__meta_kubernetes_endpoint_node_name], target_label: node }',
+      '',
+    ].join('\n'),
+  );
+  // Its own port in the control plane's network namespace: nothing else listens there.
+  const prometheus = spawn(
+    'nsenter',
+    [`--net=/run/netns/${cluster.env.CLUSTER_NS_CP}`, '--', 'prometheus', `--config.file=${dir}/prometheus.yml`, `--storage.tsdb.path=${dir}/data`, '--web.listen-address=127.0.0.1:9090'],
+    { stdio: 'ignore' },
+  );
+  t.teardown(async () => {
+    prometheus.kill('SIGKILL');
+    await rm(dir, { recursive: true, force: true });
+  });
+  const query = async (q: string) => {
+    const result = await controlPlaneExec(cluster, ['busybox', 'wget', '-qO-', `http://127.0.0.1:9090/api/v1/query?query=${encodeURIComponent(q)}`]);
+    if (!result.ok) return [];
+    return (JSON.parse(result.stdout) as { data: { result: { metric: Record<string, string>; value: [number, string] }[] } }).data.result;
+  };
+  let seen: { metric: Record<string, string>; value: [number, string] }[] = [];
+  const both = await eventually(async () => {
+    seen = await query('up{job="meshauth"}');
+    return seen.length === 2 && seen.every((s) => s.value[1] === '1');
+  }, 90_000);
+  t.true(both, `up{job="meshauth"}: ${JSON.stringify(seen)}`);
+  t.deepEqual(seen.map((s) => s.metric.node).sort(), ['node-a', 'node-b'], `targets: ${JSON.stringify(seen.map((s) => s.metric))}`);
+  const peers = await query('meshauth_peer_nodes');
+  t.log(`meshauth_peer_nodes: ${JSON.stringify(peers.map((s) => [s.metric.node, s.value[1]]))}`);
+});
+
+test.serial('1d: the CRD and RBAC are accepted; invalid MutualAuthPolicies are rejected by server-side validation', async (t) => {
+  t.true((await kubectl(cluster, ['get', 'crd', 'mutualauthpolicies.meshauth.io'])).ok);
+  t.true((await kubectl(cluster, ['auth', 'can-i', 'watch', 'mutualauthpolicies.meshauth.io', `--as=system:serviceaccount:${NS}:meshauth`])).ok, 'meshauth may watch policies');
+  t.false((await kubectl(cluster, ['auth', 'can-i', 'create', 'pods', `--as=system:serviceaccount:${NS}:meshauth`])).ok, 'meshauth may not create pods');
+  const invalid: [string, string][] = [
+    ['mode: sometimes', 'mode: sometimes\n  destination: { serviceAccount: db }'],
+    ['no destination', 'mode: required'],
+    ['unknown field', 'mode: required\n  destination: { serviceAccount: db }\n  colour: blue'],
+  ];
+  for (const [what, spec] of invalid) {
+    const manifest = `apiVersion: meshauth.io/v1alpha1\nkind: MutualAuthPolicy\nmetadata: { name: bad, namespace: default }\nspec:\n  ${spec}\n`;
+    const result = await kubectl(cluster, ['apply', '--dry-run=server', '-f', '-'], manifest);
+    t.false(result.ok, `${what}: accepted`);
+    t.log(`${what}: ${result.stderr.trim()}`);
+  }
+});
+
+// --- check 2: pods on two nodes ----------------------------------------------------------------
+
+const APP_NS = 'check-pairs';
+
+function probePod(name: string, node: string, serviceAccount: string): string {
+  return `apiVersion: v1
+kind: ServiceAccount
+metadata: { name: ${serviceAccount}, namespace: ${APP_NS} }
+---
+apiVersion: v1
+kind: Pod
+metadata: { name: ${name}, namespace: ${APP_NS}, labels: { app: ${name} } }
+spec:
+  nodeName: ${node}
+  serviceAccountName: ${serviceAccount}
+  automountServiceAccountToken: false
+  terminationGracePeriodSeconds: 1
+  containers:
+    - name: probe
+      image: ${cluster.env.IMAGE_PROBE}
+      imagePullPolicy: Never
+      args: [serve, "8080"]
+`;
+}
+
+async function podIp(name: string): Promise<string> {
+  return (await kubectlOk(cluster, ['-n', APP_NS, 'get', 'pod', name, '-o', 'jsonpath={.status.podIP}'])).trim();
+}
+
+type Proto = 'tcp' | 'udp' | 'icmp';
+
+/** One exchange from a pod (or from a node's host network) to ip:8080, or one ping. */
+async function reach(from: { pod: string } | { node: 'a' | 'b' }, proto: Proto, ip: string): Promise<boolean> {
+  const cmd = proto === 'icmp' ? ['ping', '-c', '1', '-W', '2', ip] : ['probe', proto, `${ip}:8080`];
+  if ('pod' in from) return (await kubectl(cluster, ['-n', APP_NS, 'exec', from.pod, '--', ...cmd])).ok;
+  // The node's host: probe and busybox ping from the image cache's build dirs are on the host.
+  const probe = process.env.CLUSTER_PROBE_BIN ?? 'probe';
+  return (await nodeExec(cluster, from.node, proto === 'icmp' ? ['busybox', ...cmd] : [probe, ...cmd.slice(1)])).ok;
+}
+
+test.serial('2: pod to pod on two nodes: no policy, nothing changes; with one, unauthenticated TCP/UDP/ICMP dropped, the authenticated pair passes, both directions', async (t) => {
+  await kubectlOk(cluster, ['create', 'namespace', APP_NS]);
+  await kubectlOk(cluster, ['apply', '-f', '-'], [probePod('server', 'node-b', 'server'), probePod('client', 'node-a', 'client')].join('---\n'));
+  await kubectlOk(cluster, ['-n', APP_NS, 'wait', '--for=condition=Ready', 'pod/server', 'pod/client', '--timeout=120s']);
+  const ips = { server: await podIp('server'), client: await podIp('client') };
+  const protos: Proto[] = ['tcp', 'udp', 'icmp'];
+  // [from, to, unauthenticated source on the sender's node]
+  const directions = [
+    { from: 'client', to: 'server', host: 'a' as const },
+    { from: 'server', to: 'client', host: 'b' as const },
+  ];
+
+  for (const d of directions) {
+    for (const proto of protos) {
+      t.true(await reach({ pod: d.from }, proto, ips[d.to as 'server' | 'client']), `no policy: ${d.from} -> ${d.to} ${proto} failed`);
+      t.true(await reach({ node: d.host }, proto, ips[d.to as 'server' | 'client']), `no policy: node-${d.host} host -> ${d.to} ${proto} failed`);
+    }
+  }
+
+  // Both pods require authentication of all their inbound traffic.
+  await kubectlOk(
+    cluster,
+    ['apply', '-f', '-'],
+    ['server', 'client']
+      .map((sa) => `apiVersion: meshauth.io/v1alpha1\nkind: MutualAuthPolicy\nmetadata: { name: require-${sa}, namespace: ${APP_NS} }\nspec:\n  mode: required\n  destination: { serviceAccount: ${sa} }\n`)
+      .join('---\n'),
+  );
+  for (const d of directions) {
+    const to = ips[d.to as 'server' | 'client'];
+    // The pair is authenticated within a bounded time (a handshake between the agents).
+    const passes = await eventually(() => reach({ pod: d.from }, 'tcp', to), 60_000);
+    t.true(passes, `policy: ${d.from} -> ${d.to} tcp never passed`);
+    for (const proto of protos) {
+      t.true(await reach({ pod: d.from }, proto, to), `policy: authenticated ${d.from} -> ${d.to} ${proto} failed`);
+      t.false(await reach({ node: d.host }, proto, to), `policy: unauthenticated node-${d.host} host -> ${d.to} ${proto} passed`);
+    }
+  }
+  const counters = await kubectlOk(cluster, ['-n', NS, 'exec', 'ds/meshauth', '--', ...CLI, 'status', '--json']);
+  t.log(`datapath counters (one agent): ${JSON.stringify((JSON.parse(counters) as { datapath: unknown }).datapath)}`);
+});
+
+test.serial('2b: through a ClusterIP Service and a NodePort (kube-proxy iptables), with the policy', async (t) => {
+  await kubectlOk(
+    cluster,
+    ['apply', '-f', '-'],
+    `apiVersion: v1\nkind: Service\nmetadata: { name: server, namespace: ${APP_NS} }\nspec:\n  type: NodePort\n  selector: { app: server }\n  ports:\n    - { name: tcp, port: 8080, protocol: TCP }\n    - { name: udp, port: 8080, protocol: UDP }\n`,
+  );
+  const clusterIp = (await kubectlOk(cluster, ['-n', APP_NS, 'get', 'svc', 'server', '-o', 'jsonpath={.spec.clusterIP}'])).trim();
+  const nodePort = (await kubectlOk(cluster, ['-n', APP_NS, 'get', 'svc', 'server', '-o', 'jsonpath={.spec.ports[0].nodePort}'])).trim();
+  for (const proto of ['tcp', 'udp'] as const) {
+    const ok = await eventually(() => reach({ pod: 'client' }, proto, clusterIp), 30_000);
+    t.true(ok, `client -> ClusterIP ${clusterIp}:8080 ${proto} failed under the policy`);
+  }
+  const viaNodePort = (await kubectl(cluster, ['-n', APP_NS, 'exec', 'client', '--', 'probe', 'tcp', `${cluster.env.CLUSTER_NODE_B_IP}:${nodePort}`])).ok;
+  t.log(`client -> NodePort ${cluster.env.CLUSTER_NODE_B_IP}:${nodePort} tcp: ${viaNodePort ? 'passed' : 'dropped'} (kube-proxy SNATs NodePort traffic: the server sees the node, not the client)`);
+});
+
+test.serial('7: kubectl delete -k after the documented uninstall leaves no gate, map, WireGuard link or XFRM state on either node', async (t) => {
+  await kubectl(cluster, ['delete', 'namespace', APP_NS, '--wait=false']);
+  for (const pod of await agentPods()) {
+    const result = await kubectl(cluster, ['-n', NS, 'exec', pod.name, '--', ...CLI, 'datapath', 'uninstall']);
+    t.true(result.ok, `datapath uninstall in ${pod.name}: ${result.stderr}`);
+  }
+  const overlay = join(cluster.dir, 'overlay');
+  t.true((await kubectl(cluster, ['delete', '-k', overlay, '--wait=true', '--timeout=120s'])).ok, 'kubectl delete -k');
+  const gone = await eventually(async () => (await agentPods().catch(() => [])).length === 0, 120_000);
+  t.true(gone, 'agent pods still present');
+  for (const node of ['a', 'b'] as const) {
+    const pins = await nodeExec(cluster, node, ['sh', '-c', 'find /sys/fs/bpf -mindepth 1']);
+    t.is(pins.stdout.trim(), '', `node-${node} /sys/fs/bpf still holds: ${pins.stdout}`);
+    const net = await nodeExec(cluster, node, ['bpftool', 'net', 'show']);
+    t.false(/meshauth|gate/i.test(net.stdout), `node-${node} bpftool net show: ${net.stdout}`);
+    const wg = await nodeExec(cluster, node, ['ip', '-d', 'link', 'show', 'type', 'wireguard']);
+    t.is(wg.stdout.trim(), '', `node-${node} WireGuard links: ${wg.stdout}`);
+    for (const what of ['state', 'policy']) {
+      const xfrm = await nodeExec(cluster, node, ['ip', 'xfrm', what]);
+      t.is(xfrm.stdout.trim(), '', `node-${node} ip xfrm ${what}: ${xfrm.stdout}`);
+    }
+  }
+  t.false((await kubectl(cluster, ['get', 'crd', 'mutualauthpolicies.meshauth.io'])).ok, 'the CRD is still there');
+});
