@@ -22,7 +22,7 @@ fi
 t0=$(date +%s)
 phase() { echo "run-checks: $1 at $(($(date +%s) - t0)) s" >&2; }
 
-"$here/build.sh" kubernetes etcd containerd runc cni coredns crane pause probe >&2
+"$here/build.sh" kubernetes etcd containerd runc cni coredns crane pause probe helm >&2
 phase "built"
 own=false
 if [[ -z "${CLUSTER_DIR:-}" ]]; then

@@ -52,11 +52,6 @@ export function nodeExec(cluster: Cluster, node: 'a' | 'b', args: string[]): Pro
   return run(join(cluster.dir, 'bin', 'node-exec'), [node, ...args]);
 }
 
-/** A command in the control plane's network namespace. */
-export function controlPlaneExec(cluster: Cluster, args: string[]): Promise<Run> {
-  return run('nsenter', [`--net=/run/netns/${cluster.env.CLUSTER_NS_CP}`, '--', ...args]);
-}
-
 /** Polls `check` every 500 ms until it returns true or `timeoutMs` passes; returns whether it did. */
 export async function eventually(check: () => Promise<boolean>, timeoutMs: number): Promise<boolean> {
   const end = Date.now() + timeoutMs;
