@@ -3,9 +3,11 @@
 # interrupted up.sh (up.sh writes each thing to CLUSTER_DIR/state before it
 # makes it):
 #
-#   processes  every recorded one; every process in one of the cluster's network
-#              namespaces or node mount namespaces (containerd's shims, host-network
-#              pods); every process in the nodes' cgroups (the pods)
+#   processes  every process in one of the cluster's network namespaces or node
+#              mount namespaces (every daemon up.sh started, containerd's shims,
+#              host-network pods) and every process in the nodes' cgroups (the
+#              pods). Not by the pids in the state file: a pid may have been
+#              reused by another process since.
 #   namespaces the network namespaces (pods' own go with the node mount
 #              namespaces that pin them, and those with their last process)
 #   cgroups    /sys/fs/cgroup/*/meshauth-<run>-<node>, depth first
@@ -17,14 +19,13 @@ set -uo pipefail
 down_one() {
 	local W=$1 state="$1/state"
 	[[ -f "$state" ]] || { echo "down.sh: $W has no state file" >&2; return 1; }
-	local -a netns=() nsinodes=() mntinodes=() pids=() cgroups=()
+	local -a netns=() nsinodes=() mntinodes=() cgroups=()
 	local kind a b
 	while read -r kind a b; do
 		case $kind in
 		netns) netns+=("$a") ;;
 		netns-inode) nsinodes+=("$a") ;;
 		mntns-inode) mntinodes+=("$a") ;;
-		pid) pids+=("$a") ;;
 		cgroup) cgroups+=("$a") ;;
 		esac
 	done <"$state"
@@ -34,7 +35,6 @@ down_one() {
 	local round victims p ino cg h
 	for round in $(seq 20); do
 		victims=()
-		for p in "${pids[@]}"; do [[ -d /proc/$p ]] && victims+=("$p"); done
 		# One stat for all processes: "/proc/PID/ns/net INODE" per line.
 		while read -r p ino; do
 			p=${p#/proc/}; p=${p%%/*}
