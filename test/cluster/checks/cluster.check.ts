@@ -2,7 +2,7 @@
 // and installed meshauth into (install-meshauth.sh). Each check's message names what it saw.
 // The last one uninstalls meshauth.
 import test from 'ava';
-import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { spawn } from 'node:child_process';
 import { clusterFromEnv, eventually, kubectl, kubectlOk, nodeExec } from './cluster.js';
@@ -248,6 +248,48 @@ test.serial('5: kubectl rollout restart of the DaemonSet during a UDP stream of 
   t.true(received > 0 && received <= sent, `sent ${sent} received ${received}`);
   const after = await eventually(() => reach({ pod: 'client' }, 'udp', server), 60_000);
   t.true(after, 'client -> server udp after the rollout');
+});
+
+/** The cgroup v1 directory (below a controller) of an agent pod's container, as kubelet's cgroupfs driver makes it. */
+async function agentCgroup(pod: PodInfo): Promise<string> {
+  const [uid = '', containerId = ''] = (
+    await kubectlOk(cluster, ['-n', NS, 'get', 'pod', pod.name, '-o', 'jsonpath={.metadata.uid} {.status.containerStatuses[0].containerID}'])
+  ).split(' ');
+  return `meshauth-${cluster.env.CLUSTER_RUN}-${pod.node.slice(-1)}/kubepods/burstable/pod${uid}/${containerId.replace('containerd://', '')}`;
+}
+
+test.serial('5b: kill -9 of the server node\'s agent during a UDP stream of an authenticated pair: the stream goes on, the agent comes back', async (t) => {
+  const server = await podIp('server');
+  const agent = (await agentPods()).find((p) => p.node === 'node-b');
+  if (!agent) throw new Error('no agent on node-b');
+  const procs = (await readFile(`/sys/fs/cgroup/pids/${await agentCgroup(agent)}/cgroup.procs`, 'utf8')).split('\n').filter(Boolean);
+  t.true(procs.length > 0, 'agent container has no processes');
+  const stream = kubectl(cluster, ['-n', APP_NS, 'exec', 'client', '--', 'probe', 'udp-stream', `${server}:8080`, '30']);
+  await new Promise((resolve) => setTimeout(resolve, 3_000));
+  for (const pid of procs) process.kill(Number(pid), 'SIGKILL');
+  const result = await stream;
+  const m = /sent (\d+) received (\d+)/.exec(result.stdout);
+  t.truthy(m, `udp-stream: ${result.stdout} ${result.stderr}`);
+  const [sent, received] = [Number(m?.[1]), Number(m?.[2])];
+  t.log(`kill -9 of node-b's agent: sent ${sent}, echoed ${received}, lost ${sent - received}`);
+  t.true(received > 0, `sent ${sent} received ${received}`);
+  const back = await eventually(async () => (await kubectl(cluster, ['-n', NS, 'rollout', 'status', 'daemonset/meshauth', '--timeout=2s'])).ok, 120_000);
+  t.true(back, 'the DaemonSet is not Ready again after the kill');
+  const restarts = await kubectlOk(cluster, ['-n', NS, 'get', 'pod', agent.name, '-o', 'jsonpath={.status.containerStatuses[0].restartCount}']);
+  t.is(restarts.trim(), '1', `restartCount of ${agent.name}`);
+  t.true(await eventually(() => reach({ pod: 'client' }, 'udp', server), 60_000), 'client -> server udp after the agent came back');
+});
+
+test.serial('resources: each agent container\'s peak memory and CPU time (cgroup v1 accounting), for deploy/ requests and limits', async (t) => {
+  for (const pod of await agentPods()) {
+    const dir = await agentCgroup(pod);
+    const read = async (file: string) => (await readFile(`/sys/fs/cgroup/${file}`, 'utf8').catch(() => '')).trim();
+    const peak = Number(await read(`memory/${dir}/memory.max_usage_in_bytes`));
+    const now = Number(await read(`memory/${dir}/memory.usage_in_bytes`));
+    const cpu = Number(await read(`cpuacct/${dir}/cpuacct.usage`));
+    t.true(peak > 0, `no memory accounting for ${pod.name} in ${dir}`);
+    t.log(`${pod.node} agent: memory now ${(now / 2 ** 20).toFixed(0)} MiB, peak ${(peak / 2 ** 20).toFixed(0)} MiB; CPU ${(cpu / 1e9).toFixed(1)} s since its start`);
+  }
 });
 
 test.serial('7: kubectl delete -k after the documented uninstall leaves no gate, map, WireGuard link or XFRM state on either node', async (t) => {
