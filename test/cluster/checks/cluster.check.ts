@@ -5,6 +5,7 @@ import test from 'ava';
 import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { spawn } from 'node:child_process';
+import { execa } from 'execa';
 import { clusterFromEnv, eventually, kubectl, kubectlOk, nodeExec } from './cluster.js';
 
 const cluster = clusterFromEnv();
@@ -316,4 +317,39 @@ test.serial('7: kubectl delete -k after the documented uninstall leaves no gate,
     }
   }
   t.false((await kubectl(cluster, ['get', 'crd', 'mutualauthpolicies.meshauth.io'])).ok, 'the CRD is still there');
+});
+
+test.serial('8: helm install of deploy/helm/meshauth (after the kustomize uninstall): both agents Ready, peers up; helm uninstall', async (t) => {
+  const overlay = join(cluster.dir, 'overlay');
+  const digest = /digest: (sha256:[0-9a-f]+)/.exec(await readFile(join(overlay, 'kustomization.yaml'), 'utf8'))?.[1];
+  if (!digest) throw new Error('no image digest in the overlay');
+  const helmBin = join((await execa('bash', [join(import.meta.dirname, '..', 'build.sh'), '--path', 'helm'])).stdout.trim(), 'helm');
+  const helm = (args: string[]) =>
+    execa('nsenter', [`--net=/run/netns/${cluster.env.CLUSTER_NS_CP}`, '--', helmBin, '--kubeconfig', join(cluster.dir, 'admin.kubeconfig'), ...args], { reject: false });
+  const config = join(cluster.dir, 'helm-config.yaml');
+  await writeFile(
+    config,
+    'trustDomain: cluster.local\nstateDir: /var/lib/meshauth\nidentity:\n  provider: dev\n  dev:\n    caDir: /etc/meshauth-secrets/dev-ca\n    ttl: 1h\n' +
+      'kubernetes:\n  enabled: true\ntransport:\n  mode: none\ncluster:\n  policy:\n    default: disabled\n',
+  );
+  await kubectlOk(cluster, ['apply', '-f', join(import.meta.dirname, '..', '..', '..', 'deploy', 'namespace.yaml')]);
+  await kubectlOk(cluster, ['-n', NS, 'create', 'secret', 'generic', 'meshauth-dev-ca', `--from-file=${overlay}/dev-ca/ca.pem`, `--from-file=${overlay}/dev-ca/ca.key`]);
+  const installed = await helm([
+    'install', 'meshauth', join(import.meta.dirname, '..', '..', '..', 'deploy', 'helm', 'meshauth'), '-n', NS,
+    '--set', `image.repository=${(cluster.env.IMAGE_MESHAUTH ?? '').replace(/:[^:/]*$/, '')}`, '--set', `image.digest=${digest}`,
+    '--set-file', `config=${config}`, '--set', 'serviceMonitor.enabled=false', '--wait', '--timeout', '3m',
+  ]);
+  t.is(installed.exitCode, 0, `helm install: ${installed.stderr}`);
+  const pods = await agentPods();
+  t.deepEqual(pods.map((p) => p.node).sort(), ['node-a', 'node-b'], `agent pods: ${JSON.stringify(pods)}`);
+  for (const pod of pods) {
+    const up = await eventually(async () => {
+      const result = await kubectl(cluster, ['-n', NS, 'exec', pod.name, '--', ...CLI, 'status', '--json']);
+      return result.ok && (JSON.parse(result.stdout) as { peers: { state: string }[] }).peers.some((peer) => peer.state === 'up');
+    }, 60_000);
+    t.true(up, `${pod.name}: no peer up after helm install`);
+  }
+  for (const pod of pods) await kubectl(cluster, ['-n', NS, 'exec', pod.name, '--', ...CLI, 'datapath', 'uninstall']);
+  const removed = await helm(['uninstall', 'meshauth', '-n', NS, '--wait']);
+  t.is(removed.exitCode, 0, `helm uninstall: ${removed.stderr}`);
 });
