@@ -69,9 +69,11 @@ make_image() {
 	shift 4
 	start_registry
 	tar -C "$root" --numeric-owner --owner=0 --group=0 -cf "$work/$name-layer.tar" .
-	"$crane" append --insecure --oci-empty-base -f "$work/$name-layer.tar" -t "$registry/$name:build" >/dev/null
-	"$crane" mutate --insecure "$registry/$name:build" --set-platform linux/amd64 "$@" \
-		-t "meshauth.local/$name:$tag" -o "$out.partial" >/dev/null
+	# crane logs every blob it pushes: kept in a log, shown only when it fails.
+	"$crane" append --insecure --oci-empty-base -f "$work/$name-layer.tar" -t "$registry/$name:build" >/dev/null 2>"$work/crane.log" &&
+		"$crane" mutate --insecure "$registry/$name:build" --set-platform linux/amd64 "$@" \
+			-t "meshauth.local/$name:$tag" -o "$out.partial" >/dev/null 2>>"$work/crane.log" ||
+		{ cat "$work/crane.log" >&2; return 1; }
 	mv "$out.partial" "$out"
 }
 
@@ -189,6 +191,8 @@ image_meshauth() {
 			--entrypoint node,/opt/meshauth/dist/src/cli/main.js --cmd agent,--config,/etc/meshauth/config.yaml \
 			-e NODE_ENV=production -e PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
 			-w /opt/meshauth
+		# Each code change makes another 75 MB image: keep the newest three.
+		ls -t "$icache"/meshauth-*.tar | tail -n +4 | xargs -r rm -f
 	fi
 	echo "meshauth meshauth.local/meshauth:0.1.0-$key $out"
 }
