@@ -159,6 +159,7 @@ async function reach(from: { pod: string } | { node: 'a' | 'b' }, proto: Proto, 
 }
 
 interface AgentStatus {
+  identities: { spiffeId: string }[];
   pairs: unknown[];
   datapath: { counters: Record<string, string> };
 }
@@ -229,6 +230,33 @@ test.serial('2b: through a ClusterIP Service and a NodePort (kube-proxy iptables
   }
   const viaNodePort = (await kubectl(cluster, ['-n', APP_NS, 'exec', 'client', '--', 'probe', 'tcp', `${cluster.env.CLUSTER_NODE_B_IP}:${nodePort}`])).ok;
   t.log(`client -> NodePort ${cluster.env.CLUSTER_NODE_B_IP}:${nodePort} tcp: ${viaNodePort ? 'passed' : 'dropped'} (kube-proxy SNATs NodePort traffic: the server sees the node, not the client)`);
+});
+
+test.serial('4: a deleted pod\'s IP given to a new pod with another service account: the new pod gets its own identity and pair, not the old one\'s', async (t) => {
+  const server = await podIp('server');
+  await kubectlOk(cluster, ['apply', '-f', '-'], probePod('reuse-old', 'node-a', 'old-sa'));
+  await kubectlOk(cluster, ['-n', APP_NS, 'wait', '--for=condition=Ready', 'pod/reuse-old', '--timeout=120s']);
+  const ip = await podIp('reuse-old');
+  t.true(await eventually(() => reach({ pod: 'reuse-old' }, 'tcp', server), 60_000), 'reuse-old -> server never passed');
+  await kubectlOk(cluster, ['-n', APP_NS, 'delete', 'pod', 'reuse-old', '--wait=true']);
+  // host-local hands out addresses round-robin after the last one it reserved: make that the
+  // address before the freed one, so the next pod on node-a gets the freed address.
+  const octets = ip.split('.').map(Number);
+  const before = [...octets.slice(0, 3), (octets[3] ?? 1) - 1].join('.');
+  const reserve = await nodeExec(cluster, 'a', ['sh', '-c', `printf %s ${before} > /var/lib/cni/networks/meshauth-test/last_reserved_ip.0`]);
+  t.true(reserve.ok, reserve.stderr);
+  await kubectlOk(cluster, ['apply', '-f', '-'], probePod('reuse-new', 'node-a', 'new-sa'));
+  await kubectlOk(cluster, ['-n', APP_NS, 'wait', '--for=condition=Ready', 'pod/reuse-new', '--timeout=120s']);
+  t.is(await podIp('reuse-new'), ip, 'the new pod did not get the freed address');
+  t.true(await eventually(() => reach({ pod: 'reuse-new' }, 'tcp', server), 60_000), 'reuse-new -> server never passed');
+  const a = await agentStatus('node-a');
+  const ids = a.identities.map((i) => i.spiffeId);
+  t.true(ids.includes(`spiffe://cluster.local/ns/${APP_NS}/sa/new-sa`), `node-a identities: ${JSON.stringify(ids)}`);
+  t.false(ids.includes(`spiffe://cluster.local/ns/${APP_NS}/sa/old-sa`), `node-a still holds the old pod's identity: ${JSON.stringify(ids)}`);
+  const pairs = JSON.stringify((await agentStatus('node-b')).pairs);
+  t.true(pairs.includes('/sa/new-sa'), `node-b pairs: ${pairs}`);
+  t.log(`node-b pairs after the reuse: ${pairs}`);
+  await kubectlOk(cluster, ['-n', APP_NS, 'delete', 'pod', 'reuse-new', '--wait=false']);
 });
 
 test.serial('5: kubectl rollout restart of the DaemonSet during a UDP stream of an authenticated pair: the stream goes on', async (t) => {
