@@ -253,7 +253,12 @@ test.serial('4: a deleted pod\'s IP given to a new pod with another service acco
   const ids = a.identities.map((i) => i.spiffeId);
   t.true(ids.includes(`spiffe://cluster.local/ns/${APP_NS}/sa/new-sa`), `node-a identities: ${JSON.stringify(ids)}`);
   t.false(ids.includes(`spiffe://cluster.local/ns/${APP_NS}/sa/old-sa`), `node-a still holds the old pod's identity: ${JSON.stringify(ids)}`);
-  const pairs = JSON.stringify((await agentStatus('node-b')).pairs);
+  let pairs = '';
+  const withdrawn = await eventually(async () => {
+    pairs = JSON.stringify((await agentStatus('node-b')).pairs);
+    return !pairs.includes('/sa/old-sa');
+  }, 30_000);
+  t.true(withdrawn, `node-b still holds a pair of the deleted pod's identity: ${pairs}`);
   t.true(pairs.includes('/sa/new-sa'), `node-b pairs: ${pairs}`);
   t.log(`node-b pairs after the reuse: ${pairs}`);
   await kubectlOk(cluster, ['-n', APP_NS, 'delete', 'pod', 'reuse-new', '--wait=false']);
