@@ -604,9 +604,10 @@ static __always_inline int gate(struct __sk_buff *skb, __u8 direction)
 	if (rule ? rule->auth_type == MESHAUTH_AUTH_NONE : allow_by_default)
 		return pass(MESHAUTH_CTR_NOT_REQUIRED);
 
-	__u64 now = bpf_ktime_get_ns();
 	__u8 reason = entry ? MESHAUTH_REASON_EXPIRED : MESHAUTH_REASON_NO_ENTRY;
-	signal(skb, &akey, &pkt, direction, reason, now, cfg);
+	/* A reserved peer can never authenticate: asking the agent would be pointless. */
+	if (remote.identity <= MESHAUTH_RESERVED_IDENTITY_BASE)
+		signal(skb, &akey, &pkt, direction, reason, bpf_ktime_get_ns(), cfg);
 	return drop(entry ? MESHAUTH_CTR_DROPPED_EXPIRED : MESHAUTH_CTR_DROPPED_NO_ENTRY);
 }
 
