@@ -8,10 +8,10 @@
 //   node 2's host     --NodePort 10.200.0.1:30701-----------> DNAT + masquerade (node 1) --> w1a
 import { execa } from 'execa';
 import { monotonicNowNs } from '../src/datapath/gate/datapath.js';
-import { RESERVED_IDENTITY, type Signal } from '../src/datapath/gate/layout.js';
+import { AUTH_TYPE, RESERVED_IDENTITY, type Direction, type Signal } from '../src/datapath/gate/layout.js';
 import { eventually } from './helpers/agents.js';
 import { Cluster, IDENTITY } from './helpers/datapath-fixture.js';
-import type { Family, Workload } from './helpers/netns.js';
+import { inNetns, type Family, type Workload } from './helpers/netns.js';
 import { privileged } from './helpers/privileged.js';
 
 const UDP_PORT = 7000; // netns-probe.py's listeners
@@ -155,3 +155,58 @@ for (const family of [4, 6] as const) {
     t.false(await tcpReaches(client, vip), 'revoked');
   });
 }
+
+/** One TCP connect from a node's own network namespace (its host), from `source` if given. */
+async function hostConnects(netns: string, dst: string, port: number, source?: string): Promise<boolean> {
+  const script = 'import socket, sys\nsocket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=0.4, source_address=(sys.argv[3], 0) if len(sys.argv) > 3 else None).close()';
+  return inNetns(netns, 'python3', ['-c', script, dst, String(port), ...(source ? [source] : [])]).then(
+    () => true,
+    () => false,
+  );
+}
+
+privileged('reserved peers through NodePort and probes: the client before the masquerade is judged, the host is exempt', async (t) => {
+  const cluster = await startWithServices(t, 4);
+  const [n1, n2] = [cluster.topology.node(1).netns, cluster.topology.node(2).netns];
+  const target = cluster.w('w1a');
+  const agent = cluster.agent(1);
+  const local = IDENTITY.w1a!;
+  // What node 1's agent writes (src/agent/reserved-plan.ts): its own addresses are the host (the
+  // node address and the gateway address on the workload's interface), node 2's is a remote node,
+  // everything else the world; the host is exempt (the default cluster.policy.exempt).
+  agent.setIpcache('0.0.0.0/0', { identity: RESERVED_IDENTITY.world, node: 0 });
+  agent.setIpcache('10.200.0.1', { identity: RESERVED_IDENTITY.host, node: 1 });
+  agent.setIpcache('10.1.1.1', { identity: RESERVED_IDENTITY.host, node: 1 });
+  agent.setIpcache('10.200.0.2', { identity: RESERVED_IDENTITY.remoteNode, node: 2 });
+  const exempt = (remoteIdentity: number) => {
+    for (const direction of ['egress', 'ingress'] as Direction[]) agent.setPolicy({ localIdentity: local, remoteIdentity, direction }, AUTH_TYPE.none);
+  };
+  const unexempt = (remoteIdentity: number) => {
+    for (const direction of ['egress', 'ingress'] as Direction[]) agent.deletePolicy({ localIdentity: local, remoteIdentity, direction });
+  };
+  exempt(RESERVED_IDENTITY.host);
+  // A client outside the cluster, behind node 2.
+  await inNetns(n2, 'ip', ['addr', 'add', '192.0.2.50/32', 'dev', 'nlink']);
+  await inNetns(n1, 'ip', ['route', 'add', '192.0.2.50/32', 'via', '10.200.0.2']);
+
+  t.true(await hostConnects(n1, target.ipv4, TCP_PORT), "a kubelet probe: node 1's host to its workload");
+  unexempt(RESERVED_IDENTITY.host);
+  t.false(await hostConnects(n1, target.ipv4, TCP_PORT), 'the host is dropped once it is no longer exempt');
+  exempt(RESERVED_IDENTITY.host);
+
+  // NodePort: node 1 DNATs to w1a and masquerades, so w1a's gate sees a host address as the
+  // source; conntrack names the real client.
+  const before = agent.counters();
+  t.false(await hostConnects(n2, '10.200.0.1', NODE_PORT), 'from another node');
+  t.false(await hostConnects(n2, '10.200.0.1', NODE_PORT, '192.0.2.50'), 'from the world');
+  t.true(agent.counters().droppedNoEntry > before.droppedNoEntry);
+  const flows = await inNetns(n1, 'conntrack', ['-L', '-p', 'tcp', '--orig-port-dst', String(NODE_PORT)]);
+  t.regex(flows.stdout, /dst=10\.200\.0\.1 .*src=10\.1\.1\.2 dst=10\.1\.1\.1 /, 'masqueraded: the workload saw a host address');
+  t.true(await hostConnects(n1, '10.200.0.1', NODE_PORT), "node 1's own host through the NodePort is the host");
+
+  exempt(RESERVED_IDENTITY.remoteNode);
+  t.true(await hostConnects(n2, '10.200.0.1', NODE_PORT), 'remote nodes exempt: passes');
+  t.false(await hostConnects(n2, '10.200.0.1', NODE_PORT, '192.0.2.50'), 'the world still dropped');
+  exempt(RESERVED_IDENTITY.world);
+  t.true(await hostConnects(n2, '10.200.0.1', NODE_PORT, '192.0.2.50'));
+});

@@ -101,3 +101,29 @@ test('a reserved source selects only that peer; workload fields select only work
   t.is(strict.entry(shopWeb, 'world', 'egress'), 'disabled');
   t.is(strict.entry(shopWeb, 'host', 'ingress'), 'disabled', 'a reserved destination is not a source');
 });
+
+test('DNS under require-all-inbound: the pair with CoreDNS is authenticated proactively, or its answers exempt', async (t) => {
+  const load = async (file: string) => policyRule(parseYaml(await readFile(new URL(`../deploy/examples/${file}`, import.meta.url), 'utf8')) as unknown);
+  const coredns: EndpointInfo = { ip: '10.2.0.53', spiffeId: 'spiffe://td/ns/kube-system/sa/coredns', node: 'b', namespace: 'kube-system', serviceAccount: 'coredns', labels: { 'k8s-app': 'kube-dns' } };
+  const state = new ClusterState('a');
+  const rules = [await load('require-all-inbound.yaml')];
+  state.replaceAll({
+    nodes: [
+      { name: 'a', address: '192.0.2.1', podCidrs: ['10.1.0.0/24'] },
+      { name: 'b', address: '192.0.2.2', podCidrs: ['10.2.0.0/24'] },
+    ],
+    endpoints: [shopWeb, coredns],
+    policies: rules,
+  });
+  const ids = await NumericIds.load();
+  const answers = (result: ReturnType<typeof planNode>) =>
+    result.policy.get(`${ids.identity(shopWeb.spiffeId)}:${ids.identity(coredns.spiffeId)}:ingress`)?.authType;
+  const required = planNode(state, ids, 'disabled');
+  t.is(answers(required), AUTH_TYPE.mtls, 'the answers to shop need the pair');
+  t.true([...required.pairs.values()].some((pair) => pair.localId === shopWeb.spiffeId && pair.remoteId === coredns.spiffeId), 'which is desired: authenticated proactively');
+
+  state.replaceAll({ nodes: [...state.nodes.values()], endpoints: [shopWeb, coredns], policies: [...rules, await load('exempt-dns-answers.yaml')] });
+  const exempt = planNode(state, ids, 'disabled');
+  t.is(answers(exempt), undefined, 'exempt: the default (disabled) applies');
+  t.false([...exempt.pairs.values()].some((pair) => pair.remoteId === coredns.spiffeId), 'and no pair is needed');
+});
