@@ -8,7 +8,7 @@
 //   node 2's host     --NodePort 10.200.0.1:30701-----------> DNAT + masquerade (node 1) --> w1a
 import { execa } from 'execa';
 import { monotonicNowNs } from '../src/datapath/gate/datapath.js';
-import { AUTH_TYPE, RESERVED_IDENTITY, type Direction, type Signal } from '../src/datapath/gate/layout.js';
+import { AUTH_TYPE, NO_IDENTITY, RESERVED_IDENTITY, type Direction, type Signal } from '../src/datapath/gate/layout.js';
 import { eventually } from './helpers/agents.js';
 import { Cluster, IDENTITY } from './helpers/datapath-fixture.js';
 import { inNetns, type Family, type Workload } from './helpers/netns.js';
@@ -209,4 +209,20 @@ privileged('reserved peers through NodePort and probes: the client before the ma
   t.false(await hostConnects(n2, '10.200.0.1', NODE_PORT, '192.0.2.50'), 'the world still dropped');
   exempt(RESERVED_IDENTITY.world);
   t.true(await hostConnects(n2, '10.200.0.1', NODE_PORT, '192.0.2.50'));
+});
+
+privileged('an address of a pod range that no endpoint holds is unknown, not world', async (t) => {
+  const cluster = await Cluster.start(t);
+  const [a, b] = [cluster.w('w1a'), cluster.w('w2b')];
+  const agent = cluster.agent(1);
+  agent.setConfig({ defaultMode: 'require' });
+  agent.setIpcache('0.0.0.0/0', { identity: RESERVED_IDENTITY.world, node: 0 });
+  agent.setPolicy({ localIdentity: IDENTITY.w1a!, remoteIdentity: RESERVED_IDENTITY.world, direction: 'egress' }, AUTH_TYPE.none);
+  t.true(agent.deleteIpcache(b.ipv4));
+  t.true(await cluster.topology.reaches(a, b, 'udp', 4), 'outside every range: world, which this policy lets through');
+
+  agent.setIpcache('10.2.0.0/16', { identity: NO_IDENTITY, node: 0 });
+  const before = agent.counters().unknownIdentity;
+  t.false(await cluster.topology.reaches(a, b, 'udp', 4), "inside node 2's pod range: unknown, dropped");
+  t.is(agent.counters().unknownIdentity - before, 1n);
 });

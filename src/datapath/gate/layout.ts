@@ -212,7 +212,8 @@ export function encodeIpcacheHostKey(prefix: IpPrefix): Buffer {
 }
 
 export function encodeIpcacheValue(entry: IpcacheEntry): Buffer {
-  checkIdentity('identity', entry.identity);
+  // 0 is NO_IDENTITY here: the gate treats the address as unknown.
+  checkUint('identity', entry.identity, 32);
   checkUint('node', entry.node, 16);
   const out = Buffer.alloc(STRUCTS.ipcache_value.size);
   out.writeUInt32LE(entry.identity, F.ipcacheValue.identity);
