@@ -218,6 +218,8 @@ privileged('an address of a pod range that no endpoint holds is unknown, not wor
   agent.setConfig({ defaultMode: 'require' });
   agent.setIpcache('0.0.0.0/0', { identity: RESERVED_IDENTITY.world, node: 0 });
   agent.setPolicy({ localIdentity: IDENTITY.w1a!, remoteIdentity: RESERVED_IDENTITY.world, direction: 'egress' }, AUTH_TYPE.none);
+  // Node 2 lets w1a's datagrams in unauthenticated: only node 1's verdict is under test.
+  cluster.agent(2).setPolicy({ localIdentity: IDENTITY.w2b!, remoteIdentity: IDENTITY.w1a!, direction: 'ingress' }, AUTH_TYPE.none);
   t.true(agent.deleteIpcache(b.ipv4));
   t.true(await cluster.topology.reaches(a, b, 'udp', 4), 'outside every range: world, which this policy lets through');
 

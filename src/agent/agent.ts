@@ -295,7 +295,8 @@ export class Agent {
     // The cluster section and the proactive switch apply at once; the rest waits for a restart.
     this.config = { ...this.config, cluster: config.cluster, auth: { ...this.config.auth, proactive: config.auth.proactive } };
     if (!this.config.kubernetes.enabled) this.state.replaceAll(staticSnapshot(config.cluster));
-    else this.queueReplan();
+    // Also when the state is unchanged: the default, the exemptions and the reserved ranges are config.
+    this.queueReplan();
     this.deps.logger.info('configuration reloaded');
   }
 
