@@ -10,7 +10,8 @@ import { ClusterState } from '../src/cluster/state.js';
 import type { EndpointInfo, PolicyMode, PolicyRule } from '../src/cluster/types.js';
 import { planNode } from '../src/agent/plan.js';
 import { addReservedPeers, RESERVED_NUMBER, type ReservedAddresses } from '../src/agent/reserved-plan.js';
-import { AUTH_TYPE, NO_IDENTITY, RESERVED_IDENTITY } from '../src/datapath/gate/layout.js';
+import { AUTH_TYPE, NO_IDENTITY, RESERVED_IDENTITY, encodeIpcacheKey, encodeIpcacheValue, encodePolicyKey } from '../src/datapath/gate/layout.js';
+import { parseIpPrefix } from '../src/datapath/ip-prefix.js';
 
 const shopWeb: EndpointInfo = { ip: '10.1.0.5', spiffeId: 'spiffe://td/ns/shop/sa/web', node: 'a', namespace: 'shop', serviceAccount: 'web' };
 const blogApp: EndpointInfo = { ip: '10.1.0.6', spiffeId: 'spiffe://td/ns/blog/sa/app', node: 'a', namespace: 'blog', serviceAccount: 'app' };
@@ -58,6 +59,12 @@ test('reserved addresses: world under everything, pod ranges without identity, e
   t.deepEqual(at('192.0.2.100/32'), { identity: RESERVED_IDENTITY.kubeApiserver, node: 0 });
   t.deepEqual(at('10.1.0.5/32'), { identity: ids.identity(shopWeb.spiffeId), node: ids.node('a') });
   t.false([...result.pairs.values()].some((pair) => pair.remoteId.startsWith('reserved')), 'never a pair with a reserved peer');
+  // Everything the agent will write encodes (NO_IDENTITY included): a plan the maps refuse would
+  // stop the agent's re-planning.
+  for (const [prefix, entry] of result.ipcache) {
+    t.notThrows(() => [encodeIpcacheKey(parseIpPrefix(prefix)), encodeIpcacheValue(entry)], prefix);
+  }
+  for (const { key } of result.policy.values()) t.notThrows(() => encodePolicyKey(key));
 });
 
 test('default required: reserved peers are dropped both ways, except the exempt host and API server', async (t) => {
