@@ -1,7 +1,9 @@
 // Datapath gate benchmark (root): `npm run bench:datapath [-- --json]`.
 //
 //   per-packet cost   run_time_ns / run_cnt of the gate programs (kernel.bpf_stats_enabled=1)
-//                     under iperf3 traffic, with 1 and with 100,000 auth entries; median of 3 runs
+//                     under iperf3 traffic, with 1 and with 100,000 auth entries; median of 3 runs;
+//                     and the small-UDP flood through a ClusterIP (kube-proxy's DNAT on the client's
+//                     node): the client's gate looks every packet's flow up in conntrack
 //   throughput        iperf3 TCP between two workloads on two nodes: gate, an empty program in its
 //                     place (the hook's own cost) and nothing, alternated in the same run, 16 runs
 //                     each (6 on two CPUs); the ratio of the medians (run-time statistics off: they are the
@@ -27,6 +29,7 @@ import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { execa, type ResultPromise } from 'execa';
 import { monotonicNowNs, type AuthEntry, type Datapath } from '../src/datapath/gate/datapath.js';
+import { RESERVED_IDENTITY } from '../src/datapath/gate/layout.js';
 import { attachedPrograms, hookGate, resolveAttachMode, type AttachMode } from '../src/datapath/gate/hooks.js';
 import { sleep } from '../src/util/backoff.js';
 import { inNetns, nsenterArgs } from '../src/netns/exec.js';
@@ -98,8 +101,8 @@ async function gateProgramIds(cluster: Cluster): Promise<number[]> {
 type Placement = 'one CPU' | 'two CPUs';
 
 /** iperf3 from client to server: TCP bulk, or a flood of small UDP datagrams. Returns bits/s received. */
-async function iperf(client: Workload, server: Workload, mode: 'tcp' | 'udp-small' = 'tcp', placement: Placement = 'two CPUs'): Promise<number> {
-  const args = ['-c', server.ipv4, '-t', String(IPERF_SECONDS), '-J'];
+async function iperf(client: Workload, server: Workload, mode: 'tcp' | 'udp-small' = 'tcp', placement: Placement = 'two CPUs', dst = server.ipv4): Promise<number> {
+  const args = ['-c', dst, '-t', String(IPERF_SECONDS), '-J'];
   if (mode === 'udp-small') args.push('-u', '-b', '0', '-l', '64');
   // Unpinned, the scheduler's placement of the two varies from run to run by more than the gate costs.
   else if (placement === 'one CPU') args.push('-A', '0,0');
@@ -147,6 +150,18 @@ char LICENSE[] SEC("license") = "Dual BSD/GPL";
 `;
 
 type HookMode = 'gate' | 'empty' | 'none';
+
+const CLUSTER_IP = '10.96.0.10';
+
+/** A ClusterIP for iperf3's port on the client's node, as kube-proxy writes it (DNAT in PREROUTING). */
+async function clusterIp(cluster: Cluster, backend: Workload): Promise<string> {
+  const node = cluster.topology.node(1).netns;
+  for (const proto of ['tcp', 'udp']) {
+    await execa('nsenter', [`--net=/run/netns/${node}`, 'iptables', '-t', 'nat', '-A', 'PREROUTING', '-d', CLUSTER_IP, '-p', proto, '--dport', '5201', '-j', 'DNAT', '--to-destination', `${backend.ipv4}:5201`]);
+  }
+  for (const agent of cluster.agents) agent.setIpcache('10.96.0.0/16', { identity: RESERVED_IDENTITY.service, node: 0 });
+  return CLUSTER_IP;
+}
 
 /**
  * Puts the gate, an empty program (the hook's own cost) or nothing on every workload interface,
@@ -262,6 +277,8 @@ async function main(): Promise<void> {
     agent1.batchSetAuth(filler);
     agent2.batchSetAuth(filler);
     const manyEntries = { udp: await cost(udpFlood), tcp: await cost(tcpBulk) };
+    const vip = await clusterIp(cluster, server);
+    const viaService = await cost(() => iperf(client, server, 'udp-small', 'two CPUs', vip));
     await setHooks('empty');
     const floor = { udp: await cost(udpFlood), tcp: await cost(tcpBulk) };
 
@@ -310,6 +327,11 @@ async function main(): Promise<void> {
       `ns/packet, empty program, small UDP (floor)`.padEnd(44),
       `${floor.udp.ns.toFixed(1).padStart(12)} ns         gate minus floor: ${(manyEntries.udp.ns - floor.udp.ns).toFixed(1)} ns`,
     );
+    // Through the ClusterIP, the client's gate (half of the runs counted) adds a conntrack lookup.
+    console.log(
+      `ns/packet, 100k entries, small UDP via ClusterIP`.padEnd(44),
+      `${viaService.ns.toFixed(1).padStart(12)} ns         the client gate's conntrack lookup ≈ ${(2 * (viaService.ns - manyEntries.udp.ns)).toFixed(1)} ns (twice the difference to direct: half the runs are the backend's gate)`,
+    );
     // 64 KB TCP segments pass ~7x more rarely than small datagrams: every run starts with cold
     // caches, the empty program's included. Informational; the flood above is the per-packet case.
     console.log(
@@ -340,6 +362,7 @@ async function main(): Promise<void> {
           ns_per_packet_tcp_bulk: manyEntries.tcp.ns,
           ns_per_packet_tcp_bulk_1_entry: oneEntry.tcp.ns,
           ns_per_packet_empty_program: floor.udp.ns,
+          ns_per_packet_cluster_ip: viaService.ns,
           ns_per_packet_tcp_bulk_empty_program: floor.tcp.ns,
           attach: attachMode,
           throughput_ratio: oneCpu.ratio,

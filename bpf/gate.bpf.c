@@ -161,6 +161,7 @@ struct {
 struct packet {
 	struct ipcache_key local;  /* the workload's address */
 	struct ipcache_key remote; /* the other end */
+	__u32 l4_offset;           /* of the TCP/UDP header; 0 when not known (a later fragment) */
 	__u8 protocol;
 };
 
@@ -169,7 +170,7 @@ struct packet {
  * through the memo. Copies the answer into *out: two lookups of one packet may
  * share a memo slot. `generation` must be read before the ipcache is: an answer
  * read before an agent's write is then memoized under the old generation.
- * Returns 0 for an address the ipcache does not know (not memoized).
+ * Returns 0 for an address the ipcache does not know (not memoized) or maps to identity 0.
  */
 static __always_inline int identity_of(const struct ipcache_key *key, __u64 generation,
 				       struct ipcache_value *out)
@@ -184,7 +185,7 @@ static __always_inline int identity_of(const struct ipcache_key *key, __u64 gene
 
 		if (memo_addr[0] == addr[0] && memo_addr[1] == addr[1]) {
 			*out = memo->value;
-			return 1;
+			return out->identity != 0;
 		}
 	}
 
@@ -202,7 +203,7 @@ static __always_inline int identity_of(const struct ipcache_key *key, __u64 gene
 		memo->family = key->family;
 		memo->value = *value;
 	}
-	return 1;
+	return value->identity != 0; /* identity 0: a pod-CIDR address no endpoint holds yet */
 }
 
 static __always_inline void count(__u32 counter)
@@ -262,6 +263,8 @@ static __always_inline int parse_ipv4(struct __sk_buff *skb, struct packet *pkt,
 	*(__be32 *)pkt->local.addr = egress ? ip->saddr : ip->daddr;
 	*(__be32 *)pkt->remote.addr = egress ? ip->daddr : ip->saddr;
 	pkt->protocol = ip->protocol;
+	if (!(ip->frag_off & bpf_htons(0x1fff))) /* the first fragment holds the ports */
+		pkt->l4_offset = ETH_HLEN + ip->ihl * 4;
 	return 0;
 }
 
@@ -315,6 +318,8 @@ static __always_inline int parse_ipv6(struct __sk_buff *skb, struct packet *pkt,
 		nexthdr = ext[0];
 	}
 	pkt->protocol = nexthdr;
+	if (first_fragment)
+		pkt->l4_offset = offset;
 
 	if (nexthdr == IPPROTO_ICMPV6_ && first_fragment && hop_limit == ND_HOP_LIMIT) {
 		__u8 type;
@@ -387,6 +392,129 @@ static __always_inline void signal(struct __sk_buff *skb, const struct auth_key 
 	bpf_perf_event_output(skb, &doorbell, BPF_F_CURRENT_CPU, &now, sizeof(now));
 }
 
+/*
+ * Service translation. kube-proxy rewrites addresses in netfilter, between the gate's two hooks:
+ * a packet to a ClusterIP reaches from_workload before its DNAT, a reply from the backend reaches
+ * to_workload after the reverse NAT (its source is the VIP), and a masqueraded NodePort request
+ * reaches to_workload with a node address as its source. For such an address the gate asks
+ * conntrack which flow the packet belongs to and judges the peer at the far end of that flow: the
+ * backend, or the client before the masquerade. The lookup costs a hash lookup in conntrack and is
+ * made only for addresses the ipcache marks as possibly translated (a Service range, a node
+ * address), never for pod-to-pod traffic.
+ *
+ * Only the fields read below are declared; libbpf relocates them against the kernel's BTF (CO-RE).
+ */
+union nf_inet_addr___meshauth {
+	__u32 all[4];
+} __attribute__((preserve_access_index));
+
+struct nf_conntrack_man___meshauth {
+	union nf_inet_addr___meshauth u3;
+} __attribute__((preserve_access_index));
+
+struct nf_conntrack_tuple___meshauth {
+	struct nf_conntrack_man___meshauth src;
+} __attribute__((preserve_access_index));
+
+struct nf_conntrack_tuple_hash___meshauth {
+	struct nf_conntrack_tuple___meshauth tuple;
+} __attribute__((preserve_access_index));
+
+struct nf_conn___meshauth {
+	struct nf_conntrack_tuple_hash___meshauth tuplehash[2]; /* original, reply */
+} __attribute__((preserve_access_index));
+
+struct bpf_ct_opts___meshauth {
+	__s32 netns_id;
+	__s32 error;
+	__u8 l4proto;
+	__u8 dir;
+	__u16 ct_zone_id;
+	__u8 ct_zone_dir;
+	__u8 reserved[3];
+};
+
+extern struct nf_conn___meshauth *bpf_skb_ct_lookup(struct __sk_buff *skb, struct bpf_sock_tuple *tuple,
+						    __u32 tuple_size, struct bpf_ct_opts___meshauth *opts,
+						    __u32 opts_size) __ksym;
+extern void bpf_ct_release(struct nf_conn___meshauth *ct) __ksym;
+
+#define CT_DIR_ORIGINAL 0
+#define CT_DIR_REPLY 1
+#define CT_NETNS_OF_SKB -1 /* BPF_F_CURRENT_NETNS: the namespace of the host-side interface */
+
+static __always_inline int may_be_translated(__u32 identity)
+{
+	return identity == MESHAUTH_IDENTITY_SERVICE || identity == MESHAUTH_IDENTITY_HOST ||
+	       identity == MESHAUTH_IDENTITY_REMOTE_NODE;
+}
+
+static __always_inline int same_address(const union nf_inet_addr___meshauth *a, const __u8 *b)
+{
+	const __u32 *words = (const __u32 *)b;
+
+	return a->all[0] == words[0] && a->all[1] == words[1] && a->all[2] == words[2] &&
+	       a->all[3] == words[3];
+}
+
+/*
+ * Replaces pkt->remote's address by the peer at the far end of the packet's conntrack flow.
+ * The flow is looked up by the tuple as the workload sees it, (local -> remote), which is the
+ * flow's original tuple when the workload opened it (then the peer is the source of the reply
+ * tuple: the backend) and its reply tuple when the other end did (then the peer is the source
+ * of the original tuple: the client before any masquerade). Returns 0 when replaced, -1 when
+ * there is no flow (not TCP or UDP, a later fragment, or a packet conntrack has not seen yet).
+ */
+static __always_inline int conntrack_peer(struct __sk_buff *skb, struct packet *pkt, int egress)
+{
+	struct bpf_sock_tuple tuple = {};
+	struct bpf_ct_opts___meshauth opts = {
+		.netns_id = CT_NETNS_OF_SKB,
+		.l4proto = pkt->protocol,
+	};
+	__be16 ports[2]; /* source, destination */
+	__u32 size;
+
+	if ((pkt->protocol != IPPROTO_TCP && pkt->protocol != IPPROTO_UDP) || !pkt->l4_offset)
+		return -1;
+	if (bpf_skb_load_bytes(skb, pkt->l4_offset, ports, sizeof(ports)) < 0)
+		return -1;
+	__be16 local_port = egress ? ports[0] : ports[1];
+	__be16 remote_port = egress ? ports[1] : ports[0];
+
+	if (pkt->local.family == MESHAUTH_FAMILY_IPV4) {
+		tuple.ipv4.saddr = *(__be32 *)pkt->local.addr;
+		tuple.ipv4.daddr = *(__be32 *)pkt->remote.addr;
+		tuple.ipv4.sport = local_port;
+		tuple.ipv4.dport = remote_port;
+		size = sizeof(tuple.ipv4);
+	} else {
+		__builtin_memcpy(tuple.ipv6.saddr, pkt->local.addr, 16);
+		__builtin_memcpy(tuple.ipv6.daddr, pkt->remote.addr, 16);
+		tuple.ipv6.sport = local_port;
+		tuple.ipv6.dport = remote_port;
+		size = sizeof(tuple.ipv6);
+	}
+
+	struct nf_conn___meshauth *ct = bpf_skb_ct_lookup(skb, &tuple, size, &opts, sizeof(opts));
+	if (!ct)
+		return -1;
+	const struct nf_conntrack_tuple___meshauth *original = &ct->tuplehash[CT_DIR_ORIGINAL].tuple;
+	const struct nf_conntrack_tuple___meshauth *reply = &ct->tuplehash[CT_DIR_REPLY].tuple;
+	/* The workload opened the flow when the original tuple starts at its address. */
+	const union nf_inet_addr___meshauth *peer = same_address(&original->src.u3, pkt->local.addr)
+							 ? &reply->src.u3
+							 : &original->src.u3;
+	__u32 *remote = (__u32 *)pkt->remote.addr;
+
+	remote[0] = peer->all[0];
+	remote[1] = peer->all[1];
+	remote[2] = peer->all[2];
+	remote[3] = peer->all[3];
+	bpf_ct_release(ct);
+	return 0;
+}
+
 static __always_inline int gate(struct __sk_buff *skb, __u8 direction)
 {
 	int egress = direction == MESHAUTH_DIR_EGRESS;
@@ -433,6 +561,24 @@ static __always_inline int gate(struct __sk_buff *skb, __u8 direction)
 		count(MESHAUTH_CTR_UNKNOWN_IDENTITY);
 		return allow_by_default ? TC_ACT_UNSPEC : TC_ACT_SHOT;
 	}
+	if (may_be_translated(remote.identity)) {
+		if (conntrack_peer(skb, &pkt, egress) == 0) {
+			if (!identity_of(&pkt.remote, generation, &remote)) {
+				count(MESHAUTH_CTR_UNKNOWN_IDENTITY);
+				return allow_by_default ? TC_ACT_UNSPEC : TC_ACT_SHOT;
+			}
+		} else if (remote.identity == MESHAUTH_IDENTITY_SERVICE) {
+			/*
+			 * No flow yet: the first packet to a VIP, before kube-proxy picks the backend.
+			 * It passes; the backend's gate judges it with the real addresses, and every
+			 * later packet of the flow, and every reply, is judged here through conntrack.
+			 * A VIP as the source of a packet without a flow is never a real peer.
+			 */
+			if (egress)
+				return pass(MESHAUTH_CTR_SERVICE_DEFERRED);
+			return drop(MESHAUTH_CTR_UNKNOWN_IDENTITY);
+		}
+	}
 
 	/*
 	 * The authenticated pair first: traffic that passes never pays for the policy
@@ -458,9 +604,10 @@ static __always_inline int gate(struct __sk_buff *skb, __u8 direction)
 	if (rule ? rule->auth_type == MESHAUTH_AUTH_NONE : allow_by_default)
 		return pass(MESHAUTH_CTR_NOT_REQUIRED);
 
-	__u64 now = bpf_ktime_get_ns();
 	__u8 reason = entry ? MESHAUTH_REASON_EXPIRED : MESHAUTH_REASON_NO_ENTRY;
-	signal(skb, &akey, &pkt, direction, reason, now, cfg);
+	/* A reserved peer can never authenticate: asking the agent would be pointless. */
+	if (remote.identity <= MESHAUTH_RESERVED_IDENTITY_BASE)
+		signal(skb, &akey, &pkt, direction, reason, bpf_ktime_get_ns(), cfg);
 	return drop(entry ? MESHAUTH_CTR_DROPPED_EXPIRED : MESHAUTH_CTR_DROPPED_NO_ENTRY);
 }
 

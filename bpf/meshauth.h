@@ -54,13 +54,30 @@
 /* Signal interval used while config_value.signal_interval_ns is 0. */
 #define MESHAUTH_DEFAULT_SIGNAL_INTERVAL_NS 250000000ULL
 
+/*
+ * Reserved identities: peers that are not workloads, in the ipcache like any identity. Numbered
+ * from the top of the identity space (written in decimal: 0xffffff00 + n), so they never meet
+ * the agent's workload numbering, which counts up from 1. Identity 0 in an ipcache entry means
+ * "no identity": an address inside the cluster's pod CIDRs that no endpoint holds yet is unknown,
+ * not "world".
+ */
+#define MESHAUTH_RESERVED_IDENTITY_BASE 4294967040 /* 0xffffff00: identity > base: reserved */
+#define MESHAUTH_IDENTITY_HOST 4294967041          /* this node's own addresses (kubelet probes) */
+#define MESHAUTH_IDENTITY_WORLD 4294967042         /* outside the cluster's CIDRs */
+/* A Service VIP: kube-proxy translates it after the gate (from_workload) and back before it
+ * (to_workload); the gate judges the real peer it finds in conntrack. */
+#define MESHAUTH_IDENTITY_SERVICE 4294967043
+#define MESHAUTH_IDENTITY_REMOTE_NODE 4294967046   /* another node's addresses */
+#define MESHAUTH_IDENTITY_KUBE_APISERVER 4294967047
+
 /* signal_event.reason */
 #define MESHAUTH_REASON_NO_ENTRY 1
 #define MESHAUTH_REASON_EXPIRED 2
 
 /*
  * Per-CPU counters. Every packet seen by the gate increments exactly one of
- * the first eight (its verdict); the signal counters are counted on top.
+ * the packet counters (its verdict: the first eight, and service_deferred); the signal
+ * counters are counted on top.
  */
 enum meshauth_counter {
 	MESHAUTH_CTR_ALLOWED = 0,          /* authenticated, unexpired entry: pass */
@@ -74,7 +91,12 @@ enum meshauth_counter {
 	MESHAUTH_CTR_SIGNALS_SENT = 8,     /* "authentication required" events queued */
 	MESHAUTH_CTR_SIGNALS_SUPPRESSED = 9, /* rate-limited: a signal for the key is recent */
 	MESHAUTH_CTR_SIGNALS_LOST = 10,    /* the signal queue was full */
-	MESHAUTH_CTR_MAX = 11,
+	/*
+	 * Passed: the first packet of a flow to a Service VIP, whose backend the DNAT after the
+	 * gate chooses; the backend's gate judges it with the real addresses.
+	 */
+	MESHAUTH_CTR_SERVICE_DEFERRED = 11,
+	MESHAUTH_CTR_MAX = 12,
 };
 
 struct ipcache_key {

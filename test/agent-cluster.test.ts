@@ -90,6 +90,23 @@ test('an endpoint removed by a config reload takes its pair out at once, on both
   t.deepEqual(pairsOf(b).map((p) => p.remoteId), [WEB]);
 });
 
+test('a reload that changes only the policy default re-plans: the pairs it now requires are authenticated', async (t) => {
+  const dir = await tempDir(t);
+  const port = 42_519;
+  const spec = { ...cluster('127.0.19.1', '127.0.19.2', port), policy: { default: 'disabled' as const, rules: [] } };
+  const configA = agentConfig(dir, { name: 'node-a', address: '127.0.19.1' }, spec, port);
+  const configB = agentConfig(dir, { name: 'node-b', address: '127.0.19.2' }, spec, port);
+  const a = await startAgent(t, configA);
+  const b = await startAgent(t, configB);
+  await a.settled();
+  t.deepEqual(a.status().pairs, [], 'nothing required');
+  // The nodes and endpoints are unchanged: the cluster state raises no event of its own.
+  const required = { ...spec, policy: { default: 'required' as const, rules: [] } };
+  a.reload(parseConfig({ ...configA, cluster: required }));
+  b.reload(parseConfig({ ...configB, cluster: required }));
+  await eventually(() => pairsOf(a).length === 1 && pairsOf(b).length === 1, 'the pair the new default requires');
+});
+
 test('a responder refuses pairs policy does not require: nothing is recorded for them', async (t) => {
   const dir = await tempDir(t);
   const port = 42_514;

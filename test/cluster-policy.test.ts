@@ -21,6 +21,18 @@ test('selectors: every field given must match; empty matches all', (t) => {
   t.true(matches({ spiffeId: 'spiffe://td/ns/shop/sa/*' }, db));
 });
 
+test('reserved peers: an empty selector matches them, a reserved one only its own, a workload field never', (t) => {
+  const world = { reserved: 'world' } as const;
+  t.true(matches({}, world), '"from anywhere"');
+  t.true(matches({ labels: {} }, world), 'no labels is no condition');
+  t.true(matches({ reserved: 'world' }, world));
+  t.false(matches({ reserved: 'host' }, world));
+  t.false(matches({ namespace: 'shop' }, world));
+  t.false(matches({ spiffeId: 'spiffe://**' }, world));
+  t.false(matches({ reserved: 'world' }, web), 'a reserved selector never matches a workload');
+  t.is(decide([{ name: 'r', source: {}, destination: { namespace: 'shop' }, mode: 'required' }], world, web, 'disabled'), 'required');
+});
+
 test('decisions: disabled wins, then required, then the default; rule order never matters', (t) => {
   const requireShop: PolicyRule = { name: 'r', source: { namespace: 'shop' }, destination: { namespace: 'shop' }, mode: 'required' };
   const exemptDb: PolicyRule = { name: 'd', source: {}, destination: { serviceAccount: 'db' }, mode: 'disabled' };

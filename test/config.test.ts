@@ -14,7 +14,25 @@ test('an empty config runs the dev CA with documented defaults', (t) => {
   t.is(config.identity.dev.ttl, 3_600_000);
   t.is(config.identity.maxChainDepth, 5);
   t.is(config.cluster.policy.default, 'required');
+  t.deepEqual(config.cluster.policy.exempt, ['host', 'kube-apiserver'], 'kubelet probes and the API server keep working');
+  t.deepEqual([config.cluster.serviceCidrs, config.cluster.podCidrs, config.cluster.apiServers, config.cluster.hostAddresses], [[], [], [], []]);
   t.is(nodeIdentity(parseConfig({ nodeName: 'n1', trustDomain: 'example.org' })), 'spiffe://example.org/meshauth/node/n1');
+});
+
+test('reserved peers in the cluster section: ranges, addresses, exemptions, selectors', (t) => {
+  const config = parseConfig({
+    cluster: {
+      serviceCidrs: ['10.96.0.0/12', 'fd00:96::/112'],
+      apiServers: ['192.0.2.10'],
+      policy: { exempt: ['host'], rules: [{ name: 'world-in', source: { reserved: 'world' }, destination: { namespace: 'shop' } }] },
+    },
+  });
+  t.deepEqual(config.cluster.policy.rules[0]?.source, { reserved: 'world' });
+  t.deepEqual(config.cluster.policy.exempt, ['host']);
+  t.regex(t.throws(() => parseConfig({ cluster: { policy: { exempt: ['everyone'] } } })).message, /cluster\.policy\.exempt/);
+  t.regex(t.throws(() => parseConfig({ cluster: { serviceCidrs: ['10.96.0.0'] } })).message, /cluster\.serviceCidrs/);
+  const combined = { name: 'x', source: { reserved: 'host', namespace: 'web' } };
+  t.regex(t.throws(() => parseConfig({ cluster: { policy: { rules: [combined] } } })).message, /cannot be combined with workload fields/);
 });
 
 test('an unknown key is an error naming its path', (t) => {

@@ -18,6 +18,8 @@ import {
   MAP_SPECS,
   PROGRAMS,
   REASON,
+  RESERVED_IDENTITY,
+  RESERVED_IDENTITY_BASE,
   STRUCTS,
   decodeAuthKey,
   decodeAuthValue,
@@ -144,6 +146,12 @@ test("the header's constants match the TypeScript ones", (t) => {
     DEFAULT_SIGNAL_INTERVAL_NS: DEFAULT_SIGNAL_INTERVAL_NS,
     REASON_NO_ENTRY: BigInt(REASON.noEntry),
     REASON_EXPIRED: BigInt(REASON.expired),
+    RESERVED_IDENTITY_BASE: BigInt(RESERVED_IDENTITY_BASE),
+    IDENTITY_HOST: BigInt(RESERVED_IDENTITY.host),
+    IDENTITY_WORLD: BigInt(RESERVED_IDENTITY.world),
+    IDENTITY_SERVICE: BigInt(RESERVED_IDENTITY.service),
+    IDENTITY_REMOTE_NODE: BigInt(RESERVED_IDENTITY.remoteNode),
+    IDENTITY_KUBE_APISERVER: BigInt(RESERVED_IDENTITY.kubeApiserver),
   });
 });
 

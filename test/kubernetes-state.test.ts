@@ -254,6 +254,20 @@ test('policyRule: destination is the policy namespace; source fields map to sele
   });
 });
 
+test('policyRule: a reserved source selects a peer that is not a workload, and stands alone', (t) => {
+  t.deepEqual(policyRule(policy('shop', 'world', { mode: 'required', source: { reserved: 'world' } })), {
+    name: 'shop/world',
+    mode: 'required',
+    source: { reserved: 'world' },
+    destination: { namespace: 'shop' },
+  });
+  t.throws(() => policyRule(policy('shop', 'p', { mode: 'required', source: { reserved: 'host', namespace: 'web' } })), {
+    instanceOf: ConversionError,
+    message: /cannot be combined with namespace/,
+  });
+  t.throws(() => policyRule(policy('shop', 'p', { mode: 'required', source: { reserved: 'cluster' } })), { message: /spec\.source\.reserved/ });
+});
+
 test('policyRule: invalid policies are refused with the reason', (t) => {
   t.throws(() => policyRule(policy('shop', 'p', { mode: 'optional' })), { instanceOf: ConversionError, message: /spec\.mode/ });
   t.throws(() => policyRule(policy('shop', 'p', {})), { message: /spec\.mode/ });

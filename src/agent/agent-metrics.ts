@@ -18,9 +18,9 @@ export type StaleEntryMap = 'ipcache' | 'policy' | 'interfaces';
 const STALE_ENTRY_MAPS: readonly StaleEntryMap[] = ['ipcache', 'policy', 'interfaces'];
 
 /**
- * Where each BPF counter (enum meshauth_counter) is exported. The first eight partition the
- * packets the gate saw by verdict; the last three count the gate's own signal bookkeeping, which
- * are not packets. A Record, so a counter added to the gate fails to compile until it is placed.
+ * Where each BPF counter (enum meshauth_counter) is exported. The packet counters partition the
+ * packets the gate saw by verdict; the signal counters count the gate's own signal bookkeeping,
+ * which are not packets. A Record, so a counter added to the gate fails to compile until it is placed.
  */
 const DATAPATH_COUNTERS: Record<CounterName, { metric: 'packets' | 'signals'; label: string }> = {
   allowed: { metric: 'packets', label: 'allowed' },
@@ -34,6 +34,7 @@ const DATAPATH_COUNTERS: Record<CounterName, { metric: 'packets' | 'signals'; la
   signalsSent: { metric: 'signals', label: 'sent' },
   signalsSuppressed: { metric: 'signals', label: 'suppressed' },
   signalsLost: { metric: 'signals', label: 'lost' },
+  serviceDeferred: { metric: 'packets', label: 'service_deferred' },
 };
 
 /** The label value and sample of each counter of one metric; a counter that is missing or not a

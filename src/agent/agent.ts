@@ -1,4 +1,5 @@
 import { mkdir } from 'node:fs/promises';
+import { networkInterfaces } from 'node:os';
 import { join } from 'node:path';
 import type { Registry } from 'prom-client';
 import { AuthCache, type AuthMap } from '../auth/cache.js';
@@ -34,6 +35,7 @@ import { GateInterfaces } from './gate-interfaces.js';
 import { PeerManager } from './peers.js';
 import { planNode, type NodePlan } from './plan.js';
 import { removeStaleGateEntries } from './pinned-state.js';
+import { addReservedPeers, type ReservedAddresses } from './reserved-plan.js';
 import type { AgentStatus } from '../control/status.js';
 import { assembleNodeFrame, type Transport } from '../datapath/transport/transport.js';
 import { createTransport } from '../datapath/transport/factory.js';
@@ -295,7 +297,8 @@ export class Agent {
     // The cluster section and the proactive switch apply at once; the rest waits for a restart.
     this.config = { ...this.config, cluster: config.cluster, auth: { ...this.config.auth, proactive: config.auth.proactive } };
     if (!this.config.kubernetes.enabled) this.state.replaceAll(staticSnapshot(config.cluster));
-    else this.queueReplan();
+    // Also when the state is unchanged: the default, the exemptions and the reserved ranges are config.
+    this.queueReplan();
     this.deps.logger.info('configuration reloaded');
   }
 
@@ -369,6 +372,7 @@ export class Agent {
     const locals = this.state.localEndpoints();
     const found = this.gateInterfaces?.interfacesOf(locals);
     const plan = planNode(this.state, this.ids, this.config.cluster.policy.default, (endpoint) => found?.get(endpoint.ip) ?? endpoint.interface);
+    addReservedPeers(plan, this.state, this.ids, this.config.cluster.policy.default, this.config.cluster.policy.exempt, this.reservedAddresses());
     if (found) this.metrics.setUngatedEndpoints(locals.filter((endpoint) => !found.has(endpoint.ip)).length);
     this.plan = plan;
     const remoteNodes = [...this.state.nodes.values()].filter((node) => node.name !== this.config.nodeName);
@@ -398,6 +402,23 @@ export class Agent {
     this.metrics.staleEntries('ipcache', removed.ipcache);
     this.metrics.staleEntries('policy', removed.policy);
     if (removed.ipcache + removed.policy > 0) this.deps.logger.info(removed, 'gate entries of what went while the agent was down removed');
+  }
+
+  /**
+   * The config's ranges and addresses, and this host's own addresses: those of the agent's network
+   * namespace, unless the gate runs in another one (datapath.netns, tests and the demo). Link-local
+   * IPv6 addresses are left out: every link has the same ones.
+   */
+  private reservedAddresses(): ReservedAddresses {
+    const { cluster, datapath } = this.config;
+    const own =
+      datapath.netns === undefined
+        ? Object.values(networkInterfaces())
+            .flatMap((addresses) => addresses ?? [])
+            .filter((address) => !address.internal && !(address.family === 'IPv6' && address.address.toLowerCase().startsWith('fe80:')))
+            .map((address) => address.address)
+        : [];
+    return { serviceCidrs: cluster.serviceCidrs, podCidrs: cluster.podCidrs, apiServers: cluster.apiServers, hostAddresses: [...cluster.hostAddresses, ...own] };
   }
 
   private localNodeFrame(peer: string): NodeFrame {

@@ -1,6 +1,7 @@
 // The agent's view of the cluster: which nodes exist, which workload endpoints live where, and
 // which identity pairs policy requires to be authenticated. Two sources produce it: the static
 // section of the config file and the Kubernetes informers. Both emit the same types.
+import type { ReservedPeer } from './reserved.js';
 
 /** A node of the cluster: where its agent listens and which pod addresses live behind it. */
 export interface NodeInfo {
@@ -31,8 +32,13 @@ export interface EndpointInfo {
   owner?: string;
 }
 
-/** Selects workloads. Every field given must match; an empty selector matches all. */
+/**
+ * Selects workloads, or one reserved peer (`reserved`, alone). Every field given must match. An
+ * empty selector matches every peer, reserved ones included; one with any workload field matches
+ * workloads only.
+ */
 export interface WorkloadSelector {
+  reserved?: ReservedPeer;
   /** Exact SPIFFE ID, or a pattern where "*" matches within one path segment and "**" across segments. */
   spiffeId?: string;
   namespace?: string;

@@ -5,6 +5,7 @@ import { isIP } from 'node:net';
 import { z } from 'zod';
 import type { V1Node, V1Pod } from '@kubernetes/client-node';
 import { SpiffeId } from '../../identity/spiffe-id.js';
+import { RESERVED_PEERS } from '../reserved.js';
 import type { EndpointInfo, NodeInfo, PolicyRule, WorkloadSelector } from '../types.js';
 
 export class ConversionError extends Error {
@@ -80,6 +81,7 @@ const policySchema = z.object({
     mode: z.enum(['required', 'disabled']),
     source: z
       .object({
+        reserved: z.enum(RESERVED_PEERS).optional(),
         namespace: z.string().min(1).optional(),
         serviceAccount: z.string().min(1).optional(),
         spiffeId: z.string().regex(SPIFFE_ID_PATTERN, 'must be spiffe://<trust domain>[/path], "*" and "**" as wildcards').optional(),
@@ -100,7 +102,8 @@ const policySchema = z.object({
  * A MutualAuthPolicy as a rule. A policy governs traffic *to* workloads in its own namespace:
  * the destination's namespace is the policy's namespace (naming another one is refused), so whoever
  * may write policies in a namespace decides only about that namespace's inbound traffic. The source
- * may be any namespace; an omitted source field matches everything.
+ * may be any namespace, or a reserved peer (`source.reserved`: host, remote-node, world,
+ * kube-apiserver; alone); an omitted source matches every workload and every reserved peer.
  */
 export function policyRule(object: unknown): PolicyRule {
   const parsed = policySchema.safeParse(object);
@@ -117,12 +120,23 @@ export function policyRule(object: unknown): PolicyRule {
     );
   }
   const source: WorkloadSelector = {};
+  if (spec.source?.reserved !== undefined) {
+    const { reserved, ...workloadFields } = spec.source;
+    if (Object.keys(workloadFields).length > 0) {
+      throw new ConversionError(`MutualAuthPolicy ${name}: spec.source.reserved selects a peer that is not a workload and cannot be combined with ${Object.keys(workloadFields).join(', ')}`);
+    }
+    return { name, source: { reserved }, destination: destinationSelector(spec.destination, destinationNamespace), mode: spec.mode };
+  }
   if (spec.source?.namespace !== undefined) source.namespace = spec.source.namespace;
   if (spec.source?.serviceAccount !== undefined) source.serviceAccount = spec.source.serviceAccount;
   if (spec.source?.spiffeId !== undefined) source.spiffeId = spec.source.spiffeId;
   if (spec.source?.matchLabels !== undefined) source.labels = { ...spec.source.matchLabels };
-  const destination: WorkloadSelector = { namespace: destinationNamespace };
-  if (spec.destination?.serviceAccount !== undefined) destination.serviceAccount = spec.destination.serviceAccount;
-  if (spec.destination?.matchLabels !== undefined) destination.labels = { ...spec.destination.matchLabels };
-  return { name, source, destination, mode: spec.mode };
+  return { name, source, destination: destinationSelector(spec.destination, destinationNamespace), mode: spec.mode };
+}
+
+function destinationSelector(spec: z.output<typeof policySchema>['spec']['destination'], namespace: string): WorkloadSelector {
+  const destination: WorkloadSelector = { namespace };
+  if (spec?.serviceAccount !== undefined) destination.serviceAccount = spec.serviceAccount;
+  if (spec?.matchLabels !== undefined) destination.labels = { ...spec.matchLabels };
+  return destination;
 }

@@ -23,9 +23,13 @@
  * - otherwise it passes only if no authentication is required: the policy entry for (local,
  *   remote, direction) says AUTH_TYPE.none, or there is none and defaultMode is 'allow';
  *   a dropped pair is signalled (at most once per key per signalIntervalNs);
- * - an address not in the ipcache is an unknown identity: dropped under defaultMode 'require'
- *   (the default, fail closed), passed under 'allow'; counted either way. Add '0.0.0.0/0' and
- *   '::/0' entries for a "world" identity to give the rest of the world a policy;
+ * - an address not in the ipcache, or mapped to NO_IDENTITY, is an unknown identity: dropped under
+ *   defaultMode 'require' (the default, fail closed), passed under 'allow'; counted either way.
+ *   RESERVED_IDENTITY.world on '0.0.0.0/0' and '::/0' gives the rest of the world a policy;
+ * - for an address mapped to RESERVED_IDENTITY.service, .host or .remoteNode (a Service range, a
+ *   node's address: possibly translated by kube-proxy) the gate judges the peer at the far end of
+ *   the packet's conntrack flow; the first packet to a Service VIP, which has no flow yet, passes
+ *   (counted serviceDeferred) and the backend's gate judges it;
  * - ARP and IPv6 neighbour discovery always pass; other non-IP frames are dropped.
  *
  * Map updates are in-process syscalls through the `bpf` package (no process per update); signals

@@ -22,6 +22,22 @@ export const DEFAULT_SIGNAL_INTERVAL_NS = 250_000_000n;
 
 export const REASON = { noEntry: 1, expired: 2 } as const;
 
+/** Identities above this one are reserved (bpf/meshauth.h); the agent numbers workloads from 1. */
+export const RESERVED_IDENTITY_BASE = 0xffff_ff00;
+/**
+ * Peers that are not workloads. `service` marks a Service range: the gate judges the real peer it
+ * finds in conntrack (or, for the first packet to a VIP, leaves it to the backend's gate).
+ */
+export const RESERVED_IDENTITY = {
+  host: RESERVED_IDENTITY_BASE + 1,
+  world: RESERVED_IDENTITY_BASE + 2,
+  service: RESERVED_IDENTITY_BASE + 3,
+  remoteNode: RESERVED_IDENTITY_BASE + 6,
+  kubeApiserver: RESERVED_IDENTITY_BASE + 7,
+} as const;
+/** In an ipcache entry: no identity (an address of the cluster's pod CIDRs no endpoint holds). */
+export const NO_IDENTITY = 0;
+
 /** enum meshauth_counter, in index order. */
 export const COUNTER_NAMES = [
   'allowed',
@@ -35,6 +51,7 @@ export const COUNTER_NAMES = [
   'signalsSent',
   'signalsSuppressed',
   'signalsLost',
+  'serviceDeferred',
 ] as const;
 export type CounterName = (typeof COUNTER_NAMES)[number];
 export type Counters = Record<CounterName, bigint>;
@@ -195,7 +212,8 @@ export function encodeIpcacheHostKey(prefix: IpPrefix): Buffer {
 }
 
 export function encodeIpcacheValue(entry: IpcacheEntry): Buffer {
-  checkIdentity('identity', entry.identity);
+  // 0 is NO_IDENTITY here: the gate treats the address as unknown.
+  checkUint('identity', entry.identity, 32);
   checkUint('node', entry.node, 16);
   const out = Buffer.alloc(STRUCTS.ipcache_value.size);
   out.writeUInt32LE(entry.identity, F.ipcacheValue.identity);
