@@ -65,18 +65,19 @@ struct {
 } ipcache_hosts6 SEC(".maps");
 
 /*
- * The workload behind each gated interface, by ifindex. Binding the local identity to the
- * interface rather than to the packet's address means a workload cannot borrow a neighbour's
- * authenticated pairs by spoofing its address, and saves a hash lookup per packet (an array
- * lookup is inlined by the verifier). Interfaces without a binding (identity 0, or an ifindex
- * beyond the capacity) fall back to the address.
+ * The addresses of the workload behind each gated interface, by (ifindex, address), with its
+ * identity. Binding the local identity to the interface and the address together means a
+ * workload can send only as itself: a source address not bound to its interface is dropped
+ * (a forged neighbour's address borrows none of the neighbour's pairs), and an address bound
+ * on another interface is not its own. Interfaces with several endpoints (several identities)
+ * need no special case. A hash, so ifindexes of any size fit (they grow with pod churn).
  */
 struct {
-	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, 65536);
-	__type(key, __u32);
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 8192);
+	__type(key, struct endpoint_key);
 	__type(value, struct ipcache_value);
-} interfaces SEC(".maps");
+} endpoints SEC(".maps");
 
 /*
  * A hash lookup costs 20-30 ns per packet under load here (a call into the kernel
@@ -164,6 +165,44 @@ struct packet {
 	__u8 protocol;
 };
 
+/* The memo slot of an address (and interface, for endpoints answers): Fibonacci hashing onto 256 slots. */
+static __always_inline struct ipcache_memo_entry *memo_slot(const struct ipcache_key *key, __u32 ifindex)
+{
+	const __u64 *addr = (const __u64 *)key->addr;
+	__u32 mix = (__u32)addr[0] ^ (__u32)(addr[0] >> 32) ^ (__u32)addr[1] ^ (__u32)(addr[1] >> 32) ^ ifindex;
+	__u32 slot = (mix * 2654435761u) >> 24;
+
+	return bpf_map_lookup_elem(&ipcache_memo, &slot);
+}
+
+/* The memoized answer for (key, ifindex) under this generation, copied into *out. */
+static __always_inline int memo_get(const struct ipcache_memo_entry *memo, const struct ipcache_key *key,
+				    __u32 ifindex, __u64 generation, struct ipcache_value *out)
+{
+	const __u64 *addr = (const __u64 *)key->addr;
+	const __u64 *memo_addr;
+
+	if (!memo || memo->generation != generation || memo->family != key->family || memo->ifindex != ifindex)
+		return 0;
+	memo_addr = (const __u64 *)memo->addr;
+	if (memo_addr[0] != addr[0] || memo_addr[1] != addr[1])
+		return 0;
+	*out = memo->value;
+	return 1;
+}
+
+static __always_inline void memo_put(struct ipcache_memo_entry *memo, const struct ipcache_key *key,
+				     __u32 ifindex, __u64 generation, const struct ipcache_value *value)
+{
+	if (!memo)
+		return;
+	memo->generation = generation;
+	__builtin_memcpy(memo->addr, key->addr, sizeof(memo->addr));
+	memo->family = key->family;
+	memo->ifindex = ifindex;
+	memo->value = *value;
+}
+
 /*
  * Longest-prefix match over the ipcache (a host entry is always the longest),
  * through the memo. Copies the answer into *out: two lookups of one packet may
@@ -174,19 +213,10 @@ struct packet {
 static __always_inline int identity_of(const struct ipcache_key *key, __u64 generation,
 				       struct ipcache_value *out)
 {
-	const __u64 *addr = (const __u64 *)key->addr;
-	__u32 mix = (__u32)addr[0] ^ (__u32)(addr[0] >> 32) ^ (__u32)addr[1] ^ (__u32)(addr[1] >> 32);
-	__u32 slot = (mix * 2654435761u) >> 24; /* Fibonacci hashing onto 256 slots */
-	struct ipcache_memo_entry *memo = bpf_map_lookup_elem(&ipcache_memo, &slot);
+	struct ipcache_memo_entry *memo = memo_slot(key, 0);
 
-	if (memo && memo->generation == generation && memo->family == key->family) {
-		const __u64 *memo_addr = (const __u64 *)memo->addr;
-
-		if (memo_addr[0] == addr[0] && memo_addr[1] == addr[1]) {
-			*out = memo->value;
-			return 1;
-		}
-	}
+	if (memo_get(memo, key, 0, generation, out))
+		return 1;
 
 	const struct ipcache_value *value = key->family == MESHAUTH_FAMILY_IPV4
 						    ? bpf_map_lookup_elem(&ipcache_hosts4, key->addr)
@@ -196,12 +226,34 @@ static __always_inline int identity_of(const struct ipcache_key *key, __u64 gene
 	if (!value)
 		return 0;
 	*out = *value;
-	if (memo) {
-		memo->generation = generation;
-		__builtin_memcpy(memo->addr, key->addr, sizeof(memo->addr));
-		memo->family = key->family;
-		memo->value = *value;
-	}
+	memo_put(memo, key, 0, generation, value);
+	return 1;
+}
+
+/*
+ * The workload endpoint that owns this address behind interface `ifindex`, through the same
+ * memo (its slots tell the two kinds of answers apart by ifindex: ipcache answers have 0, which
+ * names no interface; a packet this host originated has ingress ifindex 0, so it is refused
+ * here first). Returns 0 if the address is not bound to that interface (not memoized).
+ */
+static __always_inline int endpoint_of(__u32 ifindex, const struct ipcache_key *key, __u64 generation,
+				       struct ipcache_value *out)
+{
+	if (ifindex == 0)
+		return 0;
+
+	struct ipcache_memo_entry *memo = memo_slot(key, ifindex);
+
+	if (memo_get(memo, key, ifindex, generation, out))
+		return 1;
+
+	struct endpoint_key ekey = { .ifindex = ifindex, .family = key->family };
+	__builtin_memcpy(ekey.addr, key->addr, sizeof(ekey.addr));
+	const struct ipcache_value *value = bpf_map_lookup_elem(&endpoints, &ekey);
+	if (!value)
+		return 0;
+	*out = *value;
+	memo_put(memo, key, ifindex, generation, value);
 	return 1;
 }
 
@@ -387,6 +439,54 @@ static __always_inline void signal(struct __sk_buff *skb, const struct auth_key 
 	bpf_perf_event_output(skb, &doorbell, BPF_F_CURRENT_CPU, &now, sizeof(now));
 }
 
+/* Whether an IPsec SA of meshauth's (by its reqid) decrypted the packet. */
+static __always_inline int decrypted_by_meshauth_sa(struct __sk_buff *skb)
+{
+	struct bpf_xfrm_state state = {};
+
+	if (bpf_skb_get_xfrm_state(skb, 0, &state, sizeof(state), 0) < 0)
+		return 0;
+	return state.reqid >= MESHAUTH_IPSEC_REQID_FIRST && state.reqid <= MESHAUTH_IPSEC_REQID_LAST;
+}
+
+/*
+ * Packet provenance, on the way to a workload: a remote identity is only as good as the path
+ * that proves it. The ipcache names the node that owns the source address; the packet must have
+ * come the way that node's packets come:
+ *   - this node's own workload: from the gated interface that address is bound to (so not
+ *     originated by this host's stack, nor injected on the underlay), and then as that
+ *     endpoint's identity;
+ *   - another node's, over WireGuard: decrypted on meshauth's WireGuard device, which names it
+ *     in skb->ingress_ifindex even after forwarding; the peer's allowed-ips (its pod CIDRs)
+ *     bind the inner source to that node's key;
+ *   - over IPsec: decrypted by one of meshauth's SAs (its reqid range); the kernel's fwd policy
+ *     of the source's pod CIDR has already required that SA to be the source node's;
+ *   - with transport none, the CNI carries the packet and its anti-spoofing is all there is:
+ *     not checked here;
+ *   - node 0 (an address outside the cluster, e.g. a world prefix): no transport to check.
+ * A config without a transport (a gate whose agent has not configured it) admits no other
+ * node's packets: fail closed.
+ */
+static __always_inline int arrived_from_its_node(struct __sk_buff *skb, const struct packet *pkt,
+						 struct ipcache_value *remote, __u64 generation,
+						 const struct config_value *cfg)
+{
+	if (remote->node == cfg->local_node)
+		return endpoint_of(skb->ingress_ifindex, &pkt->remote, generation, remote);
+	if (remote->node == 0)
+		return 1;
+	switch (cfg->transport) {
+	case MESHAUTH_TRANSPORT_NONE:
+		return 1;
+	case MESHAUTH_TRANSPORT_WIREGUARD:
+		return cfg->wg_ifindex != 0 && skb->ingress_ifindex == cfg->wg_ifindex;
+	case MESHAUTH_TRANSPORT_IPSEC:
+		return decrypted_by_meshauth_sa(skb);
+	default:
+		return 0;
+	}
+}
+
 static __always_inline int gate(struct __sk_buff *skb, __u8 direction)
 {
 	int egress = direction == MESHAUTH_DIR_EGRESS;
@@ -418,21 +518,21 @@ static __always_inline int gate(struct __sk_buff *skb, __u8 direction)
 
 	const __u64 *gen = bpf_map_lookup_elem(&ipcache_gen, &zero);
 	__u64 generation = gen ? *(volatile const __u64 *)gen : 0;
-	__u32 ifindex = skb->ifindex; /* the host-side interface on both hooks */
-	const struct ipcache_value *bound = bpf_map_lookup_elem(&interfaces, &ifindex);
 	struct ipcache_value local, remote;
-	int known;
 
-	if (bound && bound->identity) {
-		local = *bound;
-		known = 1;
-	} else {
-		known = identity_of(&pkt.local, generation, &local);
-	}
-	if (!known || !identity_of(&pkt.remote, generation, &remote)) {
+	/* The host-side interface on both hooks: the workload's own address must be bound to it. */
+	if (!endpoint_of(skb->ifindex, &pkt.local, generation, &local)) {
+		if (egress)
+			return drop(MESHAUTH_CTR_DROPPED_SPOOFED_SOURCE);
 		count(MESHAUTH_CTR_UNKNOWN_IDENTITY);
 		return allow_by_default ? TC_ACT_UNSPEC : TC_ACT_SHOT;
 	}
+	if (!identity_of(&pkt.remote, generation, &remote)) {
+		count(MESHAUTH_CTR_UNKNOWN_IDENTITY);
+		return allow_by_default ? TC_ACT_UNSPEC : TC_ACT_SHOT;
+	}
+	if (!egress && !arrived_from_its_node(skb, &pkt, &remote, generation, cfg))
+		return drop(MESHAUTH_CTR_DROPPED_UNVERIFIED_ARRIVAL);
 
 	/*
 	 * The authenticated pair first: traffic that passes never pays for the policy

@@ -28,7 +28,7 @@ privilegedConcurrent('maps are pinned on open, outlive close, and are reused wit
   first.setConfig({ defaultMode: 'allow' });
   first.close();
   t.throws(() => first.getAuth(key), { name: 'DatapathError' }, 'a closed handle refuses work');
-  for (const map of ['ipcache', 'ipcache_hosts4', 'ipcache_hosts6', 'interfaces', 'ipcache_memo', 'ipcache_gen', 'policy', 'auth', 'ratelimit', 'signals', 'doorbell', 'counters', 'config']) {
+  for (const map of ['ipcache', 'ipcache_hosts4', 'ipcache_hosts6', 'endpoints', 'ipcache_memo', 'ipcache_gen', 'policy', 'auth', 'ratelimit', 'signals', 'doorbell', 'counters', 'config']) {
     t.true(existsSync(join(dir, 'maps', map)), map);
   }
   const { stdout } = await execa('bpftool', ['map', 'show', 'pinned', join(dir, 'maps', 'auth'), '-j']);

@@ -14,9 +14,9 @@ const SIGNAL_STATUSES: readonly SignalStatus[] = ['handled', 'deduplicated', 'un
 const REAUTH_TRIGGERS: readonly ReauthTrigger[] = ['reauth', 'rotation', 'bundle-change', 'restored'];
 
 /**
- * Where each BPF counter (enum meshauth_counter) is exported. The first eight partition the
- * packets the gate saw by verdict; the last three count the gate's own signal bookkeeping, which
- * are not packets. A Record, so a counter added to the gate fails to compile until it is placed.
+ * Where each BPF counter (enum meshauth_counter) is exported. The packets
+ * counters partition the packets the gate saw by verdict; the signals ones count the gate's own
+ * signal bookkeeping, which are not packets. A Record, so a counter added to the gate fails to compile until it is placed.
  */
 const DATAPATH_COUNTERS: Record<CounterName, { metric: 'packets' | 'signals'; label: string }> = {
   allowed: { metric: 'packets', label: 'allowed' },
@@ -30,6 +30,8 @@ const DATAPATH_COUNTERS: Record<CounterName, { metric: 'packets' | 'signals'; la
   signalsSent: { metric: 'signals', label: 'sent' },
   signalsSuppressed: { metric: 'signals', label: 'suppressed' },
   signalsLost: { metric: 'signals', label: 'lost' },
+  droppedSpoofedSource: { metric: 'packets', label: 'dropped_spoofed_source' },
+  droppedUnverifiedArrival: { metric: 'packets', label: 'dropped_unverified_arrival' },
 };
 
 /** The label value and sample of each counter of one metric; a counter that is missing or not a

@@ -36,6 +36,7 @@ import { planNode, type NodePlan } from './plan.js';
 import type { AgentStatus } from '../control/status.js';
 import { assembleNodeFrame, type Transport } from '../datapath/transport/transport.js';
 import { createTransport } from '../datapath/transport/factory.js';
+import { gateArrival, type GateArrival } from './gate-arrival.js';
 
 export interface AgentDependencies {
   logger: Logger;
@@ -55,6 +56,8 @@ export class Agent {
   private readonly state: ClusterState;
   private plan?: NodePlan;
   private replanQueued = false;
+  /** How the gate checks other nodes' packets arrived (set once the transport is up). */
+  private gateArrival: GateArrival = { transport: 'unset', wireguardIfindex: 0 };
   private gateInterfaces?: GateInterfaces;
   private readonly startedAt = new Date();
   private readonly timers: NodeJS.Timeout[] = [];
@@ -152,6 +155,7 @@ export class Agent {
 
     await this.transport.start();
     this.closers.push(() => this.transport.close());
+    if (this.datapath) this.gateArrival = await gateArrival(config, logger);
 
     // Handshake.
     const identities = new LocalIdentities(this.store);
@@ -375,7 +379,11 @@ export class Agent {
     // any address is re-mapped to a new identity.
     this.auth.setDesired(plan.pairs);
     if (this.datapath) {
-      this.datapath.setConfig({ defaultMode: this.config.cluster.policy.default === 'required' ? 'require' : 'allow' });
+      this.datapath.setConfig({
+        defaultMode: this.config.cluster.policy.default === 'required' ? 'require' : 'allow',
+        localNode: this.ids.node(this.config.nodeName),
+        ...this.gateArrival,
+      });
       for (const prefix of previous?.ipcache.keys() ?? []) if (!plan.ipcache.has(prefix)) this.datapath.deleteIpcache(prefix);
       for (const [prefix, entry] of plan.ipcache) {
         const old = previous?.ipcache.get(prefix);
