@@ -37,7 +37,7 @@
 
 #include "meshauth.h"
 
-/* Capacities used when the loader creates the maps; it may override them. */
+/* Default capacities; the loader creates the maps with those of the config (datapath.capacities). */
 struct {
 	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
 	__uint(max_entries, 65536);
@@ -52,14 +52,14 @@ struct {
  */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 65536);
+	__uint(max_entries, 163840);
 	__type(key, __be32);
 	__type(value, struct ipcache_value);
 } ipcache_hosts4 SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 65536);
+	__uint(max_entries, 163840);
 	__type(key, struct ipv6_host_key);
 	__type(value, struct ipcache_value);
 } ipcache_hosts6 SEC(".maps");

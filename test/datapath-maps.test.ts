@@ -11,6 +11,7 @@ import { registeredInterfaces } from '../src/datapath/gate/loader.js';
 import { PinLayout } from '../src/datapath/gate/pin-layout.js';
 import { TEST_CAPACITIES, assertGateBuilt } from './helpers/datapath-fixture.js';
 import { privilegedConcurrent } from './helpers/privileged.js';
+import { capturedLogger } from './guest/transport-checks.js';
 
 function pinDir(t: { teardown(fn: () => Promise<void>): void }): string {
   const dir = `/sys/fs/bpf/meshauth-test-${randomBytes(4).toString('hex')}`;
@@ -47,6 +48,29 @@ privilegedConcurrent('maps are pinned on open, outlive close, and are reused wit
     Object.fromEntries(COUNTER_NAMES.map((name) => [name, 0n])),
     'counters start at zero, one per verdict',
   );
+});
+
+privilegedConcurrent('a full ipcache, endpoints or policy map leaves entries out, counted and logged, without throwing (#16, item 9)', async (t) => {
+  const { logger, text } = capturedLogger();
+  const capacities = { ...TEST_CAPACITIES, ipcache_hosts4: 2, ipcache: 1, policy: 1 };
+  const datapath = await Datapath.open({ pinDir: pinDir(t), capacities, logger });
+  t.teardown(() => datapath.close());
+  t.true(datapath.setIpcache('10.0.0.1', { identity: 1, node: 1 }));
+  t.true(datapath.setIpcache('10.0.0.2', { identity: 2, node: 1 }));
+  t.false(datapath.setIpcache('10.0.0.3', { identity: 3, node: 1 }), 'the third host address does not fit');
+  t.true(datapath.setIpcache('10.0.0.1', { identity: 4, node: 1 }), 'an existing entry is still updated');
+  t.true(datapath.setIpcache('10.1.0.0/16', { identity: 5, node: 2 }));
+  t.false(datapath.setIpcache('10.2.0.0/16', { identity: 6, node: 2 }), 'nor a second prefix');
+  t.true(datapath.setPolicy({ localIdentity: 1, remoteIdentity: 2, direction: 'egress' }, 0));
+  t.false(datapath.setPolicy({ localIdentity: 1, remoteIdentity: 3, direction: 'egress' }, 0));
+  t.deepEqual(datapath.overflows(), { ipcache: 2, endpoints: 0, policy: 1 });
+  t.regex(text(), /a gate map is full/);
+  t.regex(text(), /"map":"policy"/);
+
+  // A pinned map keeps its capacity; a different configured one is reported, not applied.
+  const reopened = await Datapath.open({ pinDir: datapath.pinDir, capacities: { ...capacities, ipcache_hosts4: 8 }, logger });
+  reopened.close();
+  t.regex(text(), /keeps the capacity it was created with/);
 });
 
 privilegedConcurrent('auth entries: single, batched, dumped, deleted; bad keys are refused', async (t) => {

@@ -37,6 +37,7 @@ import type { AgentStatus } from '../control/status.js';
 import { assembleNodeFrame, type Transport } from '../datapath/transport/transport.js';
 import { createTransport } from '../datapath/transport/factory.js';
 import { gateArrival, type GateArrival } from './gate-arrival.js';
+import { mapCapacities } from '../datapath/gate/loader.js';
 
 export interface AgentDependencies {
   logger: Logger;
@@ -122,7 +123,8 @@ export class Agent {
       this.datapath = await Datapath.open({
         pinDir: config.datapath.pinDir,
         attach: config.datapath.attach,
-        capacities: { auth: config.auth.cacheSize },
+        capacities: mapCapacities(config.datapath.capacities, config.auth.cacheSize),
+        logger,
       });
       this.closers.push(() => this.datapath?.close());
       map = this.datapath;

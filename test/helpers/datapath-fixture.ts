@@ -14,7 +14,7 @@ import { Topology, type Workload } from './netns.js';
 export const IDENTITY: Record<string, number> = { w1a: 101, w1b: 102, w2a: 201, w2b: 202 };
 
 /** Small maps: tests create several sets of them side by side. */
-export const TEST_CAPACITIES = { auth: 4096, ipcache: 1024, policy: 1024, ratelimit: 1024, signals: 256 };
+export const TEST_CAPACITIES = { auth: 4096, ipcache: 1024, ipcache_hosts4: 1024, ipcache_hosts6: 1024, endpoints: 256, policy: 1024, ratelimit: 1024, signals: 256 };
 
 /** Fails with the fix when the compiled gate is missing or older than its sources. */
 export function assertGateBuilt(): string {

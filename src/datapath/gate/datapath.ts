@@ -178,6 +178,13 @@ export class Datapath {
       for (const ref of Object.values(refs)) ref.close();
       throw err;
     }
+    for (const [name, wanted] of Object.entries(options.capacities ?? {}) as [MapName, number][]) {
+      if (refs[name].maxEntries === wanted) continue;
+      options.logger?.warn(
+        { map: name, capacity: refs[name].maxEntries, configured: wanted },
+        'a pinned gate map keeps the capacity it was created with; `meshauth datapath uninstall` (agent stopped) resizes it',
+      );
+    }
     return new Datapath(
       layout,
       options.objectPath ?? defaultObjectPath(),

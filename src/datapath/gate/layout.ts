@@ -130,8 +130,9 @@ export interface MapSpec {
 /** The maps the gate references, with the capacities used when the loader creates them. */
 export const MAP_SPECS: Record<MapName, MapSpec> = {
   ipcache: { type: MapType.LPM_TRIE, keySize: 24, valueSize: 8, maxEntries: 65_536, noPrealloc: true },
-  ipcache_hosts4: { type: MapType.HASH, keySize: 4, valueSize: 8, maxEntries: 65_536 },
-  ipcache_hosts6: { type: MapType.HASH, keySize: STRUCTS.ipv6_host_key.size, valueSize: 8, maxEntries: 65_536 },
+  // 150,000 pod addresses per family and some room: the defaults fit a cluster of 150,000 pods.
+  ipcache_hosts4: { type: MapType.HASH, keySize: 4, valueSize: 8, maxEntries: 163_840 },
+  ipcache_hosts6: { type: MapType.HASH, keySize: STRUCTS.ipv6_host_key.size, valueSize: 8, maxEntries: 163_840 },
   endpoints: { type: MapType.HASH, keySize: STRUCTS.endpoint_key.size, valueSize: 8, maxEntries: 8_192 },
   ipcache_memo: { type: MapType.PERCPU_ARRAY, keySize: 4, valueSize: STRUCTS.ipcache_memo_entry.size, maxEntries: IPCACHE_MEMO_SLOTS },
   ipcache_gen: { type: MapType.ARRAY, keySize: 4, valueSize: 8, maxEntries: 1 },

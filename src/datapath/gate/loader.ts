@@ -18,12 +18,28 @@ import { openPinnedMap, possibleCpuCount } from './bpf-maps.js';
 import { hookGate, unhookGate, type AttachMode } from './hooks.js';
 import { netnsPath, run, runIn } from './run-in.js';
 import { validateInterface, type PinLayout, type WorkloadInterface } from './pin-layout.js';
+import type { DatapathCapacityOptions } from './options.js';
 
 const BPFFS_ROOT = '/sys/fs/bpf';
 const BPF_FS_MAGIC = 0xcafe4a11;
 const BPF_F_NO_PREALLOC = 1;
 
-export type MapCapacities = Partial<Record<'ipcache' | 'ipcache_hosts4' | 'ipcache_hosts6' | 'interfaces' | 'policy' | 'auth' | 'ratelimit' | 'signals', number>>;
+export type MapCapacities = Partial<Record<'ipcache' | 'ipcache_hosts4' | 'ipcache_hosts6' | 'endpoints' | 'policy' | 'auth' | 'ratelimit' | 'signals', number>>;
+
+/** The loader's capacities from the config's datapath.capacities (and the auth cache size). */
+export function mapCapacities(options: DatapathCapacityOptions, auth?: number): MapCapacities {
+  const capacities: MapCapacities = {
+    ipcache_hosts4: options.ipcacheHosts4,
+    ipcache_hosts6: options.ipcacheHosts6,
+    ipcache: options.ipcachePrefixes,
+    endpoints: options.endpoints,
+    policy: options.policy,
+    ratelimit: options.ratelimit,
+    signals: options.signals,
+    auth,
+  };
+  return Object.fromEntries(Object.entries(capacities).filter(([, value]) => value !== undefined));
+}
 
 /** bpf/gate.bpf.o of the package this module belongs to (built by `npm run build:bpf`). */
 export function defaultObjectPath(): string {
