@@ -338,6 +338,7 @@ export class Agent {
           counters: Object.fromEntries(Object.entries(counters).map(([name, value]) => [name, value.toString()])),
           authEntries: this.cache.size,
           authCapacity: this.cache.capacity,
+          remoteArrival: this.gateArrival.transport === 'wireguard' || this.gateArrival.transport === 'ipsec' ? this.gateArrival.transport : 'unchecked',
         },
       }),
     };
