@@ -19,8 +19,8 @@
  * enforced here too: an entry stops passing traffic on time even if the agent
  * is dead.
  *
- * ARP and IPv6 neighbour discovery (ICMPv6 133-137 with hop limit 255) pass
- * ungated; every other non-IP frame is dropped. Passing packets return
+ * ARP and IPv6 neighbour discovery (ICMPv6 133-137 with hop limit 255, confined
+ * to the link: nd_stays_on_link) pass ungated; every other non-IP frame is dropped. Passing packets return
  * TC_ACT_UNSPEC so that a CNI filter at a later preference still runs.
  *
  * Layouts: meshauth.h.
@@ -158,6 +158,7 @@ struct {
 #define ND_FIRST_TYPE 133 /* router solicitation */
 #define ND_LAST_TYPE 137  /* redirect */
 #define ND_HOP_LIMIT 255
+#define AF_INET6_ 10
 
 struct packet {
 	struct ipcache_key local;  /* the workload's address */
@@ -317,6 +318,47 @@ static __always_inline int parse_ipv4(struct __sk_buff *skb, struct packet *pkt,
 	return 0;
 }
 
+/* fe80::/10, or :: (the source of duplicate address detection): never forwarded. */
+static __always_inline int link_local_or_unspecified(const __u8 *a)
+{
+	const __u64 *w = (const __u64 *)a;
+
+	if (a[0] == 0xfe && (a[1] & 0xc0) == 0x80)
+		return 1;
+	return w[0] == 0 && w[1] == 0;
+}
+
+/* The multicast groups of neighbour discovery: all-nodes, all-routers, solicited-node (link scope). */
+static __always_inline int nd_multicast(const __u8 *a)
+{
+	const __u32 *w = (const __u32 *)a;
+
+	if (w[0] != bpf_htonl(0xff020000) || w[1] != 0)
+		return 0;
+	if (w[2] == bpf_htonl(1) && a[12] == 0xff)
+		return 1; /* ff02::1:ffXX:XXXX */
+	return w[2] == 0 && (w[3] == bpf_htonl(1) || w[3] == bpf_htonl(2));
+}
+
+/*
+ * Neighbour discovery is exempt only where it cannot leave the link: to or from a link-local
+ * address (or ::), to one of its own multicast groups, or between the workload and this host
+ * itself (the neighbour a workload resolves may be the host's global address: the FIB says the
+ * host's end is local, or that the host does not forward). Anything else shaped like ND, such
+ * as hop-limit-255 ICMPv6 133-137 to another workload or the world, is gated like any packet.
+ */
+static __always_inline int nd_stays_on_link(struct __sk_buff *skb, const __u8 *workload, const __u8 *far)
+{
+	if (link_local_or_unspecified(workload) || link_local_or_unspecified(far) || nd_multicast(far))
+		return 1;
+
+	struct bpf_fib_lookup fib = { .family = AF_INET6_, .ifindex = skb->ifindex };
+	__builtin_memcpy(fib.ipv6_dst, far, 16);
+	__builtin_memcpy(fib.ipv6_src, workload, 16);
+	long verdict = bpf_fib_lookup(skb, &fib, sizeof(fib), BPF_FIB_LOOKUP_SKIP_NEIGH);
+	return verdict == BPF_FIB_LKUP_RET_NOT_FWDED || verdict == BPF_FIB_LKUP_RET_FWD_DISABLED;
+}
+
 /*
  * Fills pkt from an IPv6 header, following extension headers to the
  * upper-layer protocol. Returns 1 for neighbour discovery (exempt), 0 to
@@ -373,7 +415,7 @@ static __always_inline int parse_ipv6(struct __sk_buff *skb, struct packet *pkt,
 
 		if (bpf_skb_load_bytes(skb, offset, &type, sizeof(type)) == 0 &&
 		    type >= ND_FIRST_TYPE && type <= ND_LAST_TYPE)
-			return 1;
+			return nd_stays_on_link(skb, (const __u8 *)pkt->local.addr, (const __u8 *)pkt->remote.addr);
 	}
 	return 0;
 }

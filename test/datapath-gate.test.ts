@@ -250,3 +250,39 @@ privileged('an ipcache change decides the very next packet, though the gate memo
   agent.setIpcache(b.ipv4, { identity: IDENTITY.w2a!, node: 2 });
   t.true(await cluster.topology.reaches(a, b, 'udp', 4), 'and back');
 });
+
+// An ICMPv6 neighbour solicitation (type 135, hop limit 255; the kernel fills in the checksum).
+const NEIGHBOUR_SOLICITATION_SCRIPT = `
+import socket, sys
+dst, target = sys.argv[1], sys.argv[2]
+s = socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_ICMPV6)
+s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_UNICAST_HOPS, 255)
+s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_HOPS, 255)
+s.sendto(bytes([135, 0, 0, 0, 0, 0, 0, 0]) + socket.inet_pton(socket.AF_INET6, target), (dst, 0, 0, 0))
+`;
+
+privileged('neighbour discovery is exempt only where it stays on the link, not to any destination', async (t) => {
+  const cluster = await Cluster.start(t);
+  const [a, remote] = [cluster.w('w1a'), cluster.w('w2a')];
+  const agent = cluster.agent(1);
+  const solicit = async (dst: string, target: string) => {
+    const before = agent.counters();
+    await inNetns(a.netns, 'python3', ['-c', NEIGHBOUR_SOLICITATION_SCRIPT, dst, target]);
+    return before;
+  };
+  const gateway = a.ipv6.replace(/::2$/, '::1'); // the host's end of w1a's link, its IPv6 next hop
+
+  // Shaped like ND, addressed to another node's workload: gated like any packet (no pair: dropped).
+  const before = await solicit(remote.ipv6, remote.ipv6);
+  await eventually(() => agent.counters().droppedNoEntry > before.droppedNoEntry, 'the solicitation judged');
+  t.is(agent.counters().droppedNoEntry - before.droppedNoEntry, 1n);
+
+  // ND's own addresses pass: the solicited-node group of the host's address, and the host itself.
+  for (const dst of ['ff02::1:ff00:1', gateway]) {
+    const exempt = (await solicit(dst, gateway)).exempt;
+    await eventually(() => agent.counters().exempt > exempt, `a solicitation to ${dst} exempt`);
+  }
+  t.false(await cluster.topology.reaches(a, remote, 'udp', 6), 'and the pair is still gated');
+  cluster.authorize(a, remote);
+  t.true(await cluster.topology.reaches(a, remote, 'udp', 6));
+});

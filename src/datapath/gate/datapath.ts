@@ -31,7 +31,8 @@
  * - an address not in the ipcache is an unknown identity: dropped under defaultMode 'require'
  *   (the default, fail closed), passed under 'allow'; counted either way. Add '0.0.0.0/0' and
  *   '::/0' entries for a "world" identity to give the rest of the world a policy;
- * - ARP and IPv6 neighbour discovery always pass; other non-IP frames are dropped.
+ * - ARP, and IPv6 neighbour discovery that stays on the link (link-local or ND multicast
+ *   addresses, or the host's own), always pass; other non-IP frames are dropped.
  *
  * Map updates are in-process syscalls through the `bpf` package (no process per update); signals
  * arrive event-driven (signals.ts, doorbell.ts); install/uninstall use bpftool and tc. All of it
