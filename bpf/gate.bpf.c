@@ -7,10 +7,12 @@
  *   to_workload    tc egress of the host-side veth (the workload's ingress)
  *
  * For every IPv4/IPv6 packet, whatever its protocol (TCP, UDP, ICMP, ICMPv6,
- * SCTP, ESP, anything), the gate takes the local identity from the interface it
- * sits on (bound by the agent; by the workload's address where no binding
- * exists), resolves the remote address to an identity through the ipcache
- * (host entries in a hash, prefixes in an LPM trie) and passes the
+ * SCTP, ESP, anything), the gate takes the local identity from the workload's
+ * address bound (by the agent) to the interface it sits on — a workload's packet
+ * from any other source is dropped —, resolves the remote address to an identity
+ * through the ipcache (host entries in a hash, prefixes in an LPM trie), which on
+ * the way to the workload counts only if the packet arrived the way that
+ * identity's node sends (arrived_from_its_node), and passes the
  * packet while the pair has an unexpired entry in the auth map; without one,
  * only if the policy (or its default) says the pair needs no authentication.
  * Otherwise it drops the packet and queues an "authentication required" signal
@@ -19,9 +21,10 @@
  * enforced here too: an entry stops passing traffic on time even if the agent
  * is dead.
  *
- * ARP and IPv6 neighbour discovery (ICMPv6 133-137 with hop limit 255, confined
- * to the link: nd_stays_on_link) pass ungated; every other non-IP frame is dropped. Passing packets return
- * TC_ACT_UNSPEC so that a CNI filter at a later preference still runs.
+ * ARP and IPv6 neighbour discovery (ICMPv6 133-137 with hop limit 255, where it
+ * stays on the link: nd_stays_on_link) pass ungated; every other non-IP frame is
+ * dropped. Passing packets return TC_ACT_UNSPEC so that a CNI filter at a later
+ * preference still runs.
  *
  * Layouts: meshauth.h.
  */
