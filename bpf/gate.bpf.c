@@ -565,9 +565,15 @@ static __always_inline int gate(struct __sk_buff *skb, __u8 direction)
 	__u64 generation = gen ? *(volatile const __u64 *)gen : 0;
 	struct ipcache_value local, remote;
 
-	/* The host-side interface on both hooks: the workload's own address must be bound to it. */
+	/*
+	 * The host-side interface on both hooks: the workload's own address must be bound to it.
+	 * A workload's IPv6 link-local source (MLD reports, say) reaches nothing past this host, so
+	 * it is an unknown identity rather than a spoofed source.
+	 */
 	if (!endpoint_of(skb->ifindex, &pkt.local, generation, &local)) {
-		if (egress)
+		int link_local = pkt.local.family == MESHAUTH_FAMILY_IPV6 && link_local_or_unspecified(pkt.local.addr);
+
+		if (egress && !link_local)
 			return drop(MESHAUTH_CTR_DROPPED_SPOOFED_SOURCE);
 		count(MESHAUTH_CTR_UNKNOWN_IDENTITY);
 		return allow_by_default ? TC_ACT_UNSPEC : TC_ACT_SHOT;

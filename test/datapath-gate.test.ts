@@ -186,6 +186,10 @@ for (const family of [4, 6] as const) {
     t.deepEqual(await forge(agent, a.netns, ip(neighbour), ip(remote)), { droppedSpoofedSource: 1n }, "as the neighbour: dropped before any pair is looked up");
     const stranger = family === 4 ? '10.1.1.99' : 'fd00:1:1::99';
     t.deepEqual(await forge(agent, a.netns, stranger, ip(remote)), { droppedSpoofedSource: 1n }, 'as an address of nobody: dropped');
+    if (family === 6) {
+      // A link-local source reaches nothing past this host: an unknown identity, not a spoof.
+      t.deepEqual(await forge(agent, a.netns, 'fe80::99', ip(remote)), { unknownIdentity: 1n }, 'from a link-local address');
+    }
     t.deepEqual(await forge(agent, a.netns, ip(a), ip(remote)), { droppedNoEntry: 1n, signalsSent: 1n }, 'as itself: gated as itself');
     await eventually(() => signals.length >= 1, 'the signal');
     t.deepEqual(signals.map((s) => [s.localIdentity, s.remoteIdentity]), [[IDENTITY.w1a, IDENTITY.w2a]], 'and signalled as w1a');

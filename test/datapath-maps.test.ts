@@ -121,6 +121,18 @@ privilegedConcurrent('an incompatible pinned map is refused with a way out', asy
   t.regex(error.message, /auth.*value 16.*value 8.*uninstall/);
 });
 
+privilegedConcurrent("a config map of an older build's shape is replaced, not refused: the agent rewrites it", async (t) => {
+  const dir = pinDir(t);
+  await execa('mkdir', ['-p', join(dir, 'maps')]);
+  // Before #16 the config value had 16 bytes.
+  await execa('bpftool', ['map', 'create', join(dir, 'maps', 'config'), 'type', 'array', 'key', '4', 'value', '16', 'entries', '1', 'name', 'config']);
+  const datapath = await Datapath.open({ pinDir: dir, capacities: TEST_CAPACITIES });
+  t.teardown(() => datapath.close());
+  t.deepEqual(datapath.config().transport, 'unset', 'a fresh config: fail closed until the agent writes it');
+  datapath.setConfig({ transport: 'wireguard', localNode: 3, wireguardIfindex: 9 });
+  t.like(datapath.config(), { transport: 'wireguard', localNode: 3, wireguardIfindex: 9 });
+});
+
 privilegedConcurrent('bad pin dirs, interfaces and namespaces are refused before touching the kernel', async (t) => {
   const notBpffs = await mkdtemp(join(tmpdir(), 'meshauth-'));
   t.teardown(() => rm(notBpffs, { recursive: true, force: true }));

@@ -125,6 +125,11 @@ export interface MapSpec {
   maxEntries: number;
   /** BPF_F_NO_PREALLOC, required by LPM tries. */
   noPrealloc?: boolean;
+  /**
+   * Holds nothing worth keeping across an upgrade (the agent rewrites it, or it is a cache): a
+   * pinned one of another shape is replaced rather than refused.
+   */
+  replaceable?: boolean;
 }
 
 /** The maps the gate references, with the capacities used when the loader creates them. */
@@ -134,7 +139,7 @@ export const MAP_SPECS: Record<MapName, MapSpec> = {
   ipcache_hosts4: { type: MapType.HASH, keySize: 4, valueSize: 8, maxEntries: 163_840 },
   ipcache_hosts6: { type: MapType.HASH, keySize: STRUCTS.ipv6_host_key.size, valueSize: 8, maxEntries: 163_840 },
   endpoints: { type: MapType.HASH, keySize: STRUCTS.endpoint_key.size, valueSize: 8, maxEntries: 8_192 },
-  ipcache_memo: { type: MapType.PERCPU_ARRAY, keySize: 4, valueSize: STRUCTS.ipcache_memo_entry.size, maxEntries: IPCACHE_MEMO_SLOTS },
+  ipcache_memo: { type: MapType.PERCPU_ARRAY, keySize: 4, valueSize: STRUCTS.ipcache_memo_entry.size, maxEntries: IPCACHE_MEMO_SLOTS, replaceable: true },
   ipcache_gen: { type: MapType.ARRAY, keySize: 4, valueSize: 8, maxEntries: 1 },
   policy: { type: MapType.HASH, keySize: 12, valueSize: 4, maxEntries: 65_536 },
   auth: { type: MapType.HASH, keySize: 12, valueSize: 8, maxEntries: 524_288 },
@@ -142,7 +147,7 @@ export const MAP_SPECS: Record<MapName, MapSpec> = {
   signals: { type: MapType.QUEUE, keySize: 0, valueSize: 24, maxEntries: 4_096 },
   doorbell: { type: MapType.PERF_EVENT_ARRAY, keySize: 4, valueSize: 4, maxEntries: 0 },
   counters: { type: MapType.PERCPU_ARRAY, keySize: 4, valueSize: 8, maxEntries: 32 },
-  config: { type: MapType.ARRAY, keySize: 4, valueSize: STRUCTS.config_value.size, maxEntries: 1 },
+  config: { type: MapType.ARRAY, keySize: 4, valueSize: STRUCTS.config_value.size, maxEntries: 1, replaceable: true },
 };
 
 export const PROGRAMS = { fromWorkload: 'from_workload', toWorkload: 'to_workload' } as const;
