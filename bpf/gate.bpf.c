@@ -7,10 +7,12 @@
  *   to_workload    tc egress of the host-side veth (the workload's ingress)
  *
  * For every IPv4/IPv6 packet, whatever its protocol (TCP, UDP, ICMP, ICMPv6,
- * SCTP, ESP, anything), the gate takes the local identity from the interface it
- * sits on (bound by the agent; by the workload's address where no binding
- * exists), resolves the remote address to an identity through the ipcache
- * (host entries in a hash, prefixes in an LPM trie) and passes the
+ * SCTP, ESP, anything), the gate takes the local identity from the workload's
+ * address bound (by the agent) to the interface it sits on — a workload's packet
+ * from any other source is dropped —, resolves the remote address to an identity
+ * through the ipcache (host entries in a hash, prefixes in an LPM trie), which on
+ * the way to the workload counts only if the packet arrived the way that
+ * identity's node sends (arrived_from_its_node), and passes the
  * packet while the pair has an unexpired entry in the auth map; without one,
  * only if the policy (or its default) says the pair needs no authentication.
  * Otherwise it drops the packet and queues an "authentication required" signal
@@ -19,9 +21,10 @@
  * enforced here too: an entry stops passing traffic on time even if the agent
  * is dead.
  *
- * ARP and IPv6 neighbour discovery (ICMPv6 133-137 with hop limit 255) pass
- * ungated; every other non-IP frame is dropped. Passing packets return
- * TC_ACT_UNSPEC so that a CNI filter at a later preference still runs.
+ * ARP and IPv6 neighbour discovery (ICMPv6 133-137 with hop limit 255, where it
+ * stays on the link: nd_stays_on_link) pass ungated; every other non-IP frame is
+ * dropped. Passing packets return TC_ACT_UNSPEC so that a CNI filter at a later
+ * preference still runs.
  *
  * Layouts: meshauth.h.
  */
@@ -37,7 +40,7 @@
 
 #include "meshauth.h"
 
-/* Capacities used when the loader creates the maps; it may override them. */
+/* Default capacities; the loader creates the maps with those of the config (datapath.capacities). */
 struct {
 	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
 	__uint(max_entries, 65536);
@@ -52,31 +55,32 @@ struct {
  */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 65536);
+	__uint(max_entries, 163840);
 	__type(key, __be32);
 	__type(value, struct ipcache_value);
 } ipcache_hosts4 SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 65536);
+	__uint(max_entries, 163840);
 	__type(key, struct ipv6_host_key);
 	__type(value, struct ipcache_value);
 } ipcache_hosts6 SEC(".maps");
 
 /*
- * The workload behind each gated interface, by ifindex. Binding the local identity to the
- * interface rather than to the packet's address means a workload cannot borrow a neighbour's
- * authenticated pairs by spoofing its address, and saves a hash lookup per packet (an array
- * lookup is inlined by the verifier). Interfaces without a binding (identity 0, or an ifindex
- * beyond the capacity) fall back to the address.
+ * The addresses of the workload behind each gated interface, by (ifindex, address), with its
+ * identity. Binding the local identity to the interface and the address together means a
+ * workload can send only as itself: a source address not bound to its interface is dropped
+ * (a forged neighbour's address borrows none of the neighbour's pairs), and an address bound
+ * on another interface is not its own. Interfaces with several endpoints (several identities)
+ * need no special case. A hash, so ifindexes of any size fit (they grow with pod churn).
  */
 struct {
-	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, 65536);
-	__type(key, __u32);
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 8192);
+	__type(key, struct endpoint_key);
 	__type(value, struct ipcache_value);
-} interfaces SEC(".maps");
+} endpoints SEC(".maps");
 
 /*
  * A hash lookup costs 20-30 ns per packet under load here (a call into the kernel
@@ -157,6 +161,7 @@ struct {
 #define ND_FIRST_TYPE 133 /* router solicitation */
 #define ND_LAST_TYPE 137  /* redirect */
 #define ND_HOP_LIMIT 255
+#define AF_INET6_ 10
 
 struct packet {
 	struct ipcache_key local;  /* the workload's address */
@@ -164,6 +169,44 @@ struct packet {
 	__u32 l4_offset;           /* of the TCP/UDP header; 0 when not known (a later fragment) */
 	__u8 protocol;
 };
+
+/* The memo slot of an address (and interface, for endpoints answers): Fibonacci hashing onto 256 slots. */
+static __always_inline struct ipcache_memo_entry *memo_slot(const struct ipcache_key *key, __u32 ifindex)
+{
+	const __u64 *addr = (const __u64 *)key->addr;
+	__u32 mix = (__u32)addr[0] ^ (__u32)(addr[0] >> 32) ^ (__u32)addr[1] ^ (__u32)(addr[1] >> 32) ^ ifindex;
+	__u32 slot = (mix * 2654435761u) >> 24;
+
+	return bpf_map_lookup_elem(&ipcache_memo, &slot);
+}
+
+/* The memoized answer for (key, ifindex) under this generation, copied into *out. */
+static __always_inline int memo_get(const struct ipcache_memo_entry *memo, const struct ipcache_key *key,
+				    __u32 ifindex, __u64 generation, struct ipcache_value *out)
+{
+	const __u64 *addr = (const __u64 *)key->addr;
+	const __u64 *memo_addr;
+
+	if (!memo || memo->generation != generation || memo->family != key->family || memo->ifindex != ifindex)
+		return 0;
+	memo_addr = (const __u64 *)memo->addr;
+	if (memo_addr[0] != addr[0] || memo_addr[1] != addr[1])
+		return 0;
+	*out = memo->value;
+	return 1;
+}
+
+static __always_inline void memo_put(struct ipcache_memo_entry *memo, const struct ipcache_key *key,
+				     __u32 ifindex, __u64 generation, const struct ipcache_value *value)
+{
+	if (!memo)
+		return;
+	memo->generation = generation;
+	__builtin_memcpy(memo->addr, key->addr, sizeof(memo->addr));
+	memo->family = key->family;
+	memo->ifindex = ifindex;
+	memo->value = *value;
+}
 
 /*
  * Longest-prefix match over the ipcache (a host entry is always the longest),
@@ -175,19 +218,10 @@ struct packet {
 static __always_inline int identity_of(const struct ipcache_key *key, __u64 generation,
 				       struct ipcache_value *out)
 {
-	const __u64 *addr = (const __u64 *)key->addr;
-	__u32 mix = (__u32)addr[0] ^ (__u32)(addr[0] >> 32) ^ (__u32)addr[1] ^ (__u32)(addr[1] >> 32);
-	__u32 slot = (mix * 2654435761u) >> 24; /* Fibonacci hashing onto 256 slots */
-	struct ipcache_memo_entry *memo = bpf_map_lookup_elem(&ipcache_memo, &slot);
+	struct ipcache_memo_entry *memo = memo_slot(key, 0);
 
-	if (memo && memo->generation == generation && memo->family == key->family) {
-		const __u64 *memo_addr = (const __u64 *)memo->addr;
-
-		if (memo_addr[0] == addr[0] && memo_addr[1] == addr[1]) {
-			*out = memo->value;
-			return out->identity != 0;
-		}
-	}
+	if (memo_get(memo, key, 0, generation, out))
+		return out->identity != 0;
 
 	const struct ipcache_value *value = key->family == MESHAUTH_FAMILY_IPV4
 						    ? bpf_map_lookup_elem(&ipcache_hosts4, key->addr)
@@ -197,13 +231,35 @@ static __always_inline int identity_of(const struct ipcache_key *key, __u64 gene
 	if (!value)
 		return 0;
 	*out = *value;
-	if (memo) {
-		memo->generation = generation;
-		__builtin_memcpy(memo->addr, key->addr, sizeof(memo->addr));
-		memo->family = key->family;
-		memo->value = *value;
-	}
+	memo_put(memo, key, 0, generation, value);
 	return value->identity != 0; /* identity 0: a pod-CIDR address no endpoint holds yet */
+}
+
+/*
+ * The workload endpoint that owns this address behind interface `ifindex`, through the same
+ * memo (its slots tell the two kinds of answers apart by ifindex: ipcache answers have 0, which
+ * names no interface; a packet this host originated has ingress ifindex 0, so it is refused
+ * here first). Returns 0 if the address is not bound to that interface (not memoized).
+ */
+static __always_inline int endpoint_of(__u32 ifindex, const struct ipcache_key *key, __u64 generation,
+				       struct ipcache_value *out)
+{
+	if (ifindex == 0)
+		return 0;
+
+	struct ipcache_memo_entry *memo = memo_slot(key, ifindex);
+
+	if (memo_get(memo, key, ifindex, generation, out))
+		return 1;
+
+	struct endpoint_key ekey = { .ifindex = ifindex, .family = key->family };
+	__builtin_memcpy(ekey.addr, key->addr, sizeof(ekey.addr));
+	const struct ipcache_value *value = bpf_map_lookup_elem(&endpoints, &ekey);
+	if (!value)
+		return 0;
+	*out = *value;
+	memo_put(memo, key, ifindex, generation, value);
+	return 1;
 }
 
 static __always_inline void count(__u32 counter)
@@ -268,6 +324,47 @@ static __always_inline int parse_ipv4(struct __sk_buff *skb, struct packet *pkt,
 	return 0;
 }
 
+/* fe80::/10, or :: (the source of duplicate address detection): never forwarded. */
+static __always_inline int link_local_or_unspecified(const __u8 *a)
+{
+	const __u64 *w = (const __u64 *)a;
+
+	if (a[0] == 0xfe && (a[1] & 0xc0) == 0x80)
+		return 1;
+	return w[0] == 0 && w[1] == 0;
+}
+
+/* The multicast groups of neighbour discovery: all-nodes, all-routers, solicited-node (link scope). */
+static __always_inline int nd_multicast(const __u8 *a)
+{
+	const __u32 *w = (const __u32 *)a;
+
+	if (w[0] != bpf_htonl(0xff020000) || w[1] != 0)
+		return 0;
+	if (w[2] == bpf_htonl(1) && a[12] == 0xff)
+		return 1; /* ff02::1:ffXX:XXXX */
+	return w[2] == 0 && (w[3] == bpf_htonl(1) || w[3] == bpf_htonl(2));
+}
+
+/*
+ * Neighbour discovery is exempt only where it cannot leave the link: to or from a link-local
+ * address (or ::), to one of its own multicast groups, or between the workload and this host
+ * itself (the neighbour a workload resolves may be the host's global address: the FIB says the
+ * host's end is local, or that the host does not forward). Anything else shaped like ND, such
+ * as hop-limit-255 ICMPv6 133-137 to another workload or the world, is gated like any packet.
+ */
+static __always_inline int nd_stays_on_link(struct __sk_buff *skb, const __u8 *workload, const __u8 *far)
+{
+	if (link_local_or_unspecified(workload) || link_local_or_unspecified(far) || nd_multicast(far))
+		return 1;
+
+	struct bpf_fib_lookup fib = { .family = AF_INET6_, .ifindex = skb->ifindex };
+	__builtin_memcpy(fib.ipv6_dst, far, 16);
+	__builtin_memcpy(fib.ipv6_src, workload, 16);
+	long verdict = bpf_fib_lookup(skb, &fib, sizeof(fib), BPF_FIB_LOOKUP_SKIP_NEIGH);
+	return verdict == BPF_FIB_LKUP_RET_NOT_FWDED || verdict == BPF_FIB_LKUP_RET_FWD_DISABLED;
+}
+
 /*
  * Fills pkt from an IPv6 header, following extension headers to the
  * upper-layer protocol. Returns 1 for neighbour discovery (exempt), 0 to
@@ -326,7 +423,7 @@ static __always_inline int parse_ipv6(struct __sk_buff *skb, struct packet *pkt,
 
 		if (bpf_skb_load_bytes(skb, offset, &type, sizeof(type)) == 0 &&
 		    type >= ND_FIRST_TYPE && type <= ND_LAST_TYPE)
-			return 1;
+			return nd_stays_on_link(skb, (const __u8 *)pkt->local.addr, (const __u8 *)pkt->remote.addr);
 	}
 	return 0;
 }
@@ -515,6 +612,54 @@ static __always_inline int conntrack_peer(struct __sk_buff *skb, struct packet *
 	return 0;
 }
 
+/* Whether an IPsec SA of meshauth's (by its reqid) decrypted the packet. */
+static __always_inline int decrypted_by_meshauth_sa(struct __sk_buff *skb)
+{
+	struct bpf_xfrm_state state = {};
+
+	if (bpf_skb_get_xfrm_state(skb, 0, &state, sizeof(state), 0) < 0)
+		return 0;
+	return state.reqid >= MESHAUTH_IPSEC_REQID_FIRST && state.reqid <= MESHAUTH_IPSEC_REQID_LAST;
+}
+
+/*
+ * Packet provenance, on the way to a workload: a remote identity is only as good as the path
+ * that proves it. The ipcache names the node that owns the source address; the packet must have
+ * come the way that node's packets come:
+ *   - this node's own workload: from the gated interface that address is bound to (so not
+ *     originated by this host's stack, nor injected on the underlay), and then as that
+ *     endpoint's identity;
+ *   - another node's, over WireGuard: decrypted on meshauth's WireGuard device, which names it
+ *     in skb->ingress_ifindex even after forwarding; the peer's allowed-ips (its pod CIDRs)
+ *     bind the inner source to that node's key;
+ *   - over IPsec: decrypted by one of meshauth's SAs (its reqid range); the kernel's fwd policy
+ *     of the source's pod CIDR has already required that SA to be the source node's;
+ *   - with transport none, the CNI carries the packet and its anti-spoofing is all there is:
+ *     not checked here;
+ *   - node 0 (an address outside the cluster, e.g. a world prefix): no transport to check.
+ * A config without a transport (a gate whose agent has not configured it) admits no other
+ * node's packets: fail closed.
+ */
+static __always_inline int arrived_from_its_node(struct __sk_buff *skb, const struct packet *pkt,
+						 struct ipcache_value *remote, __u64 generation,
+						 const struct config_value *cfg)
+{
+	if (remote->node == cfg->local_node)
+		return endpoint_of(skb->ingress_ifindex, &pkt->remote, generation, remote);
+	if (remote->node == 0)
+		return 1;
+	switch (cfg->transport) {
+	case MESHAUTH_TRANSPORT_NONE:
+		return 1;
+	case MESHAUTH_TRANSPORT_WIREGUARD:
+		return cfg->wg_ifindex != 0 && skb->ingress_ifindex == cfg->wg_ifindex;
+	case MESHAUTH_TRANSPORT_IPSEC:
+		return decrypted_by_meshauth_sa(skb);
+	default:
+		return 0;
+	}
+}
+
 static __always_inline int gate(struct __sk_buff *skb, __u8 direction)
 {
 	int egress = direction == MESHAUTH_DIR_EGRESS;
@@ -546,18 +691,22 @@ static __always_inline int gate(struct __sk_buff *skb, __u8 direction)
 
 	const __u64 *gen = bpf_map_lookup_elem(&ipcache_gen, &zero);
 	__u64 generation = gen ? *(volatile const __u64 *)gen : 0;
-	__u32 ifindex = skb->ifindex; /* the host-side interface on both hooks */
-	const struct ipcache_value *bound = bpf_map_lookup_elem(&interfaces, &ifindex);
 	struct ipcache_value local, remote;
-	int known;
 
-	if (bound && bound->identity) {
-		local = *bound;
-		known = 1;
-	} else {
-		known = identity_of(&pkt.local, generation, &local);
+	/*
+	 * The host-side interface on both hooks: the workload's own address must be bound to it.
+	 * A workload's IPv6 link-local source (MLD reports, say) reaches nothing past this host, so
+	 * it is an unknown identity rather than a spoofed source.
+	 */
+	if (!endpoint_of(skb->ifindex, &pkt.local, generation, &local)) {
+		int link_local = pkt.local.family == MESHAUTH_FAMILY_IPV6 && link_local_or_unspecified(pkt.local.addr);
+
+		if (egress && !link_local)
+			return drop(MESHAUTH_CTR_DROPPED_SPOOFED_SOURCE);
+		count(MESHAUTH_CTR_UNKNOWN_IDENTITY);
+		return allow_by_default ? TC_ACT_UNSPEC : TC_ACT_SHOT;
 	}
-	if (!known || !identity_of(&pkt.remote, generation, &remote)) {
+	if (!identity_of(&pkt.remote, generation, &remote)) {
 		count(MESHAUTH_CTR_UNKNOWN_IDENTITY);
 		return allow_by_default ? TC_ACT_UNSPEC : TC_ACT_SHOT;
 	}
@@ -579,6 +728,14 @@ static __always_inline int gate(struct __sk_buff *skb, __u8 direction)
 			return drop(MESHAUTH_CTR_UNKNOWN_IDENTITY);
 		}
 	}
+	/*
+	 * Provenance of the (translated) peer. Reserved peers (host, remote node, world, Service,
+	 * API server) come outside any transport and are never an authenticated pair's remote end:
+	 * policy alone judges them.
+	 */
+	if (!egress && remote.identity <= MESHAUTH_RESERVED_IDENTITY_BASE &&
+	    !arrived_from_its_node(skb, &pkt, &remote, generation, cfg))
+		return drop(MESHAUTH_CTR_DROPPED_UNVERIFIED_ARRIVAL);
 
 	/*
 	 * The authenticated pair first: traffic that passes never pays for the policy

@@ -14,8 +14,8 @@
  *   ipcache    LPM trie   ipcache_key     -> ipcache_value   (prefixes shorter than a host)
  *   ipcache_hosts4 hash   __be32 address  -> ipcache_value   (/32 entries)
  *   ipcache_hosts6 hash   ipv6_host_key   -> ipcache_value   (/128 entries)
- *   interfaces array      __u32 ifindex   -> ipcache_value   (the workload behind a gated
- *                                                             interface; identity 0: unbound)
+ *   endpoints  hash       endpoint_key    -> ipcache_value   (the addresses of the workload
+ *                                                             behind each gated interface)
  *   ipcache_memo   per-CPU array  __u32 slot -> ipcache_memo_entry (recent ipcache answers)
  *   ipcache_gen    array  __u32 (always 0) -> __u64 (changed by every ipcache write)
  *   policy     hash       policy_key      -> policy_value
@@ -51,6 +51,19 @@
 #define MESHAUTH_DEFAULT_REQUIRE 0
 #define MESHAUTH_DEFAULT_ALLOW 1
 
+/*
+ * config_value.transport: how packets of another node's workloads must arrive (see
+ * arrived_from_its_node in gate.bpf.c). Zero, the fail-closed choice, drops them all.
+ */
+#define MESHAUTH_TRANSPORT_UNSET 0
+#define MESHAUTH_TRANSPORT_NONE 1      /* the CNI carries them: not checked */
+#define MESHAUTH_TRANSPORT_WIREGUARD 2 /* decrypted on the WireGuard device (wg_ifindex) */
+#define MESHAUTH_TRANSPORT_IPSEC 3     /* decrypted by an SA whose reqid is meshauth's */
+
+/* meshauth's IPsec reqids, 0x6d610000-0x6d61ffff (src/datapath/transport/xfrm.ts: REQID_BASE..REQID_LAST). */
+#define MESHAUTH_IPSEC_REQID_FIRST 1835073536
+#define MESHAUTH_IPSEC_REQID_LAST 1835139071
+
 /* Signal interval used while config_value.signal_interval_ns is 0. */
 #define MESHAUTH_DEFAULT_SIGNAL_INTERVAL_NS 250000000ULL
 
@@ -75,9 +88,9 @@
 #define MESHAUTH_REASON_EXPIRED 2
 
 /*
- * Per-CPU counters. Every packet seen by the gate increments exactly one of
- * the packet counters (its verdict: the first eight, and service_deferred); the signal
- * counters are counted on top.
+ * Per-CPU counters. Every packet seen by the gate increments exactly one
+ * verdict counter (0-7 and 11-13); the signal counters (8-10) are counted on
+ * top. Indices never change: the pinned counters outlive an upgrade.
  */
 enum meshauth_counter {
 	MESHAUTH_CTR_ALLOWED = 0,          /* authenticated, unexpired entry: pass */
@@ -91,12 +104,14 @@ enum meshauth_counter {
 	MESHAUTH_CTR_SIGNALS_SENT = 8,     /* "authentication required" events queued */
 	MESHAUTH_CTR_SIGNALS_SUPPRESSED = 9, /* rate-limited: a signal for the key is recent */
 	MESHAUTH_CTR_SIGNALS_LOST = 10,    /* the signal queue was full */
+	MESHAUTH_CTR_DROPPED_SPOOFED_SOURCE = 11,  /* from a workload, with a source not bound to its interface: drop */
+	MESHAUTH_CTR_DROPPED_UNVERIFIED_ARRIVAL = 12, /* to a workload, not through the sender's node's transport or interface: drop */
 	/*
 	 * Passed: the first packet of a flow to a Service VIP, whose backend the DNAT after the
 	 * gate chooses; the backend's gate judges it with the real addresses.
 	 */
-	MESHAUTH_CTR_SERVICE_DEFERRED = 11,
-	MESHAUTH_CTR_MAX = 12,
+	MESHAUTH_CTR_SERVICE_DEFERRED = 13,
+	MESHAUTH_CTR_MAX = 14,
 };
 
 struct ipcache_key {
@@ -117,10 +132,19 @@ struct ipcache_value {
 	__u16 pad;
 };
 
+/* An address of the workload behind a gated interface: the endpoints key. */
+struct endpoint_key {
+	__u32 ifindex;  /* the host-side interface */
+	__u8 family;    /* MESHAUTH_FAMILY_IPV4 or _IPV6 */
+	__u8 pad[3];
+	__u8 addr[16];  /* IPv4 uses the first 4 bytes, the rest is zero */
+};
+
 /*
- * One slot of the gate's per-CPU memo of ipcache answers. Valid while its
- * generation equals ipcache_gen, which the agent changes (to a fresh random
- * value) after every ipcache write, so a memoized answer never outlives a change.
+ * One slot of the gate's per-CPU memo of ipcache and endpoints answers. Valid
+ * while its generation equals ipcache_gen, which the agent changes (to a fresh
+ * random value) after every ipcache or endpoints write, so a memoized answer
+ * never outlives a change.
  */
 #define MESHAUTH_IPCACHE_MEMO_SLOTS 256
 struct ipcache_memo_entry {
@@ -129,7 +153,7 @@ struct ipcache_memo_entry {
 	__u8 family;    /* MESHAUTH_FAMILY_*; 0 in an empty slot */
 	__u8 pad[3];
 	struct ipcache_value value;
-	__u32 pad2;
+	__u32 ifindex;  /* an endpoints answer for this interface; 0: an ipcache answer */
 };
 
 struct policy_key {
@@ -175,7 +199,12 @@ struct config_value {
 	__u64 signal_interval_ns; /* per-key signal rate limit; 0 = the default */
 	__u8 default_mode;        /* MESHAUTH_DEFAULT_*: pairs without a policy entry, unknown addresses */
 	__u8 default_auth_type;   /* the node's auth type (auth_key.auth_type); 0 = MESHAUTH_AUTH_MTLS */
-	__u8 pad[6];
+	__u8 transport;           /* MESHAUTH_TRANSPORT_* */
+	__u8 pad;
+	__u16 local_node;         /* this node's id (ipcache_value.node of its own workloads) */
+	__u16 pad2;
+	__u32 wg_ifindex;         /* MESHAUTH_TRANSPORT_WIREGUARD: the WireGuard device */
+	__u32 pad3;
 };
 
 #endif /* MESHAUTH_H */

@@ -30,22 +30,25 @@ privileged('interfaces are attached and bound, unbound when their workload leave
   const gi0 = { name: 'gi0', netns: host };
   const attached = async () => Object.values(await attachedPrograms(datapath.layout, gi0)).every(Boolean);
 
-  gates.apply(new Map([['gi0', { identity: 7, node: 1 }]]));
+  gates.apply(new Map([['gi0', [{ address: '10.97.0.2', identity: 7, node: 1 }]]]));
   await gates.settled();
   t.true(await attached());
-  t.deepEqual(datapath.interfaceBinding(gi0), { identity: 7, node: 1 });
+  t.deepEqual(datapath.interfaceBinding(gi0), [{ address: '10.97.0.2', identity: 7, node: 1 }]);
 
   gates.apply(new Map());
-  t.is(datapath.interfaceBinding(gi0), undefined, 'its workload gone: unbound');
+  t.deepEqual(datapath.interfaceBinding(gi0), [], 'its workload gone: unbound');
   t.true(await attached(), 'and still gated');
 
   await ip(['link', 'del', 'gi0']);
   await ip(['link', 'add', 'gi0', 'type', 'veth', 'peer', 'name', 'gp0']);
   await ip(['link', 'set', 'gi0', 'up']);
-  gates.apply(new Map([['gi0', { identity: 8, node: 1 }]]));
+  gates.apply(new Map([['gi0', [{ address: '10.97.0.2', identity: 8, node: 1 }, { address: 'fd00:97::2', identity: 8, node: 1 }]]]));
   await gates.settled();
   t.true(await attached(), 'the new interface of that name is gated');
-  t.deepEqual(datapath.interfaceBinding(gi0), { identity: 8, node: 1 });
+  t.deepEqual(datapath.interfaceBinding(gi0), [
+    { address: '10.97.0.2', identity: 8, node: 1 },
+    { address: 'fd00:97::2', identity: 8, node: 1 },
+  ]);
 
   // An endpoint that names no interface: found through the kernel (a routed veth here).
   await ip(['link', 'add', 'rv0', 'type', 'veth', 'peer', 'name', 'eth0', 'netns', workload]);

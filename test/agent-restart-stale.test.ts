@@ -5,10 +5,10 @@
 // interface whose workload went kept its binding. The first complete plan now sweeps them.
 import { randomBytes } from 'node:crypto';
 import { execa } from 'execa';
-import { RawArrayMap, RawMap } from 'bpf';
+import { RawMap } from 'bpf';
 import { openPinnedMap } from '../src/datapath/gate/bpf-maps.js';
 import { Datapath } from '../src/datapath/gate/datapath.js';
-import { MAP_SPECS, type MapName } from '../src/datapath/gate/layout.js';
+import { MAP_SPECS, endpointKeyIfindex, type MapName } from '../src/datapath/gate/layout.js';
 import { PinLayout } from '../src/datapath/gate/pin-layout.js';
 import type { ConfigInput } from '../src/config/config.js';
 import { agentConfig, startAgent, tempDir } from './helpers/agents.js';
@@ -18,7 +18,7 @@ import { privileged } from './helpers/privileged.js';
 const WEB = 'spiffe://example.org/ns/shop/sa/web';
 const DB = 'spiffe://example.org/ns/shop/sa/db';
 
-/** The keys of a pinned map, and the non-empty slots of the interfaces array, read directly. */
+/** The keys of a pinned map, and the interfaces with bound addresses, read directly. */
 function pinned(pinDir: string) {
   const layout = new PinLayout(pinDir);
   const open = (name: MapName) => openPinnedMap(layout.mapPath(name), MAP_SPECS[name]);
@@ -30,17 +30,15 @@ function pinned(pinDir: string) {
       ref.close();
     }
   };
-  const boundSlots = () => {
-    const ref = open('interfaces');
+  const boundInterfaces = () => {
+    const ref = open('endpoints');
     try {
-      let bound = 0;
-      for (const batch of new RawArrayMap(ref).getBatch(4096)) for (const value of batch) if (value.some((byte) => byte !== 0)) bound++;
-      return bound;
+      return new Set([...new RawMap(ref).keys()].map(endpointKeyIfindex)).size;
     } finally {
       ref.close();
     }
   };
-  return { policy: count('policy'), hosts4: count('ipcache_hosts4'), bound: boundSlots() };
+  return { policy: count('policy'), hosts4: count('ipcache_hosts4'), bound: boundInterfaces() };
 }
 
 privileged('a restarted agent removes the pinned policy, ipcache entries and bindings of what went while it was down', async (t) => {

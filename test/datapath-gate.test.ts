@@ -2,8 +2,8 @@
 // Every protocol family is gated alike: dropped without an entry, passed with one, dropped
 // again after the entry expires (the BPF program enforces expiry) and after it is deleted.
 import { randomBytes } from 'node:crypto';
-import { monotonicNowNs } from '../src/datapath/gate/datapath.js';
-import type { Signal } from '../src/datapath/gate/layout.js';
+import { Datapath, monotonicNowNs } from '../src/datapath/gate/datapath.js';
+import { COUNTER_NAMES, type Counters, type Signal } from '../src/datapath/gate/layout.js';
 import { sleep } from '../src/util/backoff.js';
 import { inNetns } from '../src/netns/exec.js';
 import { eventually } from './helpers/agents.js';
@@ -133,58 +133,108 @@ privileged('IPv6 extension headers are skipped: gated by address, signalled with
   t.true(await sendWithOptions('raw'));
 });
 
-// One UDP datagram with a forged IPv4 source, through a raw socket (the kernel fills in the IP
-// checksum and id).
+// One UDP datagram with a forged source, through a raw socket that takes the IP header as given
+// (IPv4: the kernel fills in the checksum and id; IPv6 has no header checksum).
 const SPOOF_SCRIPT = `
 import socket, struct, sys
 src, dst = sys.argv[1], sys.argv[2]
-udp = struct.pack('!HHHH', 40000, 7002, 12, 0) + b'spof'
-ip = struct.pack('!BBHHHBBH4s4s', 0x45, 0, 20 + len(udp), 0, 0, 64, 17, 0, socket.inet_aton(src), socket.inet_aton(dst))
-socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW).sendto(ip + udp, (dst, 0))
+if ':' in dst:
+    payload = b'spof'
+    udp = struct.pack('!HHHH', 40000, 7002, 8 + len(payload), 0)
+    pseudo = socket.inet_pton(socket.AF_INET6, src) + socket.inet_pton(socket.AF_INET6, dst) + struct.pack('!I3xB', len(udp) + len(payload), 17)
+    data = pseudo + udp + payload
+    total = sum(struct.unpack('!%dH' % (len(data) // 2), data))
+    while total >> 16:
+        total = (total & 0xffff) + (total >> 16)
+    udp = udp[:6] + struct.pack('!H', ~total & 0xffff or 0xffff)
+    ip = struct.pack('!IHBB16s16s', 6 << 28, len(udp) + len(payload), 17, 64, socket.inet_pton(socket.AF_INET6, src), socket.inet_pton(socket.AF_INET6, dst))
+    socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_RAW).sendto(ip + udp + payload, (dst, 0))
+else:
+    udp = struct.pack('!HHHH', 40000, 7002, 12, 0) + b'spof'
+    ip = struct.pack('!BBHHHBBH4s4s', 0x45, 0, 20 + len(udp), 0, 0, 64, 17, 0, socket.inet_aton(src), socket.inet_aton(dst))
+    socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW).sendto(ip + udp, (dst, 0))
 `;
 
-privileged('the local identity is the interface binding: a forged source address borrows no pair', async (t) => {
+/**
+ * Sends one forged datagram from `netns`; returns the counters' changes once the gate judged it
+ * (but for exempt ARP and neighbour discovery, which may pass meanwhile).
+ */
+async function forge(agent: Datapath, netns: string, src: string, dst: string): Promise<Partial<Counters>> {
+  const before = agent.counters();
+  const judged = COUNTER_NAMES.filter((name) => !name.startsWith('signals') && name !== 'exempt');
+  const total = (c: Counters) => judged.reduce((sum, name) => sum + c[name], 0n);
+  await inNetns(netns, 'python3', ['-c', SPOOF_SCRIPT, src, dst]);
+  // Until the gate has judged the datagram (a loaded machine's softirq may come late), then a
+  // moment for anything it caused.
+  await eventually(() => total(agent.counters()) > total(before), 'the datagram judged');
+  await sleep(50);
+  const after = agent.counters();
+  const changed = COUNTER_NAMES.filter((name) => name !== 'exempt' && after[name] !== before[name]);
+  return Object.fromEntries(changed.map((name) => [name, after[name] - before[name]]));
+}
+
+for (const family of [4, 6] as const) {
+  privileged(`IPv${family}: a workload sends only from its own addresses: a neighbour's or any other source is dropped and counted`, async (t) => {
+    const cluster = await Cluster.start(t);
+    const [a, neighbour, remote] = [cluster.w('w1a'), cluster.w('w1b'), cluster.w('w2a')];
+    const agent = cluster.agent(1);
+    const ip = (w: typeof a) => (family === 4 ? w.ipv4 : w.ipv6);
+    const signals: Signal[] = [];
+    agent.setConfig({ signalIntervalNs: 1_000_000n }); // one signal per packet here
+    t.teardown(agent.onSignal((signal) => signals.push(signal)));
+    cluster.authorize(neighbour, remote); // the neighbour's pair, which w1a must not be able to use
+
+    t.deepEqual(await forge(agent, a.netns, ip(neighbour), ip(remote)), { droppedSpoofedSource: 1n }, "as the neighbour: dropped before any pair is looked up");
+    const stranger = family === 4 ? '10.1.1.99' : 'fd00:1:1::99';
+    t.deepEqual(await forge(agent, a.netns, stranger, ip(remote)), { droppedSpoofedSource: 1n }, 'as an address of nobody: dropped');
+    if (family === 6) {
+      // A link-local source reaches nothing past this host: an unknown identity, not a spoof.
+      t.deepEqual(await forge(agent, a.netns, 'fe80::99', ip(remote)), { unknownIdentity: 1n }, 'from a link-local address');
+    }
+    t.deepEqual(await forge(agent, a.netns, ip(a), ip(remote)), { droppedNoEntry: 1n, signalsSent: 1n }, 'as itself: gated as itself');
+    await eventually(() => signals.length >= 1, 'the signal');
+    t.deepEqual(signals.map((s) => [s.localIdentity, s.remoteIdentity]), [[IDENTITY.w1a, IDENTITY.w2a]], 'and signalled as w1a');
+    t.true(await cluster.topology.reaches(neighbour, remote, 'udp', family), "the neighbour's own traffic passes");
+  });
+}
+
+privileged('bindings: several endpoints share an interface, a rebinding replaces the addresses, an unbound interface sends nothing', async (t) => {
   const cluster = await Cluster.start(t);
-  const [a, neighbour, remote] = [cluster.w('w1a'), cluster.w('w1b'), cluster.w('w2a')];
+  const [a, b, remote] = [cluster.w('w1a'), cluster.w('w1b'), cluster.w('w2a')];
   const agent = cluster.agent(1);
-  const signals: Signal[] = [];
-  agent.setConfig({ signalIntervalNs: 1_000_000n }); // one signal per packet here
-  t.teardown(agent.onSignal((signal) => signals.push(signal)));
-  cluster.authorize(neighbour, remote); // the neighbour's pair, which w1a must not be able to use
-  const forge = async () => {
-    const before = agent.counters();
-    await inNetns(a.netns, 'python3', ['-c', SPOOF_SCRIPT, neighbour.ipv4, remote.ipv4]);
-    // Until the gate has judged the datagram (a loaded machine's softirq may come late), then a
-    // moment for anything it caused.
-    await eventually(() => agent.counters().allowed + agent.counters().droppedNoEntry > before.allowed + before.droppedNoEntry, 'the datagram judged');
-    await sleep(50);
-    const after = agent.counters();
-    return { allowed: after.allowed - before.allowed, dropped: after.droppedNoEntry - before.droppedNoEntry };
-  };
+  t.deepEqual(agent.interfaceBinding(a.hostInterface), cluster.addresses(a));
+  cluster.authorize(a, remote);
+  t.true(await cluster.topology.reaches(a, remote, 'udp', 4));
 
-  t.deepEqual(await forge(), { allowed: 0n, dropped: 1n }, 'judged as w1a, whose interface it left');
-  await eventually(() => signals.length >= 1, 'the signal');
-  t.deepEqual(
-    signals.map((s) => [s.localIdentity, s.remoteIdentity]),
-    [[IDENTITY.w1a, IDENTITY.w2a]],
-    'and signalled as w1a',
-  );
-  t.deepEqual(agent.interfaceBinding(a.hostInterface), { identity: IDENTITY.w1a, node: 1 });
+  // w1a's IPv4 address now belongs to w1b's identity on the same interface (two endpoints behind one
+  // interface): it is judged as w1b, whose pair it does not have, while its IPv6 address is still w1a's.
+  agent.bindInterface(a.hostInterface, [
+    { address: a.ipv4, identity: IDENTITY.w1b!, node: 1 },
+    { address: a.ipv6, identity: IDENTITY.w1a!, node: 1 },
+  ]);
+  t.false(await cluster.topology.reaches(a, remote, 'udp', 4), 'IPv4: judged as w1b');
+  t.true(await cluster.topology.reaches(a, remote, 'udp', 6), 'IPv6: still w1a');
 
-  // Unbound, the gate falls back to the source address: what a binding protects against.
-  t.true(agent.bindInterface(a.hostInterface, undefined));
-  t.is(agent.interfaceBinding(a.hostInterface), undefined);
-  const spoofed = await forge();
-  t.is(spoofed.dropped, 0n);
-  // Passed as the neighbour, and whatever w2a answered went to the neighbour's address (its pair).
-  t.true(spoofed.allowed >= 1n, 'judged as the neighbour');
+  agent.bindInterface(a.hostInterface, [{ address: a.ipv6, identity: IDENTITY.w1a!, node: 1 }]);
+  t.deepEqual(agent.interfaceBinding(a.hostInterface), [{ address: a.ipv6, identity: IDENTITY.w1a, node: 1 }]);
+  t.deepEqual(await forge(agent, a.netns, a.ipv4, remote.ipv4), { droppedSpoofedSource: 1n }, 'an address no longer bound');
 
-  t.false(agent.bindInterface({ name: 'nosuchif0' }, { identity: 1, node: 1 }), 'only interfaces this handle attached');
-  // Detaching clears the binding, so a later interface with the same ifindex starts unbound.
-  t.true(agent.bindInterface(a.hostInterface, { identity: IDENTITY.w1a!, node: 1 }));
+  t.true(agent.bindInterface(a.hostInterface, []));
+  t.false(await cluster.topology.reaches(a, remote, 'udp', 6), 'unbound: nothing passes');
+  t.false(agent.bindInterface({ name: 'nosuchif0' }, cluster.addresses(a)), 'only interfaces this handle attached');
+  t.throws(() => agent.bindInterface(a.hostInterface, [{ address: '10.1.1.0/24', identity: 1, node: 1 }]), { instanceOf: RangeError });
+
+  // Detaching clears the binding, so a later interface with the same ifindex starts unbound; a
+  // handle opened later finds the pinned bindings.
+  t.true(agent.bindInterface(a.hostInterface, cluster.addresses(a)));
+  t.true(agent.bindInterface(b.hostInterface, cluster.addresses(b)));
   await agent.detach([a.hostInterface]);
   await agent.install({ interfaces: [a.hostInterface] });
-  t.is(agent.interfaceBinding(a.hostInterface), undefined);
+  t.deepEqual(agent.interfaceBinding(a.hostInterface), []);
+  const reopened = await Datapath.open({ pinDir: agent.pinDir });
+  t.teardown(() => reopened.close());
+  await reopened.install({ interfaces: [b.hostInterface] });
+  t.deepEqual(reopened.interfaceBinding(b.hostInterface), cluster.addresses(b));
 });
 
 privileged('an ipcache change decides the very next packet, though the gate memoizes ipcache answers', async (t) => {
@@ -204,4 +254,40 @@ privileged('an ipcache change decides the very next packet, though the gate memo
 
   agent.setIpcache(b.ipv4, { identity: IDENTITY.w2a!, node: 2 });
   t.true(await cluster.topology.reaches(a, b, 'udp', 4), 'and back');
+});
+
+// An ICMPv6 neighbour solicitation (type 135, hop limit 255; the kernel fills in the checksum).
+const NEIGHBOUR_SOLICITATION_SCRIPT = `
+import socket, sys
+dst, target = sys.argv[1], sys.argv[2]
+s = socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_ICMPV6)
+s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_UNICAST_HOPS, 255)
+s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_HOPS, 255)
+s.sendto(bytes([135, 0, 0, 0, 0, 0, 0, 0]) + socket.inet_pton(socket.AF_INET6, target), (dst, 0, 0, 0))
+`;
+
+privileged('neighbour discovery is exempt only where it stays on the link, not to any destination', async (t) => {
+  const cluster = await Cluster.start(t);
+  const [a, remote] = [cluster.w('w1a'), cluster.w('w2a')];
+  const agent = cluster.agent(1);
+  const solicit = async (dst: string, target: string) => {
+    const before = agent.counters();
+    await inNetns(a.netns, 'python3', ['-c', NEIGHBOUR_SOLICITATION_SCRIPT, dst, target]);
+    return before;
+  };
+  const gateway = a.ipv6.replace(/::2$/, '::1'); // the host's end of w1a's link, its IPv6 next hop
+
+  // Shaped like ND, addressed to another node's workload: gated like any packet (no pair: dropped).
+  const before = await solicit(remote.ipv6, remote.ipv6);
+  await eventually(() => agent.counters().droppedNoEntry > before.droppedNoEntry, 'the solicitation judged');
+  t.is(agent.counters().droppedNoEntry - before.droppedNoEntry, 1n);
+
+  // ND's own addresses pass: the solicited-node group of the host's address, and the host itself.
+  for (const dst of ['ff02::1:ff00:1', gateway]) {
+    const exempt = (await solicit(dst, gateway)).exempt;
+    await eventually(() => agent.counters().exempt > exempt, `a solicitation to ${dst} exempt`);
+  }
+  t.false(await cluster.topology.reaches(a, remote, 'udp', 6), 'and the pair is still gated');
+  cluster.authorize(a, remote);
+  t.true(await cluster.topology.reaches(a, remote, 'udp', 6));
 });

@@ -12,7 +12,7 @@ import { Datapath } from '../src/datapath/gate/datapath.js';
 import { attachedPrograms, tcxHelperPath, tcxUsable } from '../src/datapath/gate/hooks.js';
 import { defaultObjectPath, loadPrograms } from '../src/datapath/gate/loader.js';
 import { inNetns } from '../src/netns/exec.js';
-import { Cluster, IDENTITY } from './helpers/datapath-fixture.js';
+import { Cluster } from './helpers/datapath-fixture.js';
 import type { Workload } from './helpers/netns.js';
 import { privileged } from './helpers/privileged.js';
 
@@ -77,7 +77,7 @@ privileged('TCX: the gate runs first, passes traffic on to the programs after it
   await agent1.detach([w1a.hostInterface]);
   await cni('attach');
   await agent1.install({ interfaces: [w1a.hostInterface] });
-  t.true(agent1.bindInterface(w1a.hostInterface, { identity: IDENTITY.w1a!, node: 1 }));
+  t.true(agent1.bindInterface(w1a.hostInterface, cluster.addresses(w1a)));
   t.deepEqual(await programsOn(w1a), ['from_workload', 'cni_drop']);
 
   cluster.authorize(w1a, w2a);

@@ -21,6 +21,9 @@ import {
   RESERVED_IDENTITY,
   RESERVED_IDENTITY_BASE,
   STRUCTS,
+  TRANSPORT,
+  IPSEC_REQID_FIRST,
+  IPSEC_REQID_LAST,
   decodeAuthKey,
   decodeAuthValue,
   decodeConfig,
@@ -28,6 +31,7 @@ import {
   encodeAuthKey,
   encodeAuthValue,
   encodeConfig,
+  encodeEndpointKey,
   encodeIpcacheKey,
   encodePolicyKey,
   type MapName,
@@ -152,6 +156,12 @@ test("the header's constants match the TypeScript ones", (t) => {
     IDENTITY_SERVICE: BigInt(RESERVED_IDENTITY.service),
     IDENTITY_REMOTE_NODE: BigInt(RESERVED_IDENTITY.remoteNode),
     IDENTITY_KUBE_APISERVER: BigInt(RESERVED_IDENTITY.kubeApiserver),
+    TRANSPORT_UNSET: BigInt(TRANSPORT.unset),
+    TRANSPORT_NONE: BigInt(TRANSPORT.none),
+    TRANSPORT_WIREGUARD: BigInt(TRANSPORT.wireguard),
+    TRANSPORT_IPSEC: BigInt(TRANSPORT.ipsec),
+    IPSEC_REQID_FIRST: BigInt(IPSEC_REQID_FIRST),
+    IPSEC_REQID_LAST: BigInt(IPSEC_REQID_LAST),
   });
 });
 
@@ -195,15 +205,24 @@ test('codecs write the documented bytes and reject out-of-range values', (t) => 
     instanceOf: RangeError,
   });
 
-  // A zeroed config is the fail-closed default.
-  t.deepEqual(decodeConfig(Buffer.alloc(16)), {
+  t.is(encodeEndpointKey(0x01020304, parseIpPrefix('10.0.0.1')).toString('hex'), '04030201' + '04000000' + '0a000001' + '0'.repeat(24));
+  t.throws(() => encodeEndpointKey(0, parseIpPrefix('10.0.0.1')), { instanceOf: RangeError });
+
+  // A zeroed config is the fail-closed default: no transport, so no other node's packets.
+  t.deepEqual(decodeConfig(Buffer.alloc(STRUCTS.config_value.size)), {
     defaultMode: 'require',
     defaultAuthType: AUTH_TYPE.mtls,
     signalIntervalNs: DEFAULT_SIGNAL_INTERVAL_NS,
+    transport: 'unset',
+    localNode: 0,
+    wireguardIfindex: 0,
   });
-  const config = { defaultMode: 'allow', defaultAuthType: 1, signalIntervalNs: 5n } as const;
+  const config = { defaultMode: 'allow', defaultAuthType: 1, signalIntervalNs: 5n, transport: 'wireguard', localNode: 0xbeef, wireguardIfindex: 0x01020304 } as const;
   t.deepEqual(decodeConfig(encodeConfig(config)), config);
+  t.is(encodeConfig(config).subarray(10).toString('hex'), '02' + '00' + 'efbe' + '0000' + '04030201' + '00000000');
   t.throws(() => encodeConfig({ ...config, signalIntervalNs: 0n }), { instanceOf: RangeError });
+  t.throws(() => encodeConfig({ ...config, localNode: 65536 }), { instanceOf: RangeError });
+  t.throws(() => encodeConfig({ ...config, transport: 'gre' as 'none' }), { instanceOf: RangeError });
 
   // local 101, remote 201, node 2, auth 1, UDP, ingress, expired, IPv6, pad; then the ktime.
   const signal = Buffer.from('65000000' + 'c9000000' + '0200' + '01' + '11' + '01' + '02' + '06' + '00' + '0807060504030201', 'hex');

@@ -11,6 +11,7 @@ import { registeredInterfaces } from '../src/datapath/gate/loader.js';
 import { PinLayout } from '../src/datapath/gate/pin-layout.js';
 import { TEST_CAPACITIES, assertGateBuilt } from './helpers/datapath-fixture.js';
 import { privilegedConcurrent } from './helpers/privileged.js';
+import { capturedLogger } from './guest/transport-checks.js';
 
 function pinDir(t: { teardown(fn: () => Promise<void>): void }): string {
   const dir = `/sys/fs/bpf/meshauth-test-${randomBytes(4).toString('hex')}`;
@@ -28,7 +29,7 @@ privilegedConcurrent('maps are pinned on open, outlive close, and are reused wit
   first.setConfig({ defaultMode: 'allow' });
   first.close();
   t.throws(() => first.getAuth(key), { name: 'DatapathError' }, 'a closed handle refuses work');
-  for (const map of ['ipcache', 'ipcache_hosts4', 'ipcache_hosts6', 'interfaces', 'ipcache_memo', 'ipcache_gen', 'policy', 'auth', 'ratelimit', 'signals', 'doorbell', 'counters', 'config']) {
+  for (const map of ['ipcache', 'ipcache_hosts4', 'ipcache_hosts6', 'endpoints', 'ipcache_memo', 'ipcache_gen', 'policy', 'auth', 'ratelimit', 'signals', 'doorbell', 'counters', 'config']) {
     t.true(existsSync(join(dir, 'maps', map)), map);
   }
   const { stdout } = await execa('bpftool', ['map', 'show', 'pinned', join(dir, 'maps', 'auth'), '-j']);
@@ -47,6 +48,29 @@ privilegedConcurrent('maps are pinned on open, outlive close, and are reused wit
     Object.fromEntries(COUNTER_NAMES.map((name) => [name, 0n])),
     'counters start at zero, one per verdict',
   );
+});
+
+privilegedConcurrent('a full ipcache, endpoints or policy map leaves entries out, counted and logged, without throwing (#16, item 9)', async (t) => {
+  const { logger, text } = capturedLogger();
+  const capacities = { ...TEST_CAPACITIES, ipcache_hosts4: 2, ipcache: 1, policy: 1 };
+  const datapath = await Datapath.open({ pinDir: pinDir(t), capacities, logger });
+  t.teardown(() => datapath.close());
+  t.true(datapath.setIpcache('10.0.0.1', { identity: 1, node: 1 }));
+  t.true(datapath.setIpcache('10.0.0.2', { identity: 2, node: 1 }));
+  t.false(datapath.setIpcache('10.0.0.3', { identity: 3, node: 1 }), 'the third host address does not fit');
+  t.true(datapath.setIpcache('10.0.0.1', { identity: 4, node: 1 }), 'an existing entry is still updated');
+  t.true(datapath.setIpcache('10.1.0.0/16', { identity: 5, node: 2 }));
+  t.false(datapath.setIpcache('10.2.0.0/16', { identity: 6, node: 2 }), 'nor a second prefix');
+  t.true(datapath.setPolicy({ localIdentity: 1, remoteIdentity: 2, direction: 'egress' }, 0));
+  t.false(datapath.setPolicy({ localIdentity: 1, remoteIdentity: 3, direction: 'egress' }, 0));
+  t.deepEqual(datapath.overflows(), { ipcache: 2, endpoints: 0, policy: 1 });
+  t.regex(text(), /a gate map is full/);
+  t.regex(text(), /"map":"policy"/);
+
+  // A pinned map keeps its capacity; a different configured one is reported, not applied.
+  const reopened = await Datapath.open({ pinDir: datapath.pinDir, capacities: { ...capacities, ipcache_hosts4: 8 }, logger });
+  reopened.close();
+  t.regex(text(), /keeps the capacity it was created with/);
 });
 
 privilegedConcurrent('auth entries: single, batched, dumped, deleted; bad keys are refused', async (t) => {
@@ -95,6 +119,18 @@ privilegedConcurrent('an incompatible pinned map is refused with a way out', asy
   await execa('bpftool', ['map', 'create', join(dir, 'maps', 'auth'), 'type', 'hash', 'key', '12', 'value', '16', 'entries', '8', 'name', 'auth']);
   const error = await t.throwsAsync(Datapath.open({ pinDir: dir, capacities: TEST_CAPACITIES }), { name: 'DatapathError' });
   t.regex(error.message, /auth.*value 16.*value 8.*uninstall/);
+});
+
+privilegedConcurrent("a config map of an older build's shape is replaced, not refused: the agent rewrites it", async (t) => {
+  const dir = pinDir(t);
+  await execa('mkdir', ['-p', join(dir, 'maps')]);
+  // Before #16 the config value had 16 bytes.
+  await execa('bpftool', ['map', 'create', join(dir, 'maps', 'config'), 'type', 'array', 'key', '4', 'value', '16', 'entries', '1', 'name', 'config']);
+  const datapath = await Datapath.open({ pinDir: dir, capacities: TEST_CAPACITIES });
+  t.teardown(() => datapath.close());
+  t.deepEqual(datapath.config().transport, 'unset', 'a fresh config: fail closed until the agent writes it');
+  datapath.setConfig({ transport: 'wireguard', localNode: 3, wireguardIfindex: 9 });
+  t.like(datapath.config(), { transport: 'wireguard', localNode: 3, wireguardIfindex: 9 });
 });
 
 privilegedConcurrent('bad pin dirs, interfaces and namespaces are refused before touching the kernel', async (t) => {

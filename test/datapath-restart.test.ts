@@ -191,7 +191,7 @@ privileged('a later install on the same handle attaches only the new interface, 
   t.is(after[0], before[0], "w1a's programs untouched");
   t.is(after[2], before[0], 'w1b gets the programs w1a runs');
   t.is(after[3], before[1]);
-  t.truthy(agent1.bindInterface(w1b.hostInterface, { identity: IDENTITY.w1b!, node: 1 }));
+  t.truthy(agent1.bindInterface(w1b.hostInterface, cluster.addresses(w1b)));
   cluster.authorize(w1b, w1a);
   t.true(await cluster.topology.reaches(w1b, w1a, 'udp', 4));
   t.false(await cluster.topology.reaches(w1b, cluster.w('w2a'), 'udp', 4), 'and gates it');

@@ -100,6 +100,8 @@ test('datapath counters are read at scrape time, bigints converted, packets and 
     '{verdict="unknown_identity"}',
     '{verdict="dropped_malformed"}',
     '{verdict="dropped_not_ip"}',
+    '{verdict="dropped_spoofed_source"}',
+    '{verdict="dropped_unverified_arrival"}',
     '{verdict="service_deferred"}',
   ]);
   t.is(packets.get('{verdict="allowed"}'), 10);

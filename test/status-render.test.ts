@@ -64,6 +64,7 @@ test('datapath: map fill and every counter, u64 values printed exactly', (t) => 
   t.deepEqual(row(text, 'signalsSent'), ['signalsSent', '3']);
   const { datapath: _omitted, ...withoutDatapath } = sampleStatus();
   t.regex(renderStatus(withoutDatapath, NOW), /Datapath: not attached/);
+  t.regex(renderStatus(sampleStatus(), NOW), /Other nodes' packets: NOT checked on arrival \(transport none/);
 });
 
 test('columns line up: every row of a table starts its cells at the same offsets', (t) => {

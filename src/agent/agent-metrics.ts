@@ -34,6 +34,8 @@ const DATAPATH_COUNTERS: Record<CounterName, { metric: 'packets' | 'signals'; la
   signalsSent: { metric: 'signals', label: 'sent' },
   signalsSuppressed: { metric: 'signals', label: 'suppressed' },
   signalsLost: { metric: 'signals', label: 'lost' },
+  droppedSpoofedSource: { metric: 'packets', label: 'dropped_spoofed_source' },
+  droppedUnverifiedArrival: { metric: 'packets', label: 'dropped_unverified_arrival' },
   serviceDeferred: { metric: 'packets', label: 'service_deferred' },
 };
 

@@ -39,6 +39,8 @@ import { addReservedPeers, type ReservedAddresses } from './reserved-plan.js';
 import type { AgentStatus } from '../control/status.js';
 import { assembleNodeFrame, type Transport } from '../datapath/transport/transport.js';
 import { createTransport } from '../datapath/transport/factory.js';
+import { gateArrival, type GateArrival } from './gate-arrival.js';
+import { mapCapacities } from '../datapath/gate/loader.js';
 
 export interface AgentDependencies {
   logger: Logger;
@@ -58,6 +60,8 @@ export class Agent {
   private readonly state: ClusterState;
   private plan?: NodePlan;
   private replanQueued = false;
+  /** How the gate checks other nodes' packets arrived (set once the transport is up). */
+  private gateArrival: GateArrival = { transport: 'unset', wireguardIfindex: 0 };
   private gateInterfaces?: GateInterfaces;
   private readonly startedAt = new Date();
   private readonly timers: NodeJS.Timeout[] = [];
@@ -122,7 +126,8 @@ export class Agent {
       this.datapath = await Datapath.open({
         pinDir: config.datapath.pinDir,
         attach: config.datapath.attach,
-        capacities: { auth: config.auth.cacheSize },
+        capacities: mapCapacities(config.datapath.capacities, config.auth.cacheSize),
+        logger,
       });
       this.closers.push(() => this.datapath?.close());
       map = this.datapath;
@@ -156,6 +161,7 @@ export class Agent {
 
     await this.transport.start();
     this.closers.push(() => this.transport.close());
+    if (this.datapath) this.gateArrival = await gateArrival(config, logger);
 
     // Handshake.
     const identities = new LocalIdentities(this.store);
@@ -337,6 +343,7 @@ export class Agent {
           counters: Object.fromEntries(Object.entries(counters).map(([name, value]) => [name, value.toString()])),
           authEntries: this.cache.size,
           authCapacity: this.cache.capacity,
+          remoteArrival: this.gateArrival.transport === 'wireguard' || this.gateArrival.transport === 'ipsec' ? this.gateArrival.transport : 'unchecked',
         },
       }),
     };
@@ -381,7 +388,11 @@ export class Agent {
     // any address is re-mapped to a new identity.
     this.auth.setDesired(plan.pairs);
     if (this.datapath) {
-      this.datapath.setConfig({ defaultMode: this.config.cluster.policy.default === 'required' ? 'require' : 'allow' });
+      this.datapath.setConfig({
+        defaultMode: this.config.cluster.policy.default === 'required' ? 'require' : 'allow',
+        localNode: this.ids.node(this.config.nodeName),
+        ...this.gateArrival,
+      });
       for (const prefix of previous?.ipcache.keys() ?? []) if (!plan.ipcache.has(prefix)) this.datapath.deleteIpcache(prefix);
       for (const [prefix, entry] of plan.ipcache) {
         const old = previous?.ipcache.get(prefix);

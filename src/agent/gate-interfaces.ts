@@ -4,7 +4,7 @@
 import type { EndpointInfo } from '../cluster/types.js';
 import type { Datapath } from '../datapath/gate/datapath.js';
 import { resolveHostInterface } from '../datapath/gate/interface-resolver.js';
-import type { IpcacheEntry } from '../datapath/gate/layout.js';
+import type { BoundAddress } from '../datapath/gate/layout.js';
 import type { WorkloadInterface } from '../datapath/gate/pin-layout.js';
 import type { Logger } from '../util/logger.js';
 
@@ -31,8 +31,8 @@ export interface GateInterfacesOptions {
   onStaleBindings?: (count: number) => void;
 }
 
-function sameEntry(a: IpcacheEntry | undefined, b: IpcacheEntry | undefined): boolean {
-  return a?.identity === b?.identity && a?.node === b?.node;
+function sameBinding(a: readonly BoundAddress[] | undefined, b: readonly BoundAddress[]): boolean {
+  return a?.length === b.length && a.every((x, i) => x.address === b[i]!.address && x.identity === b[i]!.identity && x.node === b[i]!.node);
 }
 
 export class GateInterfaces {
@@ -40,7 +40,7 @@ export class GateInterfaces {
   private readonly resolutions = new Map<string, Resolution>();
   private readonly retries = new Set<NodeJS.Timeout>();
   private installing: Promise<void> = Promise.resolve();
-  private bindings = new Map<string, IpcacheEntry | undefined>();
+  private bindings = new Map<string, BoundAddress[]>();
   /** The first apply also clears what a previous run bound and this one does not. */
   private sweepPending = true;
   private stopped = false;
@@ -75,18 +75,18 @@ export class GateInterfaces {
 
   /**
    * Gates every interface in `bindings` (attaching where it is new) and binds each to its
-   * identity. An interface no longer listed is unbound (its workload is gone: the gate stays,
-   * failing closed) and forgotten, so that an interface of that name created later is attached.
+   * endpoints' addresses. An interface no longer listed is unbound (its workload is gone: the gate
+   * stays, failing closed) and forgotten, so that an interface of that name created later is attached.
    */
-  apply(bindings: Map<string, IpcacheEntry | undefined>): void {
+  apply(bindings: Map<string, BoundAddress[]>): void {
     for (const name of this.bindings.keys()) {
       if (bindings.has(name)) continue;
-      this.options.datapath.bindInterface(this.workloadInterface(name), undefined);
+      this.options.datapath.bindInterface(this.workloadInterface(name), []);
       this.installed.delete(name);
     }
     const previous = this.bindings;
     this.bindings = bindings;
-    const changed = [...bindings].filter(([name, entry]) => !previous.has(name) || !sameEntry(previous.get(name), entry)).map(([name]) => name);
+    const changed = [...bindings].filter(([name, entry]) => !sameBinding(previous.get(name), entry)).map(([name]) => name);
     const fresh = [...bindings.keys()].filter((name) => !this.installed.has(name));
     for (const name of fresh) this.installed.add(name);
     if (fresh.length > 0) {
@@ -112,7 +112,7 @@ export class GateInterfaces {
   /** Clears every binding in the pinned map but those of the current plan's interfaces. */
   private unbindStale(): void {
     try {
-      const bound = [...this.bindings].filter(([, entry]) => entry !== undefined).map(([name]) => this.workloadInterface(name));
+      const bound = [...this.bindings].filter(([, addresses]) => addresses.length > 0).map(([name]) => this.workloadInterface(name));
       const cleared = this.options.datapath.retainBindings(bound);
       if (cleared === 0) return;
       this.options.logger.info({ cleared }, 'interface bindings of workloads gone while the agent was down cleared');
@@ -133,10 +133,11 @@ export class GateInterfaces {
     this.retries.clear();
   }
 
-  /** One array-map write each; an interface still being attached is skipped (bound after). */
+  /** A few hash-map writes each; an interface still being attached is skipped (bound after). */
   private bind(names: readonly string[]): void {
     for (const name of names) {
-      if (this.bindings.has(name)) this.options.datapath.bindInterface(this.workloadInterface(name), this.bindings.get(name));
+      const addresses = this.bindings.get(name);
+      if (addresses) this.options.datapath.bindInterface(this.workloadInterface(name), addresses);
     }
   }
 

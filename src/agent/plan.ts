@@ -4,7 +4,7 @@ import { pairKeyString, type KeyedPair } from '../auth/types.js';
 import { decide } from '../cluster/policy.js';
 import type { ClusterState } from '../cluster/state.js';
 import type { EndpointInfo, PolicyMode } from '../cluster/types.js';
-import { AUTH_TYPE, type IpcacheEntry, type PolicyKey } from '../datapath/gate/layout.js';
+import { AUTH_TYPE, type BoundAddress, type IpcacheEntry, type PolicyKey } from '../datapath/gate/layout.js';
 
 /** Everything the agent derives from the cluster state for its own node. */
 export interface NodePlan {
@@ -17,11 +17,10 @@ export interface NodePlan {
   /** SPIFFE IDs of this node's own endpoints: the SVIDs it needs, and no others. */
   localIdentities: string[];
   /**
-   * Host-side interfaces of this node's endpoints, where the gate attaches, each with the identity
-   * the gate binds to it; undefined where endpoints of different identities share an interface
-   * (the gate then tells them apart by address).
+   * Host-side interfaces of this node's endpoints, where the gate attaches, each with the
+   * addresses the gate binds to it and their identities: the only sources that pass from it.
    */
-  interfaces: Map<string, IpcacheEntry | undefined>;
+  interfaces: Map<string, BoundAddress[]>;
 }
 
 /**
@@ -80,10 +79,8 @@ function interfaceBindings(
   for (const endpoint of locals) {
     const name = interfaceOf(endpoint);
     if (!name) continue;
-    const entry = { identity: ids.identity(endpoint.spiffeId), node: ids.node(endpoint.node) };
-    const bound = bindings.get(name);
-    const shared = bindings.has(name) && (bound === undefined || bound.identity !== entry.identity);
-    bindings.set(name, shared ? undefined : entry);
+    const bound = { address: endpoint.ip, identity: ids.identity(endpoint.spiffeId), node: ids.node(endpoint.node) };
+    bindings.set(name, [...(bindings.get(name) ?? []), bound]);
   }
   return bindings;
 }

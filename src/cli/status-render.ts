@@ -1,6 +1,6 @@
 // Turns an AgentStatus into the text `meshauth status` prints: a summary line, then one aligned
 // table per section. Pure (the time is a parameter), so tests can pin every line.
-import type { AgentStatus } from '../control/status.js';
+import type { AgentStatus, DatapathStatus } from '../control/status.js';
 
 export function renderStatus(status: AgentStatus, now: Date): string {
   const lines: string[] = [];
@@ -53,12 +53,19 @@ export function renderStatus(status: AgentStatus, now: Date): string {
     const { authEntries, authCapacity, counters } = status.datapath;
     const percent = authCapacity > 0 ? ` (${((authEntries / authCapacity) * 100).toFixed(1)} %)` : '';
     lines.push(`Datapath: auth map ${authEntries} of ${authCapacity} entries${percent}`);
+    lines.push(`Other nodes' packets: ${ARRIVAL[status.datapath.remoteArrival]}`);
     lines.push(...table([['COUNTER', 'VALUE'], ...Object.entries(counters).map(([name, value]) => [name, value])], [1]));
   } else {
     lines.push('Datapath: not attached');
   }
   return `${lines.join('\n')}\n`;
 }
+
+const ARRIVAL: Record<DatapathStatus['remoteArrival'], string> = {
+  wireguard: 'checked on arrival (decrypted on the WireGuard device)',
+  ipsec: "checked on arrival (decrypted by meshauth's IPsec SAs)",
+  unchecked: "NOT checked on arrival (transport none: identities only as good as the CNI's anti-spoofing)",
+};
 
 /** A title, then the table (header row first), or "(none)" when there are no rows under the header. */
 function section(lines: string[], title: string, rows: string[][]): void {

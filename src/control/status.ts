@@ -30,6 +30,12 @@ export interface DatapathStatus {
   counters: Record<string, string>;
   authEntries: number;
   authCapacity: number;
+  /**
+   * How the gate checks that another node's packets came through that node's transport:
+   * decrypted on the WireGuard device, by a meshauth IPsec SA, or not at all (transport none: the
+   * CNI's anti-spoofing is all there is).
+   */
+  remoteArrival: 'wireguard' | 'ipsec' | 'unchecked';
 }
 
 export interface AgentStatus {
@@ -87,6 +93,7 @@ export const agentStatusSchema = z.object({
       counters: z.record(z.string(), z.string().regex(/^\d+$/, 'expected a decimal counter')),
       authEntries: z.number().int().nonnegative(),
       authCapacity: z.number().int().nonnegative(),
+      remoteArrival: z.enum(['wireguard', 'ipsec', 'unchecked']),
     })
     .optional(),
 });

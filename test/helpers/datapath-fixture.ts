@@ -1,19 +1,20 @@
 // A two-node cluster (test/helpers/netns.ts) with the gate installed on every workload's host-side
 // interface: one Datapath per node, each with its own pin dir, like two agents. Every workload
-// address (IPv4 and IPv6) is in both nodes' ipcache and every interface is bound to its
-// workload's identity; no pair is authenticated yet.
+// address (IPv4 and IPv6) is in both nodes' ipcache, every interface is bound to its workload's
+// addresses and identity, and each gate knows its node id and that the nodes' own link carries
+// pod traffic (transport 'none', as a CNI would); no pair is authenticated yet.
 import { statSync } from 'node:fs';
 import { join } from 'node:path';
 import { Datapath, monotonicNowNs } from '../../src/datapath/gate/datapath.js';
 import { defaultObjectPath, type MapCapacities } from '../../src/datapath/gate/loader.js';
-import type { AuthKey } from '../../src/datapath/gate/layout.js';
+import type { AuthKey, BoundAddress } from '../../src/datapath/gate/layout.js';
 import type { SignalPollerOptions } from '../../src/datapath/gate/signals.js';
 import { Topology, type Workload } from './netns.js';
 
 export const IDENTITY: Record<string, number> = { w1a: 101, w1b: 102, w2a: 201, w2b: 202 };
 
 /** Small maps: tests create several sets of them side by side. */
-export const TEST_CAPACITIES = { auth: 4096, ipcache: 1024, policy: 1024, ratelimit: 1024, signals: 256 };
+export const TEST_CAPACITIES = { auth: 4096, ipcache: 1024, ipcache_hosts4: 1024, ipcache_hosts6: 1024, endpoints: 256, policy: 1024, ratelimit: 1024, signals: 256 };
 
 /** Fails with the fix when the compiled gate is missing or older than its sources. */
 export function assertGateBuilt(): string {
@@ -50,6 +51,7 @@ export class Cluster {
     for (const node of topology.nodes) {
       const agent = await Datapath.open({ pinDir: node.pinDir, capacities, ...(signalPolling && { signalPolling }) });
       agents.push(agent);
+      agent.setConfig({ localNode: node.id, transport: 'none' });
       for (const w of topology.workloads) {
         agent.setIpcache(w.ipv4, { identity: IDENTITY[w.name]!, node: w.node });
         agent.setIpcache(w.ipv6, { identity: IDENTITY[w.name]!, node: w.node });
@@ -61,13 +63,19 @@ export class Cluster {
     return cluster;
   }
 
-  /** As the agent does: the gate takes each workload's identity from its interface. */
+  /** As the agent does: the gate takes each workload's identity from its interface and address. */
   bindInterfaces(): void {
     for (const w of this.topology.workloads) {
-      if (!this.agent(w.node).bindInterface(w.hostInterface, { identity: IDENTITY[w.name]!, node: w.node })) {
+      if (!this.agent(w.node).bindInterface(w.hostInterface, this.addresses(w))) {
         throw new Error(`could not bind ${w.name}'s interface`);
       }
     }
+  }
+
+  /** A workload's addresses with its identity: what the agent binds to its interface. */
+  addresses(w: Workload): BoundAddress[] {
+    const entry = { identity: IDENTITY[w.name]!, node: w.node };
+    return [{ address: w.ipv4, ...entry }, { address: w.ipv6, ...entry }];
   }
 
   w(name: string): Workload {

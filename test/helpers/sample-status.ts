@@ -50,6 +50,7 @@ export function sampleStatus(): AgentStatus {
       counters: { allowed: '18446744073709551615', droppedNoEntry: '42', signalsSent: '3' },
       authEntries: 1,
       authCapacity: 524288,
+      remoteArrival: 'unchecked',
     },
   };
 }

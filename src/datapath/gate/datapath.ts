@@ -3,7 +3,7 @@
  *
  *   const dp = await Datapath.open({ pinDir: '/sys/fs/bpf/meshauth' }); // create or reuse the pinned maps
  *   await dp.install({ interfaces: [{ name: 'lxc1a2b' }, { name: 'veth9', netns: 'node1' }] });
- *   dp.bindInterface({ name: 'lxc1a2b' }, { identity: 1001, node: 1 });   // the workload behind it
+ *   dp.bindInterface({ name: 'lxc1a2b' }, [{ address: '10.0.1.5', identity: 1001, node: 1 }]); // who sends there
  *   dp.setIpcache('10.0.1.5/32', { identity: 1001, node: 1 });            // and '::/0', 'fd00::/64', ...
  *   dp.setPolicy({ localIdentity: 1001, remoteIdentity: 2002, direction: 'egress' }, AUTH_TYPE.mtls);
  *   dp.setConfig({ defaultMode: 'require' });                           // pairs without a policy entry
@@ -15,9 +15,14 @@
  *   await Datapath.uninstall({ pinDir }); // detach from every interface, unpin everything
  *
  * Semantics (enforced in BPF, so they hold while the agent is down):
- * - the local identity is the one bound to the interface the gate sits on (bindInterface), so a
- *   workload cannot pass as a neighbour by spoofing its address; on an unbound interface it is
- *   the workload address's. The remote address resolves through the ipcache (longest prefix match);
+ * - the local identity is the one bound to the workload's address on the interface the gate sits
+ *   on (bindInterface): a packet from a workload whose source is not bound to its interface is
+ *   dropped (droppedSpoofedSource), so a workload cannot pass as a neighbour; one to a workload
+ *   address not bound there is an unknown identity. The remote address resolves through the
+ *   ipcache (longest prefix match);
+ * - on the way to a workload, the remote identity counts only if the packet came the way that
+ *   identity's node sends (setConfig transport, localNode, wireguardIfindex; bpf/gate.bpf.c,
+ *   arrived_from_its_node); otherwise it is dropped (droppedUnverifiedArrival);
  * - the packet passes while an auth entry {local, remote, remote node, the node's auth type}
  *   exists with an expiry (monotonic ns, the clock of process.hrtime.bigint()) in the future;
  * - otherwise it passes only if no authentication is required: the policy entry for (local,
@@ -31,6 +36,11 @@
  *   the packet's conntrack flow; the first packet to a Service VIP, which has no flow yet, passes
  *   (counted serviceDeferred) and the backend's gate judges it;
  * - ARP and IPv6 neighbour discovery always pass; other non-IP frames are dropped.
+ * - an address not in the ipcache is an unknown identity: dropped under defaultMode 'require'
+ *   (the default, fail closed), passed under 'allow'; counted either way. Add '0.0.0.0/0' and
+ *   '::/0' entries for a "world" identity to give the rest of the world a policy;
+ * - ARP, and IPv6 neighbour discovery that stays on the link (link-local or ND multicast
+ *   addresses, or the host's own), always pass; other non-IP frames are dropped.
  *
  * Map updates are in-process syscalls through the `bpf` package (no process per update); signals
  * arrive event-driven (signals.ts, doorbell.ts); install/uninstall use bpftool and tc. All of it
@@ -38,7 +48,8 @@
  */
 import { randomBytes } from 'node:crypto';
 import { existsSync } from 'node:fs';
-import { RawArrayMap, RawMap, RawQueueMap, type MapRef } from 'bpf';
+import { BPFError, RawArrayMap, RawMap, RawQueueMap, type MapRef } from 'bpf';
+import type { Logger } from '../../util/logger.js';
 import { openPinnedMap, updateBatch } from './bpf-maps.js';
 import { DatapathError } from '../errors.js';
 import { parseIpPrefix, type IpPrefix } from '../ip-prefix.js';
@@ -52,13 +63,17 @@ import {
   encodeAuthKey,
   encodeAuthValue,
   encodeConfig,
+  encodeEndpointKey,
+  endpointKeyIfindex,
   encodeIpcacheKey,
   encodeIpcacheHostKey,
   encodeIpcacheValue,
   decodeIpcacheValue,
+  endpointKeyAddress,
   encodePolicyKey,
   encodePolicyValue,
   type AuthKey,
+  type BoundAddress,
   type Counters,
   type DatapathConfig,
   type IpcacheEntry,
@@ -93,6 +108,8 @@ export interface DatapathOptions {
   capacities?: MapCapacities;
   /** How the gate hooks interfaces (hooks.ts); default auto: TCX where the kernel has it, else tc. */
   attach?: AttachPreference;
+  /** Told when a map is full and an entry is left out (at most every OVERFLOW_LOG_INTERVAL_MS per map). */
+  logger?: Logger;
   signalPolling?: SignalPollerOptions;
 }
 
@@ -109,16 +126,24 @@ export function monotonicNowNs(): bigint {
 
 const BATCH_CHUNK = 65_536;
 
-/** An unbound interface slot: the gate resolves the local identity from the address. */
-const UNBOUND = Buffer.alloc(STRUCTS.ipcache_value.size);
+/** The maps the agent fills from the cluster state: a full one leaves entries out, counted. */
+export type FilledMap = 'ipcache' | 'endpoints' | 'policy';
+const OVERFLOW_LOG_INTERVAL_MS = 10_000;
+/** Errors of a map update that found the map full: E2BIG (hash maps), ENOSPC (LPM trie). */
+const MAP_FULL_ERRNOS = new Set([7, 28]);
+
 
 export class Datapath {
   private closed = false;
   /** ifindex of each interface this handle attached the gate to, by describeInterface label. */
   private readonly ifindexes = new Map<string, number>();
+  /** The endpoints keys of each ifindex, as pinned (read once at open, then kept in step). */
+  private readonly bound: Map<number, Map<string, Buffer>>;
   /** The program generation this handle loaded (progs/<generation>), reused by later installs. */
   private generation?: string;
   private attachMode?: Promise<AttachMode>;
+  private readonly overflowCounts: Record<FilledMap, number> = { ipcache: 0, endpoints: 0, policy: 0 };
+  private readonly overflowLoggedAt: Record<FilledMap, number> = { ipcache: 0, endpoints: 0, policy: 0 };
   private readonly authKeyScratch = Buffer.alloc(STRUCTS.auth_key.size);
   private readonly authValueScratch = Buffer.alloc(STRUCTS.auth_value.size);
   private readonly counterKeys = COUNTER_NAMES.map((_, index) => {
@@ -134,7 +159,7 @@ export class Datapath {
     private readonly ipcache: RawMap,
     private readonly ipcacheHosts4: RawMap,
     private readonly ipcacheHosts6: RawMap,
-    private readonly interfaces: RawArrayMap,
+    private readonly endpoints: RawMap,
     private readonly ipcacheGen: RawArrayMap,
     private readonly policy: RawMap,
     private readonly auth: RawMap,
@@ -142,7 +167,13 @@ export class Datapath {
     private readonly configMap: RawArrayMap,
     private readonly poller: SignalPoller,
     private readonly attachPreference: AttachPreference,
-  ) {}
+    private readonly logger: Logger | undefined,
+  ) {
+    this.bound = new Map();
+    for (const batch of endpoints.getBatch(4096)) {
+      for (const [key] of batch) this.boundKeys(endpointKeyIfindex(key)).set(key.toString('hex'), key);
+    }
+  }
 
   /** Ensures bpffs and the pinned maps (creating missing ones, reusing existing ones) and opens them. */
   static async open(options: DatapathOptions = {}): Promise<Datapath> {
@@ -156,6 +187,13 @@ export class Datapath {
       for (const ref of Object.values(refs)) ref.close();
       throw err;
     }
+    for (const [name, wanted] of Object.entries(options.capacities ?? {}) as [MapName, number][]) {
+      if (refs[name].maxEntries === wanted) continue;
+      options.logger?.warn(
+        { map: name, capacity: refs[name].maxEntries, configured: wanted },
+        'a pinned gate map keeps the capacity it was created with; `meshauth datapath uninstall` (agent stopped) resizes it',
+      );
+    }
     return new Datapath(
       layout,
       options.objectPath ?? defaultObjectPath(),
@@ -163,7 +201,7 @@ export class Datapath {
       new RawMap(refs.ipcache),
       new RawMap(refs.ipcache_hosts4),
       new RawMap(refs.ipcache_hosts6),
-      new RawArrayMap(refs.interfaces),
+      new RawMap(refs.endpoints),
       new RawArrayMap(refs.ipcache_gen),
       new RawMap(refs.policy),
       new RawMap(refs.auth),
@@ -171,6 +209,7 @@ export class Datapath {
       new RawArrayMap(refs.config),
       new SignalPoller(new RawQueueMap(refs.signals), options.signalPolling, layout.mapPath('doorbell')),
       options.attach ?? 'auto',
+      options.logger,
     );
   }
 
@@ -209,7 +248,7 @@ export class Datapath {
       try {
         const ifindex = await interfaceIndex(iface);
         // A binding left at this ifindex by a vanished interface must not name the new workload.
-        if (ifindex !== undefined && !known.has(label)) this.writeBinding(ifindex, undefined);
+        if (ifindex !== undefined && !known.has(label)) this.writeBindings(ifindex, []);
         await attach(this.layout, generation, iface, mode);
         if (ifindex !== undefined) this.ifindexes.set(label, ifindex);
       } catch (err) {
@@ -237,36 +276,57 @@ export class Datapath {
       const label = describeInterface(iface);
       const ifindex = this.ifindexes.get(label) ?? (await interfaceIndex(iface));
       await detach(this.layout, iface);
-      if (ifindex !== undefined) this.writeBinding(ifindex, undefined);
+      if (ifindex !== undefined) this.writeBindings(ifindex, []);
       this.ifindexes.delete(label);
     }
   }
 
   /**
-   * Binds the local identity of the traffic through an interface this handle attached the gate to
-   * (the workload behind it), or unbinds it (undefined: the gate falls back to the workload's
-   * address, e.g. when endpoints of different identities share the interface). Returns false when
-   * the interface cannot be bound: not attached by this handle, or an ifindex beyond the map.
+   * Binds the addresses of the workload behind an interface this handle attached the gate to,
+   * each with its identity (usually one IPv4 and one IPv6 address of one endpoint; several
+   * endpoints may share an interface). Replaces the interface's previous addresses; [] unbinds
+   * it, and then nothing passes from it. Returns false when the interface is not attached by this
+   * handle. An address that no longer fits in the map is left out (see DatapathOptions.logger).
    */
-  bindInterface(iface: WorkloadInterface, entry: IpcacheEntry | undefined): boolean {
+  bindInterface(iface: WorkloadInterface, addresses: readonly BoundAddress[]): boolean {
     this.checkOpen();
     const ifindex = this.ifindexes.get(describeInterface(iface));
-    return ifindex !== undefined && this.writeBinding(ifindex, entry);
-  }
-
-  /** The identity bound to an interface this handle attached the gate to, if any. */
-  interfaceBinding(iface: WorkloadInterface): IpcacheEntry | undefined {
-    this.checkOpen();
-    const ifindex = this.ifindexes.get(describeInterface(iface));
-    if (ifindex === undefined || ifindex >= this.interfaces.ref.maxEntries) return undefined;
-    const entry = decodeIpcacheValue(this.interfaces.get(ifindex));
-    return entry.identity === 0 ? undefined : entry;
-  }
-
-  private writeBinding(ifindex: number, entry: IpcacheEntry | undefined): boolean {
-    if (ifindex >= this.interfaces.ref.maxEntries) return false;
-    this.interfaces.set(ifindex, entry ? encodeIpcacheValue(entry) : UNBOUND);
+    if (ifindex === undefined) return false;
+    this.writeBindings(ifindex, addresses);
     return true;
+  }
+
+  /** The addresses bound to an interface this handle attached the gate to (IPv4 first, in order). */
+  interfaceBinding(iface: WorkloadInterface): BoundAddress[] {
+    this.checkOpen();
+    const ifindex = this.ifindexes.get(describeInterface(iface));
+    if (ifindex === undefined) return [];
+    return [...this.boundKeys(ifindex).values()].sort((a, b) => Buffer.compare(a, b)).flatMap((key) => {
+      const value = this.endpoints.get(key);
+      return value ? [{ address: endpointKeyAddress(key), ...decodeIpcacheValue(value) }] : [];
+    });
+  }
+
+  private writeBindings(ifindex: number, addresses: readonly BoundAddress[]): void {
+    const keys = this.boundKeys(ifindex);
+    const wanted = new Map(addresses.map((bound) => [encodeEndpointKey(ifindex, hostAddress(bound.address)), bound] as const));
+    const wantedHex = new Set([...wanted.keys()].map((key) => key.toString('hex')));
+    for (const [hex, key] of keys) {
+      if (wantedHex.has(hex)) continue;
+      this.endpoints.delete(key);
+      keys.delete(hex);
+    }
+    for (const [key, bound] of wanted) {
+      if (this.writeEntry('endpoints', this.endpoints, key, encodeIpcacheValue(bound))) keys.set(key.toString('hex'), key);
+    }
+    if (keys.size === 0) this.bound.delete(ifindex);
+    this.invalidateIpcacheMemo();
+  }
+
+  private boundKeys(ifindex: number): Map<string, Buffer> {
+    let keys = this.bound.get(ifindex);
+    if (!keys) this.bound.set(ifindex, (keys = new Map<string, Buffer>()));
+    return keys;
   }
 
   /** Interfaces the gate is registered on (attached, unless the interface vanished since). */
@@ -282,11 +342,12 @@ export class Datapath {
    * LPM trie; the gate tries the hash first, which is the same longest-prefix match at the cost
    * of one hash lookup for workload addresses.
    */
-  setIpcache(prefix: string | IpPrefix, entry: IpcacheEntry): void {
+  setIpcache(prefix: string | IpPrefix, entry: IpcacheEntry): boolean {
     this.checkOpen();
     const [map, key] = this.ipcacheSlot(toPrefix(prefix));
-    map.set(key, encodeIpcacheValue(entry));
-    this.invalidateIpcacheMemo();
+    const written = this.writeEntry('ipcache', map, key, encodeIpcacheValue(entry));
+    if (written) this.invalidateIpcacheMemo();
+    return written;
   }
 
   deleteIpcache(prefix: string | IpPrefix): boolean {
@@ -316,10 +377,41 @@ export class Datapath {
   /**
    * Whether the pair needs authentication in that direction: AUTH_TYPE.none (no) or the node's
    * auth type (AUTH_TYPE.mtls, yes). Without an entry, the config's defaultMode decides.
+   * Returns false when the map is full (the entry is left out, counted in overflows()).
    */
-  setPolicy(key: PolicyKey, authType: number): void {
+  setPolicy(key: PolicyKey, authType: number): boolean {
     this.checkOpen();
-    this.policy.set(encodePolicyKey(key), encodePolicyValue(authType));
+    return this.writeEntry('policy', this.policy, encodePolicyKey(key), encodePolicyValue(authType));
+  }
+
+  /**
+   * Entries left out so far because their map was full, by map. Never thrown: a full map must not
+   * stop the agent from applying the rest of its plan. What is left out fails closed (an address
+   * without an ipcache entry is an unknown identity, an unbound address sends nothing, a missing
+   * policy exception falls back to the default).
+   */
+  overflows(): Record<FilledMap, number> {
+    return { ...this.overflowCounts };
+  }
+
+  /** map.set, except that a full map is counted and logged, and returns false. */
+  private writeEntry(name: FilledMap, map: RawMap, key: Buffer, value: Buffer): boolean {
+    try {
+      map.set(key, value);
+      return true;
+    } catch (err) {
+      if (!(err instanceof BPFError) || !MAP_FULL_ERRNOS.has(err.errno)) throw err;
+      this.overflowCounts[name]++;
+      const now = Date.now();
+      if (now - this.overflowLoggedAt[name] >= OVERFLOW_LOG_INTERVAL_MS) {
+        this.overflowLoggedAt[name] = now;
+        this.logger?.error(
+          { map: name, capacity: map.ref.maxEntries, leftOut: this.overflowCounts[name] },
+          'a gate map is full: entries are left out (their traffic fails closed); raise datapath.capacities',
+        );
+      }
+      return false;
+    }
   }
 
   deletePolicy(key: PolicyKey): boolean {
@@ -411,9 +503,9 @@ export class Datapath {
   }
 
   /**
-   * Unbinds every interface slot but those of `keep` (interfaces this handle attached the gate
-   * to): a slot left bound by a workload that went while the agent was down would otherwise
-   * name whoever is behind that ifindex next. Returns how many slots were cleared.
+   * Unbinds every interface but those of `keep` (interfaces this handle attached the gate to):
+   * addresses left bound to the ifindex of a workload that went while the agent was down would
+   * otherwise name whoever is behind that ifindex next. Returns how many interfaces were cleared.
    */
   retainBindings(keep: Iterable<WorkloadInterface>): number {
     this.checkOpen();
@@ -422,15 +514,8 @@ export class Datapath {
       const ifindex = this.ifindexes.get(describeInterface(iface));
       if (ifindex !== undefined) kept.add(ifindex);
     }
-    const stale: number[] = [];
-    let index = 0;
-    for (const batch of this.interfaces.getBatch(4096)) {
-      for (const value of batch) {
-        if (!kept.has(index) && !value.equals(UNBOUND)) stale.push(index);
-        index++;
-      }
-    }
-    for (const ifindex of stale) this.writeBinding(ifindex, undefined);
+    const stale = [...this.bound.keys()].filter((ifindex) => !kept.has(ifindex));
+    for (const ifindex of stale) this.writeBindings(ifindex, []);
     return stale.length;
   }
 
@@ -492,6 +577,13 @@ function deleteKeysExcept(map: RawMap, keep: ReadonlySet<string>): number {
   let deleted = 0;
   for (const key of stale) if (map.delete(key)) deleted++;
   return deleted;
+}
+
+/** A host address ('10.0.1.5', 'fd00::5'; '/32' and '/128' allowed), for the endpoints map. */
+function hostAddress(text: string): IpPrefix {
+  const prefix = parseIpPrefix(text);
+  if (prefix.length !== prefix.address.length * 8) throw new RangeError(`a bound address must be a host address, got ${text}`);
+  return prefix;
 }
 
 function toPrefix(prefix: string | IpPrefix): IpPrefix {

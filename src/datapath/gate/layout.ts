@@ -37,6 +37,12 @@ export const RESERVED_IDENTITY = {
 } as const;
 /** In an ipcache entry: no identity (an address of the cluster's pod CIDRs no endpoint holds). */
 export const NO_IDENTITY = 0;
+/** config_value.transport: how another node's packets must arrive (0, unset, admits none). */
+export const TRANSPORT = { unset: 0, none: 1, wireguard: 2, ipsec: 3 } as const;
+export type TransportKind = Exclude<keyof typeof TRANSPORT, 'unset'>;
+/** meshauth's IPsec reqids, as the gate checks them (the transport's REQID_BASE..REQID_LAST). */
+export const IPSEC_REQID_FIRST = 0x6d61_0000;
+export const IPSEC_REQID_LAST = 0x6d61_ffff;
 
 /** enum meshauth_counter, in index order. */
 export const COUNTER_NAMES = [
@@ -51,6 +57,8 @@ export const COUNTER_NAMES = [
   'signalsSent',
   'signalsSuppressed',
   'signalsLost',
+  'droppedSpoofedSource',
+  'droppedUnverifiedArrival',
   'serviceDeferred',
 ] as const;
 export type CounterName = (typeof COUNTER_NAMES)[number];
@@ -60,7 +68,8 @@ export type Counters = Record<CounterName, bigint>;
 export const STRUCTS = {
   ipcache_key: { size: 24, fields: { prefixlen: 0, family: 4, pad: 5, addr: 8 } },
   ipv6_host_key: { size: 16, fields: { addr: 0 } },
-  ipcache_memo_entry: { size: 40, fields: { generation: 0, addr: 8, family: 24, pad: 25, value: 28, pad2: 36 } },
+  endpoint_key: { size: 24, fields: { ifindex: 0, family: 4, pad: 5, addr: 8 } },
+  ipcache_memo_entry: { size: 40, fields: { generation: 0, addr: 8, family: 24, pad: 25, value: 28, ifindex: 36 } },
   ipcache_value: { size: 8, fields: { identity: 0, node: 4, pad: 6 } },
   policy_key: { size: 12, fields: { local_identity: 0, remote_identity: 4, direction: 8, pad: 9 } },
   policy_value: { size: 4, fields: { auth_type: 0, pad: 1 } },
@@ -81,11 +90,25 @@ export const STRUCTS = {
       ktime_ns: 16,
     },
   },
-  config_value: { size: 16, fields: { signal_interval_ns: 0, default_mode: 8, default_auth_type: 9, pad: 10 } },
+  config_value: {
+    size: 24,
+    fields: {
+      signal_interval_ns: 0,
+      default_mode: 8,
+      default_auth_type: 9,
+      transport: 10,
+      pad: 11,
+      local_node: 12,
+      pad2: 14,
+      wg_ifindex: 16,
+      pad3: 20,
+    },
+  },
 } as const;
 
 const F = {
   ipcacheKey: STRUCTS.ipcache_key.fields,
+  endpointKey: STRUCTS.endpoint_key.fields,
   ipcacheValue: STRUCTS.ipcache_value.fields,
   policyKey: STRUCTS.policy_key.fields,
   policyValue: STRUCTS.policy_value.fields,
@@ -99,7 +122,7 @@ export type MapName =
   | 'ipcache'
   | 'ipcache_hosts4'
   | 'ipcache_hosts6'
-  | 'interfaces'
+  | 'endpoints'
   | 'ipcache_memo'
   | 'ipcache_gen'
   | 'policy'
@@ -118,15 +141,21 @@ export interface MapSpec {
   maxEntries: number;
   /** BPF_F_NO_PREALLOC, required by LPM tries. */
   noPrealloc?: boolean;
+  /**
+   * Holds nothing worth keeping across an upgrade (the agent rewrites it, or it is a cache): a
+   * pinned one of another shape is replaced rather than refused.
+   */
+  replaceable?: boolean;
 }
 
 /** The maps the gate references, with the capacities used when the loader creates them. */
 export const MAP_SPECS: Record<MapName, MapSpec> = {
   ipcache: { type: MapType.LPM_TRIE, keySize: 24, valueSize: 8, maxEntries: 65_536, noPrealloc: true },
-  ipcache_hosts4: { type: MapType.HASH, keySize: 4, valueSize: 8, maxEntries: 65_536 },
-  ipcache_hosts6: { type: MapType.HASH, keySize: STRUCTS.ipv6_host_key.size, valueSize: 8, maxEntries: 65_536 },
-  interfaces: { type: MapType.ARRAY, keySize: 4, valueSize: 8, maxEntries: 65_536 },
-  ipcache_memo: { type: MapType.PERCPU_ARRAY, keySize: 4, valueSize: STRUCTS.ipcache_memo_entry.size, maxEntries: IPCACHE_MEMO_SLOTS },
+  // 150,000 pod addresses per family and some room: the defaults fit a cluster of 150,000 pods.
+  ipcache_hosts4: { type: MapType.HASH, keySize: 4, valueSize: 8, maxEntries: 163_840 },
+  ipcache_hosts6: { type: MapType.HASH, keySize: STRUCTS.ipv6_host_key.size, valueSize: 8, maxEntries: 163_840 },
+  endpoints: { type: MapType.HASH, keySize: STRUCTS.endpoint_key.size, valueSize: 8, maxEntries: 8_192 },
+  ipcache_memo: { type: MapType.PERCPU_ARRAY, keySize: 4, valueSize: STRUCTS.ipcache_memo_entry.size, maxEntries: IPCACHE_MEMO_SLOTS, replaceable: true },
   ipcache_gen: { type: MapType.ARRAY, keySize: 4, valueSize: 8, maxEntries: 1 },
   policy: { type: MapType.HASH, keySize: 12, valueSize: 4, maxEntries: 65_536 },
   auth: { type: MapType.HASH, keySize: 12, valueSize: 8, maxEntries: 524_288 },
@@ -134,7 +163,7 @@ export const MAP_SPECS: Record<MapName, MapSpec> = {
   signals: { type: MapType.QUEUE, keySize: 0, valueSize: 24, maxEntries: 4_096 },
   doorbell: { type: MapType.PERF_EVENT_ARRAY, keySize: 4, valueSize: 4, maxEntries: 0 },
   counters: { type: MapType.PERCPU_ARRAY, keySize: 4, valueSize: 8, maxEntries: 32 },
-  config: { type: MapType.ARRAY, keySize: 4, valueSize: 16, maxEntries: 1 },
+  config: { type: MapType.ARRAY, keySize: 4, valueSize: STRUCTS.config_value.size, maxEntries: 1, replaceable: true },
 };
 
 export const PROGRAMS = { fromWorkload: 'from_workload', toWorkload: 'to_workload' } as const;
@@ -146,6 +175,12 @@ export interface IpcacheEntry {
   identity: number;
   /** Node id of the host that owns the address. */
   node: number;
+}
+
+/** One address of the workload behind a gated interface, and who it is. */
+export interface BoundAddress extends IpcacheEntry {
+  /** A host address, IPv4 or IPv6 ('10.0.1.5', 'fd00::5'). */
+  address: string;
 }
 
 export interface PolicyKey {
@@ -169,6 +204,12 @@ export interface DatapathConfig {
   defaultAuthType: number;
   /** Per-key signal rate limit, in ns. */
   signalIntervalNs: bigint;
+  /** How packets of another node's workloads must arrive; unset: none is admitted. */
+  transport: TransportKind | 'unset';
+  /** This node's id: the node of the ipcache entries of its own workloads (0: unset). */
+  localNode: number;
+  /** transport 'wireguard': the ifindex of meshauth's WireGuard device, in the gate's namespace. */
+  wireguardIfindex: number;
 }
 
 export interface Signal {
@@ -204,6 +245,31 @@ export function encodeIpcacheKey(prefix: IpPrefix, out = Buffer.alloc(STRUCTS.ip
   out.writeUInt8(prefix.family === 4 ? FAMILY.ipv4 : FAMILY.ipv6, F.ipcacheKey.family);
   prefix.address.copy(out, F.ipcacheKey.addr);
   return out;
+}
+
+/** The endpoints key: an address bound to the interface with this ifindex. */
+export function encodeEndpointKey(ifindex: number, address: IpPrefix): Buffer {
+  checkUint('ifindex', ifindex, 32);
+  if (ifindex === 0) throw new RangeError('ifindex 0 names no interface');
+  const out = Buffer.alloc(STRUCTS.endpoint_key.size);
+  out.writeUInt32LE(ifindex, F.endpointKey.ifindex);
+  out.writeUInt8(address.family === 4 ? FAMILY.ipv4 : FAMILY.ipv6, F.endpointKey.family);
+  address.address.copy(out, F.endpointKey.addr);
+  return out;
+}
+
+/** The ifindex of an endpoints key. */
+export function endpointKeyIfindex(key: Buffer): number {
+  return key.readUInt32LE(F.endpointKey.ifindex);
+}
+
+/** The address of an endpoints key, as text. */
+export function endpointKeyAddress(key: Buffer): string {
+  const family = key.readUInt8(F.endpointKey.family);
+  const bytes = key.subarray(F.endpointKey.addr, F.endpointKey.addr + (family === FAMILY.ipv4 ? 4 : 16));
+  if (family === FAMILY.ipv4) return [...bytes].join('.');
+  const groups = Array.from({ length: 8 }, (_, i) => bytes.readUInt16BE(i * 2).toString(16));
+  return new URL(`http://[${groups.join(':')}]/`).hostname.slice(1, -1); // the canonical (RFC 5952) form
 }
 
 /** The key of a host entry (/32, /128): the bare address, network byte order. */
@@ -302,6 +368,10 @@ export function encodeConfig(config: DatapathConfig): Buffer {
   const mode = DEFAULT_MODE[config.defaultMode] as number | undefined;
   if (mode === undefined) throw new RangeError(`defaultMode must be require or allow, got ${String(config.defaultMode)}`);
   checkUint('defaultAuthType', config.defaultAuthType, 8);
+  const transport = TRANSPORT[config.transport] as number | undefined;
+  if (transport === undefined) throw new RangeError(`transport must be none, wireguard, ipsec or unset, got ${String(config.transport)}`);
+  checkUint('localNode', config.localNode, 16);
+  checkUint('wireguardIfindex', config.wireguardIfindex, 32);
   if (config.signalIntervalNs <= 0n || config.signalIntervalNs >= 2n ** 64n) {
     throw new RangeError('signalIntervalNs must be a positive u64 bigint');
   }
@@ -309,8 +379,13 @@ export function encodeConfig(config: DatapathConfig): Buffer {
   out.writeBigUInt64LE(config.signalIntervalNs, F.config.signal_interval_ns);
   out.writeUInt8(mode, F.config.default_mode);
   out.writeUInt8(config.defaultAuthType, F.config.default_auth_type);
+  out.writeUInt8(transport, F.config.transport);
+  out.writeUInt16LE(config.localNode, F.config.local_node);
+  out.writeUInt32LE(config.wireguardIfindex, F.config.wg_ifindex);
   return out;
 }
+
+const TRANSPORT_BY_VALUE: (TransportKind | 'unset')[] = ['unset', 'none', 'wireguard', 'ipsec'];
 
 /** Reads the config as the gate interprets it (zero fields mean the defaults). */
 export function decodeConfig(buf: Buffer): DatapathConfig {
@@ -320,5 +395,8 @@ export function decodeConfig(buf: Buffer): DatapathConfig {
     defaultMode: buf.readUInt8(F.config.default_mode) === DEFAULT_MODE.allow ? 'allow' : 'require',
     defaultAuthType: authType === 0 ? AUTH_TYPE.mtls : authType,
     signalIntervalNs: interval === 0n ? DEFAULT_SIGNAL_INTERVAL_NS : interval,
+    transport: TRANSPORT_BY_VALUE[buf.readUInt8(F.config.transport)] ?? 'unset',
+    localNode: buf.readUInt16LE(F.config.local_node),
+    wireguardIfindex: buf.readUInt32LE(F.config.wg_ifindex),
   };
 }

@@ -13,17 +13,33 @@ import { randomBytes } from 'node:crypto';
 import { MapType } from 'bpf';
 import { packageFile } from '../../util/package-root.js';
 import { DatapathError } from '../errors.js';
-import { MAP_SPECS, type MapName } from './layout.js';
+import { MAP_SPECS, type MapName, type MapSpec } from './layout.js';
 import { openPinnedMap, possibleCpuCount } from './bpf-maps.js';
 import { hookGate, unhookGate, type AttachMode } from './hooks.js';
 import { netnsPath, run, runIn } from './run-in.js';
 import { validateInterface, type PinLayout, type WorkloadInterface } from './pin-layout.js';
+import type { DatapathCapacityOptions } from './options.js';
 
 const BPFFS_ROOT = '/sys/fs/bpf';
 const BPF_FS_MAGIC = 0xcafe4a11;
 const BPF_F_NO_PREALLOC = 1;
 
-export type MapCapacities = Partial<Record<'ipcache' | 'ipcache_hosts4' | 'ipcache_hosts6' | 'interfaces' | 'policy' | 'auth' | 'ratelimit' | 'signals', number>>;
+export type MapCapacities = Partial<Record<'ipcache' | 'ipcache_hosts4' | 'ipcache_hosts6' | 'endpoints' | 'policy' | 'auth' | 'ratelimit' | 'signals', number>>;
+
+/** The loader's capacities from the config's datapath.capacities (and the auth cache size). */
+export function mapCapacities(options: DatapathCapacityOptions, auth?: number): MapCapacities {
+  const capacities: MapCapacities = {
+    ipcache_hosts4: options.ipcacheHosts4,
+    ipcache_hosts6: options.ipcacheHosts6,
+    ipcache: options.ipcachePrefixes,
+    endpoints: options.endpoints,
+    policy: options.policy,
+    ratelimit: options.ratelimit,
+    signals: options.signals,
+    auth,
+  };
+  return Object.fromEntries(Object.entries(capacities).filter(([, value]) => value !== undefined));
+}
 
 /** bpf/gate.bpf.o of the package this module belongs to (built by `npm run build:bpf`). */
 export function defaultObjectPath(): string {
@@ -45,13 +61,17 @@ export async function ensureBpffs(layout: PinLayout): Promise<void> {
 
 /**
  * Creates the maps that are not pinned yet and checks the shape of those that are. Existing maps
- * are kept with their contents and capacity: that is how auth entries survive a restart.
+ * are kept with their contents and capacity: that is how auth entries survive a restart. A
+ * replaceable map (the config, the memo) of an older shape is unpinned and created anew: the
+ * programs attached keep the old one until the next install replaces them, and the agent
+ * rewrites the config before that.
  */
 export async function ensureMaps(layout: PinLayout, capacities: MapCapacities = {}): Promise<MapName[]> {
   await mkdir(layout.mapsDir, { recursive: true });
   const created: MapName[] = [];
   for (const [name, spec] of Object.entries(MAP_SPECS) as [MapName, (typeof MAP_SPECS)[MapName]][]) {
     const path = layout.mapPath(name);
+    if (spec.replaceable && existsSync(path) && !hasShape(path, spec)) await rm(path);
     if (!existsSync(path)) {
       const entries = capacities[name as keyof MapCapacities] ?? (spec.maxEntries || possibleCpuCount());
       if (!Number.isInteger(entries) || entries < 1) throw new DatapathError(`bad ${name} capacity ${entries}`);
@@ -68,6 +88,15 @@ export async function ensureMaps(layout: PinLayout, capacities: MapCapacities = 
     openPinnedMap(path, spec).close();
   }
   return created;
+}
+
+function hasShape(path: string, spec: MapSpec): boolean {
+  try {
+    openPinnedMap(path, spec).close();
+    return true;
+  } catch {
+    return false;
+  }
 }
 
 /**
