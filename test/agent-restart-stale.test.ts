@@ -66,15 +66,15 @@ privileged('a restarted agent removes the pinned policy, ipcache entries and bin
     auth: { cacheSize: 4096 },
   });
 
-  const first = await startAgent(t, config({ nodes: [node], endpoints: [web, db], policy: { default: 'required', rules: [exemption] } }));
+  const first = await startAgent(t, config({ nodes: [node], endpoints: [web, db], policy: { default: 'required', rules: [exemption], exempt: [] } }));
   await first.settled();
-  t.deepEqual(pinned(pinDir), { policy: 2, hosts4: 2, bound: 2 }, 'the first run pinned the exemption (web egress, db ingress), both addresses and both bindings');
+  t.deepEqual(pinned(pinDir), { policy: 2, hosts4: 3, bound: 2 }, 'the first run pinned the exemption (web egress, db ingress), both addresses and the node address (the host), and both bindings');
   await first.stop();
 
   // While the agent is down, the db workload and the exemption go. rs1 stays (its veth is
   // deleted with the pod in a real cluster only later, and the gate stays on it: fail closed).
-  const second = await startAgent(t, config({ nodes: [node], endpoints: [web], policy: { default: 'required', rules: [] } }));
+  const second = await startAgent(t, config({ nodes: [node], endpoints: [web], policy: { default: 'required', rules: [], exempt: [] } }));
   await second.settled();
-  t.deepEqual(pinned(pinDir), { policy: 0, hosts4: 1, bound: 1 }, 'the restarted agent holds only what its first plan names');
+  t.deepEqual(pinned(pinDir), { policy: 0, hosts4: 2, bound: 1 }, 'the restarted agent holds only what its first plan names');
   await second.stop();
 });
