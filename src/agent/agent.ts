@@ -31,6 +31,8 @@ import { MetricsServer } from '../metrics/server.js';
 import type { Logger } from '../util/logger.js';
 import { ControlServer } from '../control/server.js';
 import { GateInterfaces } from './gate-interfaces.js';
+import { CniService } from './cni-service.js';
+import { PodBindings } from './pod-bindings.js';
 import { PeerManager } from './peers.js';
 import { planNode, type NodePlan } from './plan.js';
 import type { AgentStatus } from '../control/status.js';
@@ -56,6 +58,8 @@ export class Agent {
   private plan?: NodePlan;
   private replanQueued = false;
   private gateInterfaces?: GateInterfaces;
+  private readonly pods: PodBindings;
+  private readonly cni: CniService;
   private readonly startedAt = new Date();
   private readonly timers: NodeJS.Timeout[] = [];
   private readonly closers: (() => Promise<void> | void)[] = [];
@@ -83,6 +87,22 @@ export class Agent {
     });
     this.metrics = this.families.agent;
     this.state = new ClusterState(config.nodeName);
+    const hostNetns = config.datapath.netns !== undefined ? { hostNetns: config.datapath.netns } : {};
+    this.pods = new PodBindings({ spoolDir: config.cni.spoolDir, ...hostNetns, logger: deps.logger });
+    this.cni = new CniService({
+      pods: this.pods,
+      state: this.state,
+      ...hostNetns,
+      replanNow: () => {
+        if (this.state.isSynced) this.applyPlan();
+      },
+      reloadStatic: () => {
+        if (!this.config.kubernetes.enabled) this.state.replaceAll(staticSnapshot(this.config.cluster));
+      },
+      pendingPairs: (ips) => this.pendingPairs(ips),
+      metrics: this.families.cni,
+      logger: deps.logger,
+    });
     this.transport =
       deps.transport ?? createTransport(config.transport, config.stateDir, deps.logger, this.families.transport, () => this.state.nodes.get(config.nodeName));
   }
@@ -232,6 +252,11 @@ export class Agent {
       this.closers.push(unsubscribe);
     }
 
+    // Pods the CNI plugin registered, also while no agent ran: their bindings are in the first plan.
+    const spool = await this.pods.loadSpool();
+    this.families.cni.spoolRejected.inc(spool.rejected);
+    if (spool.loaded.length > 0) logger.info({ pods: spool.loaded.length }, 'pods registered from the CNI spool');
+
     // Cluster state. Nothing is applied (and so nothing garbage-collected) before the source's
     // initial sync: until then the pinned maps keep enforcing what they held.
     this.state.on('changed', () => this.queueReplan());
@@ -253,7 +278,7 @@ export class Agent {
       });
       this.closers.push(() => this.metricsServer?.close());
     }
-    this.controlServer = await ControlServer.start({ socketPath: config.control.socket, status: () => this.status() });
+    this.controlServer = await ControlServer.start({ socketPath: config.control.socket, status: () => this.status(), cni: this.cni, logger });
     this.closers.push(() => this.controlServer?.close());
     logger.info(
       {
@@ -365,8 +390,8 @@ export class Agent {
   private applyPlan(): void {
     const previous = this.plan;
     const locals = this.state.localEndpoints();
-    const found = this.gateInterfaces?.interfacesOf(locals);
-    const plan = planNode(this.state, this.ids, this.config.cluster.policy.default, (endpoint) => found?.get(endpoint.ip) ?? endpoint.interface);
+    const found = this.gateInterfaces?.interfacesOf(locals, (ip) => this.pods.interfaceOf(ip));
+    const plan = planNode(this.state, this.ids, this.config.cluster.policy.default, (endpoint) => found?.get(endpoint.ip) ?? this.pods.interfaceOf(endpoint.ip) ?? endpoint.interface);
     if (found) this.metrics.setUngatedEndpoints(locals.filter((endpoint) => !found.has(endpoint.ip)).length);
     this.plan = plan;
     const remoteNodes = [...this.state.nodes.values()].filter((node) => node.name !== this.config.nodeName);
@@ -454,6 +479,27 @@ export class Agent {
   private reconcile(): void {
     const repaired = this.cache.reconcile();
     if (repaired > 0) this.deps.logger.warn({ repaired }, 'auth map drift repaired');
+    // A pod's interface deleted, or its name taken by a new interface: that binding no longer holds.
+    void this.pods
+      .recheck()
+      .then((stale) => this.cni.revokeStale(stale))
+      .catch((err: unknown) => this.deps.logger.warn({ err: (err as Error).message }, 're-checking the pod interfaces failed'));
+  }
+
+  /** Pairs of the local endpoints at these addresses (either side) that have no auth entry yet. */
+  private pendingPairs(ips: readonly string[]): number {
+    const identities = new Set<string>();
+    for (const ip of ips) {
+      const endpoint = this.state.endpointByIp(ip);
+      if (endpoint?.node === this.config.nodeName) identities.add(endpoint.spiffeId);
+    }
+    if (identities.size === 0 || !this.plan) return 0;
+    let pending = 0;
+    for (const pair of this.plan.pairs.values()) {
+      const involved = identities.has(pair.localId) || (pair.remoteNode === this.config.nodeName && identities.has(pair.remoteId));
+      if (involved && !this.cache.get(pair)) pending++;
+    }
+    return pending;
   }
 
   private updateGauges(): void {

@@ -1,0 +1,110 @@
+// What the agent does for the CNI plugin's requests (the control socket's /v1/cni/* paths):
+//   ADD   registers the pod's binding (read from its namespace), plans at once, and answers when
+//         the pod's pairs with existing endpoints are authenticated or the plugin's wait runs out;
+//   DEL   revokes the pod's addresses and pairs on this node before answering, so the address
+//         can be given to a new pod only once this node no longer maps it to the old identity;
+//   CHECK answers whether the binding still holds (the interface kept its name and index).
+// Every request is idempotent: ADD again re-registers, DEL of an unknown container answers
+// removed: false.
+import type { CniAddRequest, CniAddResponse, CniCheckRequest, CniCheckResponse, CniDelRequest, CniDelResponse } from '../control/cni-api.js';
+import type { CniHandlers } from '../control/server.js';
+import type { ClusterState } from '../cluster/state.js';
+import { stillBound } from '../datapath/gate/interface-resolver.js';
+import { sleep } from '../util/backoff.js';
+import type { Logger } from '../util/logger.js';
+import type { CniCommand, CniMetrics } from './cni-metrics.js';
+import type { PodBinding, PodBindings } from './pod-bindings.js';
+
+/** How often a waiting ADD looks at its pairs: a pair completes within a handshake (milliseconds
+ *  on a cluster network), so a few ms of polling add little, and no event plumbing is needed. */
+const READY_POLL_MS = 5;
+
+export interface CniServiceOptions {
+  pods: PodBindings;
+  state: ClusterState;
+  /** The namespace of the host-side interfaces (tests, the demo); absent: ours. */
+  hostNetns?: string;
+  /** Computes and applies the node's plan now (the pod's binding, or its revocation, takes effect). */
+  replanNow: () => void;
+  /** An address came back into use: the static config's endpoint for it counts again. */
+  reloadStatic: () => void;
+  /** How many pairs of the endpoints at these addresses are not authenticated yet. */
+  pendingPairs: (ips: readonly string[]) => number;
+  metrics: CniMetrics;
+  logger: Logger;
+}
+
+export class CniService implements CniHandlers {
+  constructor(private readonly options: CniServiceOptions) {}
+
+  add(request: CniAddRequest): Promise<CniAddResponse> {
+    return this.counted('add', async () => {
+      const started = performance.now();
+      const { pods, state, logger } = this.options;
+      const { binding, superseded } = await pods.register(request);
+      for (const old of superseded) this.revoke(old, new Set(binding.ips));
+      let restored = false;
+      for (const ip of binding.ips) restored = state.unrevoke(ip) || restored;
+      if (restored) this.options.reloadStatic();
+      this.options.replanNow();
+      logger.info({ containerId: binding.containerId, pod: binding.owner, ips: binding.ips, interface: binding.bound.name }, 'pod registered by the CNI plugin');
+      const deadline = started + request.waitMs;
+      let pending = this.options.pendingPairs(binding.ips);
+      while (pending > 0 && performance.now() < deadline) {
+        await sleep(Math.min(READY_POLL_MS, Math.max(0, deadline - performance.now())));
+        // The pod may have been deleted while its ADD waited: nothing left to wait for.
+        if (pods.get(binding.containerId) !== binding) break;
+        pending = this.options.pendingPairs(binding.ips);
+      }
+      this.options.metrics.addReady.observe({ outcome: pending === 0 ? 'ready' : 'timeout' }, (performance.now() - started) / 1000);
+      return { ready: pending === 0, pending, bound: binding.bound };
+    });
+  }
+
+  del(request: CniDelRequest): Promise<CniDelResponse> {
+    return this.counted('del', (): Promise<CniDelResponse> => {
+      const binding = this.options.pods.remove(request.containerId);
+      if (!binding) return Promise.resolve({ removed: false });
+      this.revoke(binding);
+      this.options.replanNow();
+      this.options.logger.info({ containerId: binding.containerId, pod: binding.owner, ips: binding.ips }, 'pod deleted: its addresses and pairs revoked');
+      return Promise.resolve({ removed: true });
+    });
+  }
+
+  check(request: CniCheckRequest): Promise<CniCheckResponse> {
+    return this.counted('check', async () => {
+      const binding = this.options.pods.get(request.containerId);
+      if (!binding) return { ok: false, reason: `container ${request.containerId} is not registered with the agent` };
+      if (!(await stillBound(binding.bound, this.options.hostNetns))) {
+        return { ok: false, reason: `interface ${binding.bound.name} (ifindex ${binding.bound.ifindex}) is gone or was replaced` };
+      }
+      return { ok: true };
+    });
+  }
+
+  /** Bindings whose interface went away (re-check): their addresses are revoked as by DEL. */
+  revokeStale(stale: readonly PodBinding[]): void {
+    if (stale.length === 0) return;
+    for (const binding of stale) this.revoke(binding);
+    this.options.replanNow();
+    this.options.logger.warn({ containers: stale.map((binding) => binding.containerId) }, 'pod interfaces gone or replaced: their addresses revoked');
+  }
+
+  /** The binding's addresses leave this node's state (except those now held by another pod). */
+  private revoke(binding: PodBinding, keep: ReadonlySet<string> = new Set()): void {
+    for (const ip of binding.ips) if (!keep.has(ip)) this.options.state.revoke(ip, binding.owner);
+  }
+
+  private async counted<T>(command: CniCommand, serve: () => Promise<T>): Promise<T> {
+    try {
+      const answer = await serve();
+      this.options.metrics.requests.inc({ command, result: 'ok' });
+      return answer;
+    } catch (err) {
+      this.options.metrics.requests.inc({ command, result: 'error' });
+      this.options.logger.warn({ command, err: (err as Error).message }, 'CNI request failed');
+      throw err;
+    }
+  }
+}
