@@ -255,7 +255,7 @@ export class Agent {
     // Pods the CNI plugin registered, also while no agent ran: their bindings are in the first plan.
     const spool = await this.pods.loadSpool();
     this.families.cni.spoolRejected.inc(spool.rejected);
-    if (spool.loaded.length > 0) logger.info({ pods: spool.loaded.length }, 'pods registered from the CNI spool');
+    for (const pod of spool.loaded) logger.info({ containerId: pod.containerId, pod: pod.owner, ips: pod.ips, interface: pod.bound.name }, 'pod registered from the CNI spool');
 
     // Cluster state. Nothing is applied (and so nothing garbage-collected) before the source's
     // initial sync: until then the pinned maps keep enforcing what they held.

@@ -1,0 +1,212 @@
+// Privileged: the meshauth CNI plugin chained after the real bridge and ptp plugins (with
+// host-local IPAM), run as a container runtime runs them, against a real agent with the real
+// gate. Each test builds its own uniquely named namespaces: a node namespace (the host, where
+// the runtime runs the plugins and the gate sits) and one per pod.
+import type { ExecutionContext } from 'ava';
+import { randomBytes } from 'node:crypto';
+import { existsSync } from 'node:fs';
+import { mkdir } from 'node:fs/promises';
+import { join } from 'node:path';
+import { execa } from 'execa';
+import { pino } from 'pino';
+import { Agent } from '../src/agent/agent.js';
+import { parseConfig, type ConfigInput } from '../src/config/config.js';
+import { Datapath } from '../src/datapath/gate/datapath.js';
+import { attachedPrograms } from '../src/datapath/gate/hooks.js';
+import { resolveHostInterface } from '../src/datapath/gate/interface-resolver.js';
+import { PinLayout } from '../src/datapath/gate/pin-layout.js';
+import { agentConfig, eventually, tempDir } from './helpers/agents.js';
+import { CniError, CniRuntime, cniBinDir, type NetworkConfigList, type Sandbox } from './helpers/cni-runtime.js';
+import { assertGateBuilt } from './helpers/datapath-fixture.js';
+import { inNetns, prepareNamespaces } from './helpers/netns.js';
+import { privileged } from './helpers/privileged.js';
+
+const A = 'spiffe://example.org/ns/shop/sa/web';
+const B = 'spiffe://example.org/ns/shop/sa/db';
+const C = 'spiffe://example.org/ns/shop/sa/rogue';
+
+interface LogLine {
+  msg: string;
+  [field: string]: unknown;
+}
+
+/** An in-process agent whose log lines the test reads. */
+async function startLoggedAgent(t: ExecutionContext, config: ConfigInput): Promise<{ agent: Agent; logs: LogLine[] }> {
+  const logs: LogLine[] = [];
+  const logger = pino({ level: 'debug' }, { write: (line: string) => void logs.push(JSON.parse(line) as LogLine) });
+  const agent = await Agent.start(parseConfig(config), { logger });
+  t.teardown(() => agent.stop());
+  return { agent, logs };
+}
+
+/** Namespaces named after the test's tag, removed at teardown (also after a failure). */
+async function namespaces(t: ExecutionContext, tag: string, names: string[]): Promise<Record<string, string>> {
+  const all = Object.fromEntries(names.map((name) => [name, `mc-${tag}-${name}`]));
+  t.teardown(async () => {
+    for (const ns of Object.values(all)) if (existsSync(`/run/netns/${ns}`)) await execa('ip', ['netns', 'del', ns], { reject: false });
+  });
+  for (const ns of Object.values(all)) await execa('ip', ['netns', 'add', ns]);
+  await prepareNamespaces(Object.values(all), [all.node!]);
+  await execa('ip', ['-n', all.node!, 'link', 'set', 'lo', 'up']);
+  return all;
+}
+
+/** The host-side interface of a pod's eth0, as the kernel links them (what the agent must bind). */
+async function hostSideOf(podNetns: string, nodeNetns: string): Promise<string> {
+  const [pod] = JSON.parse((await execa('ip', ['-n', podNetns, '-j', 'link', 'show', 'dev', 'eth0'])).stdout) as { link_index: number }[];
+  const links = JSON.parse((await execa('ip', ['-n', nodeNetns, '-j', 'link', 'show'])).stdout) as { ifindex: number; ifname: string }[];
+  return links.find((link) => link.ifindex === pod!.link_index)!.ifname;
+}
+
+function registeredInterface(logs: LogLine[], containerId: string, how = 'pod registered by the CNI plugin'): unknown {
+  return logs.find((line) => line.msg === how && line.containerId === containerId)?.interface;
+}
+
+function sandbox(netns: string, name: string): Sandbox {
+  return { containerId: `${name}-${randomBytes(6).toString('hex')}`, netns: `/run/netns/${netns}`, pod: { namespace: 'shop', name, uid: randomBytes(8).toString('hex') } };
+}
+
+privileged('bridged pods are bound to the port the kernel links to their namespace, never to a forged neighbour entry; DEL revokes before it returns', async (t) => {
+  assertGateBuilt();
+  const tag = randomBytes(3).toString('hex');
+  const ns = await namespaces(t, tag, ['node', 'web', 'rogue', 'db']);
+  const dir = await tempDir(t, 'meshauth-cni-');
+  const pinDir = `/sys/fs/bpf/meshauth-test-${tag}-cni`;
+  t.teardown(() => Datapath.uninstall({ pinDir }));
+  const subnet = '10.77.41';
+  const port = 42_641;
+  const cluster: ConfigInput['cluster'] = {
+    nodes: [{ name: 'n1', address: '127.0.41.1', podCidrs: [`${subnet}.0/24`], port }],
+    // host-local hands out .2, .3, .4 in order: web, then rogue, then db.
+    endpoints: [
+      { ip: `${subnet}.2`, spiffeId: A, node: 'n1' },
+      { ip: `${subnet}.3`, spiffeId: C, node: 'n1' },
+      { ip: `${subnet}.4`, spiffeId: B, node: 'n1' },
+    ],
+    policy: { default: 'disabled', rules: [{ name: 'web-db', source: { spiffeId: A }, destination: { spiffeId: B }, mode: 'required' }] },
+  };
+  const config: ConfigInput = {
+    ...agentConfig(dir, { name: 'n1', address: '127.0.41.1' }, cluster, port),
+    datapath: { enabled: true, pinDir, netns: ns.node! },
+    cni: { spoolDir: join(dir, 'spool') },
+  };
+  await mkdir(join(dir, 'n1'), { recursive: true });
+  const { agent, logs } = await startLoggedAgent(t, config);
+
+  const list: NetworkConfigList = {
+    cniVersion: '1.0.0',
+    name: `mc-${tag}`,
+    plugins: [
+      { type: 'bridge', bridge: `mcb${tag}`, isGateway: true, ipam: { type: 'host-local', ranges: [[{ subnet: `${subnet}.0/24` }]], dataDir: join(dir, 'ipam') } },
+      { type: 'meshauth', controlSocket: config.control!.socket!, spoolDir: join(dir, 'spool'), readyTimeoutMs: 2000 },
+    ],
+  };
+  const runtime = new CniRuntime(await cniBinDir(t), ns.node!, list);
+
+  const web = sandbox(ns.web!, 'web');
+  const result = await runtime.add(web);
+  const [bridgeRun, meshauthRun] = runtime.runs;
+  t.deepEqual(result, JSON.parse(bridgeRun!.stdout), 'the chain returns the bridge plugin’s result');
+  t.is(meshauthRun!.stdout.trim(), JSON.stringify(JSON.parse(bridgeRun!.stdout)), 'untouched');
+  t.is(registeredInterface(logs, web.containerId), await hostSideOf(ns.web!, ns.node!));
+
+  // The rogue pod (its own identity) claims db's address before db exists: a forged ARP that the
+  // bridge and the host's neighbour table believe.
+  const rogue = sandbox(ns.rogue!, 'rogue');
+  await runtime.add(rogue);
+  await inNetns(ns.rogue!, 'ip', ['addr', 'add', `${subnet}.4/24`, 'dev', 'eth0']);
+  await execa('ip', ['netns', 'exec', ns.rogue!, 'ping', '-c', '1', '-W', '1', '-I', `${subnet}.4`, `${subnet}.1`], { reject: false });
+  const [rogueLink] = JSON.parse((await execa('ip', ['-n', ns.rogue!, '-j', 'link', 'show', 'dev', 'eth0'])).stdout) as { address: string }[];
+  const neighbours = JSON.parse((await execa('ip', ['-n', ns.node!, '-j', 'neigh', 'show', 'to', `${subnet}.4`])).stdout) as { lladdr?: string }[];
+  t.is(neighbours[0]?.lladdr, rogueLink!.address, 'the premise: the host believes the forged neighbour entry');
+  t.is(await resolveHostInterface(`${subnet}.4`, ns.node), undefined, 'a bridged address is never resolved from neighbours');
+
+  const db = sandbox(ns.db!, 'db');
+  await runtime.add(db);
+  const dbPort = await hostSideOf(ns.db!, ns.node!);
+  t.is(registeredInterface(logs, db.containerId), dbPort, 'db is bound to its own port');
+  t.not(dbPort, await hostSideOf(ns.rogue!, ns.node!));
+  await agent.settled();
+  const gated = await attachedPrograms(new PinLayout(pinDir), { name: dbPort, netns: ns.node! });
+  t.true(Object.values(gated).every(Boolean), 'the gate sits on db’s port');
+  // ADD answered only once web <-> db was authenticated.
+  t.true(agent.status().pairs.some((pair) => pair.localId === B && pair.remoteId === A && pair.state === 'authenticated'));
+
+  await runtime.check(db);
+  await runtime.del(db);
+  // Revoked before DEL returned: no pair of db's identity remains, its record is gone.
+  t.false(agent.status().pairs.some((pair) => pair.localId === B || pair.remoteId === B), 'db’s pairs are revoked');
+  t.false(existsSync(join(dir, 'spool', `${db.containerId}.json`)));
+  await t.notThrowsAsync(runtime.del(db), 'DEL again is no error');
+  const checkAfterDel = await runtime.check(db).catch((err: unknown) => err);
+  t.true(checkAfterDel instanceof CniError && checkAfterDel.run.type === 'bridge', 'CHECK of a deleted pod fails (at the bridge, which lost its veth)');
+});
+
+privileged('ADD waits until the new pod’s remote pair is authenticated; with the agent down ADD and DEL succeed and the restarted agent learns from the spool', async (t) => {
+  assertGateBuilt();
+  const tag = randomBytes(3).toString('hex');
+  const ns = await namespaces(t, tag, ['node', 'web', 'api']);
+  const dir = await tempDir(t, 'meshauth-cni-');
+  const pinDir = `/sys/fs/bpf/meshauth-test-${tag}-cni`;
+  t.teardown(() => Datapath.uninstall({ pinDir }));
+  const subnet = '10.77.42';
+  const port = 42_642;
+  const API = 'spiffe://example.org/ns/shop/sa/api';
+  const cluster: ConfigInput['cluster'] = {
+    nodes: [
+      { name: 'n1', address: '127.0.42.1', podCidrs: [`${subnet}.0/24`], port },
+      { name: 'n2', address: '127.0.42.2', podCidrs: ['10.78.42.0/24'], port },
+    ],
+    endpoints: [
+      { ip: `${subnet}.2`, spiffeId: A, node: 'n1' },
+      { ip: `${subnet}.3`, spiffeId: API, node: 'n1' },
+      // db runs on n2, whose agent gates nothing here: only its handshakes matter.
+      { ip: '10.78.42.2', spiffeId: B, node: 'n2' },
+    ],
+    policy: { default: 'required' },
+  };
+  const spoolDir = join(dir, 'spool');
+  const config1: ConfigInput = {
+    ...agentConfig(dir, { name: 'n1', address: '127.0.42.1' }, cluster, port),
+    datapath: { enabled: true, pinDir, netns: ns.node! },
+    cni: { spoolDir },
+  };
+  const config2 = agentConfig(dir, { name: 'n2', address: '127.0.42.2' }, cluster, port);
+  const first = await startLoggedAgent(t, config1);
+
+  const list: NetworkConfigList = {
+    cniVersion: '1.1.0',
+    name: `mc-${tag}`,
+    plugins: [
+      { type: 'ptp', ipam: { type: 'host-local', ranges: [[{ subnet: `${subnet}.0/24` }]], dataDir: join(dir, 'ipam') } },
+      // The longest wait the plugin allows: the bound only ends a broken run, the order decides.
+      { type: 'meshauth', controlSocket: config1.control!.socket!, spoolDir, readyTimeoutMs: 10_000 },
+    ],
+  };
+  const runtime = new CniRuntime(await cniBinDir(t), ns.node!, list);
+  const web = sandbox(ns.web!, 'web');
+  // web's pair with db cannot be authenticated while n2 has no agent: the ADD starts first, n2's
+  // agent after it, so an ADD that answers ready has waited for the handshakes.
+  const adding = runtime.add(web);
+  await eventually(() => registeredInterface(first.logs, web.containerId) !== undefined, 'the agent has the ADD');
+  await startLoggedAgent(t, config2);
+  await adding;
+  const pair = first.agent.status().pairs.find((p) => p.localId === A && p.remoteId === B);
+  t.is(pair?.state, 'authenticated', 'web -> db authenticated when ADD returned');
+  t.is(runtime.runs.at(-1)!.stderr, '', 'and the agent said so: ready, nothing pending');
+  t.is(registeredInterface(first.logs, web.containerId), await hostSideOf(ns.web!, ns.node!), 'a routed (ptp) pod is bound the same way');
+
+  // The agent goes away (an upgrade): pods keep coming and going.
+  await first.agent.stop();
+  const api = sandbox(ns.api!, 'api');
+  const apiResult = await runtime.add(api);
+  t.deepEqual(apiResult, JSON.parse(runtime.runs.at(-2)!.stdout), 'ADD without an agent passes the result through');
+  t.regex(runtime.runs.at(-1)!.stderr, /the agent did not take the pod/);
+  await runtime.del(web);
+  t.regex(runtime.runs.at(-2)!.stderr, /no agent/, 'DEL without an agent succeeds');
+
+  const second = await startLoggedAgent(t, config1);
+  const fromSpool = 'pod registered from the CNI spool';
+  t.is(second.logs.filter((line) => line.msg === fromSpool).length, 1, 'only the pod still there');
+  t.is(registeredInterface(second.logs, api.containerId, fromSpool), await hostSideOf(ns.api!, ns.node!));
+});
