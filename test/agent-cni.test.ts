@@ -69,7 +69,7 @@ function sandbox(netns: string, name: string): Sandbox {
 privileged('bridged pods are bound to the port the kernel links to their namespace, never to a forged neighbour entry; DEL revokes before it returns', async (t) => {
   assertGateBuilt();
   const tag = randomBytes(3).toString('hex');
-  const ns = await namespaces(t, tag, ['node', 'web', 'rogue', 'db']);
+  const ns = await namespaces(t, tag, ['node', 'web', 'rogue', 'db', 'stray']);
   const dir = await tempDir(t, 'meshauth-cni-');
   const pinDir = `/sys/fs/bpf/meshauth-test-${tag}-cni`;
   t.teardown(() => Datapath.uninstall({ pinDir }));
@@ -131,6 +131,12 @@ privileged('bridged pods are bound to the port the kernel links to their namespa
   t.true(Object.values(gated).every(Boolean), 'the gate sits on db’s port');
   // ADD answered only once web <-> db was authenticated.
   t.true(agent.status().pairs.some((pair) => pair.localId === B && pair.remoteId === A && pair.state === 'authenticated'));
+
+  // A pod no source has named yet (.5) is gated from its ADD on, with no identity bound.
+  await runtime.add(sandbox(ns.stray!, 'stray'));
+  await agent.settled();
+  const strayGated = await attachedPrograms(new PinLayout(pinDir), { name: await hostSideOf(ns.stray!, ns.node!), netns: ns.node! });
+  t.true(Object.values(strayGated).every(Boolean), 'a pod of unknown identity starts gated');
 
   await runtime.check(db);
   await runtime.del(db);

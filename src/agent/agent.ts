@@ -393,6 +393,9 @@ export class Agent {
     const found = this.gateInterfaces?.interfacesOf(locals, (ip) => this.pods.interfaceOf(ip));
     const plan = planNode(this.state, this.ids, this.config.cluster.policy.default, (endpoint) => found?.get(endpoint.ip) ?? this.pods.interfaceOf(endpoint.ip) ?? endpoint.interface);
     if (found) this.metrics.setUngatedEndpoints(locals.filter((endpoint) => !found.has(endpoint.ip)).length);
+    // A registered pod whose identity is not known yet (its informer has not seen it run) is gated
+    // from the start, with no identity bound: its traffic meets the default mode until it is.
+    for (const name of this.pods.interfaceNames()) if (!plan.interfaces.has(name)) plan.interfaces.set(name, undefined);
     this.plan = plan;
     const remoteNodes = [...this.state.nodes.values()].filter((node) => node.name !== this.config.nodeName);
     this.peers.setNodes(remoteNodes);

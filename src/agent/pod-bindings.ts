@@ -48,8 +48,9 @@ export class PodBindings {
     return this.byContainer.get(containerId);
   }
 
-  get size(): number {
-    return this.byContainer.size;
+  /** The host-side interfaces of every registered pod. */
+  interfaceNames(): string[] {
+    return [...this.byContainer.values()].map((binding) => binding.bound.name);
   }
 
   /**
