@@ -7,8 +7,10 @@ import { randomBytes } from 'node:crypto';
 import { existsSync } from 'node:fs';
 import { mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
+import { writeFile } from 'node:fs/promises';
 import { execa } from 'execa';
 import { pino } from 'pino';
+import { stringify } from 'yaml';
 import { Agent } from '../src/agent/agent.js';
 import { parseConfig, type ConfigInput } from '../src/config/config.js';
 import { Datapath } from '../src/datapath/gate/datapath.js';
@@ -20,6 +22,9 @@ import { CniError, CniRuntime, cniBinDir, type NetworkConfigList, type Sandbox }
 import { assertGateBuilt } from './helpers/datapath-fixture.js';
 import { inNetns, prepareNamespaces } from './helpers/netns.js';
 import { privileged } from './helpers/privileged.js';
+import { node, pod, policy } from './helpers/cluster-events.js';
+import { KubeApiServer } from './servers/kube-api-server.js';
+import { DEFAULT_PORT } from '../src/handshake/protocol.js';
 
 const A = 'spiffe://example.org/ns/shop/sa/web';
 const B = 'spiffe://example.org/ns/shop/sa/db';
@@ -215,4 +220,63 @@ privileged('ADD waits until the new pod’s remote pair is authenticated; with t
   const fromSpool = 'pod registered from the CNI spool';
   t.is(second.logs.filter((line) => line.msg === fromSpool).length, 1, 'only the pod still there');
   t.is(registeredInterface(second.logs, api.containerId, fromSpool), await hostSideOf(ns.api!, ns.node!));
+});
+
+privileged('Kubernetes: ADD gives a pod the informer has seen only scheduled its identity at once, and answers when its pair with a remote pod is authenticated', async (t) => {
+  assertGateBuilt();
+  const tag = randomBytes(3).toString('hex');
+  const ns = await namespaces(t, tag, ['node', 'web']);
+  const dir = await tempDir(t, 'meshauth-cni-k8s-');
+  const pinDir = `/sys/fs/bpf/meshauth-test-${tag}-cni`;
+  t.teardown(() => Datapath.uninstall({ pinDir }));
+  const server = await KubeApiServer.start();
+  t.teardown(() => server.close());
+  // The Kubernetes source carries no handshake port: the default one, on loopback addresses of
+  // this test's own (127.0.43.x).
+  const addresses = { a: '127.0.43.1', b: '127.0.43.2' };
+  server.create('nodes', node('node-a', [{ type: 'InternalIP', address: addresses.a }], ['10.77.43.0/24']));
+  server.create('nodes', node('node-b', [{ type: 'InternalIP', address: addresses.b }], ['10.78.43.0/24']));
+  server.create('pods', pod({ namespace: 'shop', name: 'db-0', serviceAccount: 'db', node: 'node-b', ips: ['10.78.43.2'] }));
+  // Scheduled to node-a, no address, not running: what the informer holds when the CNI runs.
+  const web = server.create('pods', pod({ namespace: 'shop', name: 'web-0', serviceAccount: 'web', node: 'node-a', phase: 'Pending' }));
+  server.create('mutualauthpolicies', policy('shop', 'db-auth', { mode: 'required', source: { namespace: 'shop' }, destination: { serviceAccount: 'db' } }));
+  const kubeconfig = join(dir, 'kubeconfig.yaml');
+  await writeFile(
+    kubeconfig,
+    stringify({
+      apiVersion: 'v1',
+      kind: 'Config',
+      clusters: [{ name: 'test', cluster: { server: server.url, 'insecure-skip-tls-verify': true } }],
+      users: [{ name: 'meshauth', user: { token: server.token } }],
+      contexts: [{ name: 'test', context: { cluster: 'test', user: 'meshauth' } }],
+      'current-context': 'test',
+    }),
+    { mode: 0o600 },
+  );
+  const spoolDir = join(dir, 'spool');
+  const configOf = (name: string, address: string): ConfigInput =>
+    agentConfig(dir, { name, address, overrides: { kubernetes: { enabled: true, kubeconfig } } }, { policy: { default: 'disabled' } }, DEFAULT_PORT);
+  const a = await startLoggedAgent(t, { ...configOf('node-a', addresses.a), datapath: { enabled: true, pinDir, netns: ns.node! }, cni: { spoolDir } });
+  await startLoggedAgent(t, configOf('node-b', addresses.b));
+  await eventually(() => a.agent.status().peers.some((peer) => peer.state === 'up'), 'the node link is up');
+
+  const list: NetworkConfigList = {
+    cniVersion: '1.0.0',
+    name: `mc-${tag}`,
+    plugins: [
+      { type: 'ptp', ipam: { type: 'host-local', ranges: [[{ subnet: '10.77.43.0/24' }]], dataDir: join(dir, 'ipam') } },
+      { type: 'meshauth', controlSocket: join(dir, 'node-a', 'control.sock'), spoolDir, readyTimeoutMs: 10_000 },
+    ],
+  };
+  const runtime = new CniRuntime(await cniBinDir(t), ns.node!, list);
+  const sandboxOfWeb: Sandbox = { containerId: `web-${tag}`, netns: `/run/netns/${ns.web!}`, pod: { namespace: 'shop', name: 'web-0', uid: String(web.metadata.uid) } };
+  t.is(a.agent.status().pairs.length, 0, 'no pair before the pod is wired: the informer has no address for it');
+  await runtime.add(sandboxOfWeb);
+  const WEB = 'spiffe://example.org/ns/shop/sa/web';
+  const DB = 'spiffe://example.org/ns/shop/sa/db';
+  t.is(a.agent.status().pairs.find((p) => p.localId === WEB && p.remoteId === DB)?.state, 'authenticated', 'web -> db authenticated when ADD returned');
+  t.is(runtime.runs.at(-1)!.stderr, '', 'ready, nothing pending');
+
+  await runtime.del(sandboxOfWeb);
+  t.false(a.agent.status().pairs.some((p) => p.localId === WEB), 'DEL revoked web’s pairs, though the informer still has the pod');
 });

@@ -8,7 +8,7 @@ import { NumericIds } from '../auth/numeric-ids.js';
 import type { PairKey } from '../auth/types.js';
 import { staticSnapshot } from '../cluster/static-source.js';
 import { ClusterState } from '../cluster/state.js';
-import type { ClusterSource, NodeInfo } from '../cluster/types.js';
+import type { EndpointInfo, NodeInfo } from '../cluster/types.js';
 import { nodeIdentity, type Config } from '../config/config.js';
 import { Datapath } from '../datapath/gate/datapath.js';
 import type { Signal } from '../datapath/gate/layout.js';
@@ -32,7 +32,7 @@ import type { Logger } from '../util/logger.js';
 import { ControlServer } from '../control/server.js';
 import { GateInterfaces } from './gate-interfaces.js';
 import { CniService } from './cni-service.js';
-import { PodBindings } from './pod-bindings.js';
+import { PodBindings, type PodBinding } from './pod-bindings.js';
 import { PeerManager } from './peers.js';
 import { planNode, type NodePlan } from './plan.js';
 import type { AgentStatus } from '../control/status.js';
@@ -60,6 +60,8 @@ export class Agent {
   private gateInterfaces?: GateInterfaces;
   private readonly pods: PodBindings;
   private readonly cni: CniService;
+  /** Kubernetes only: the pod of a CNI registration, from the informer, before it runs. */
+  private wiredPod?: (pod: { namespace: string; name: string; uid?: string }, ips: readonly string[]) => EndpointInfo[];
   private readonly startedAt = new Date();
   private readonly timers: NodeJS.Timeout[] = [];
   private readonly closers: (() => Promise<void> | void)[] = [];
@@ -100,6 +102,9 @@ export class Agent {
         if (!this.config.kubernetes.enabled) this.state.replaceAll(staticSnapshot(this.config.cluster));
       },
       pendingPairs: (ips) => this.pendingPairs(ips),
+      ...(config.kubernetes.enabled && {
+        identify: (binding: PodBinding) => (binding.pod && this.wiredPod ? this.wiredPod(binding.pod, binding.ips) : []),
+      }),
       metrics: this.families.cni,
       logger: deps.logger,
     });
@@ -297,11 +302,12 @@ export class Agent {
     if (this.config.kubernetes.enabled) {
       // Loaded only when used: the Kubernetes client is large, and agents without it start faster.
       const { KubernetesSource, loadKubeConfig } = await import('../cluster/kubernetes/source.js');
-      const source: ClusterSource = new KubernetesSource({
+      const source = new KubernetesSource({
         kubeConfig: loadKubeConfig(this.config.kubernetes.kubeconfig),
         trustDomain: this.config.kubernetes.trustDomain ?? this.config.trustDomain,
         logger: this.deps.logger,
       });
+      this.wiredPod = (pod, ips) => source.wiredPod(pod, this.config.nodeName, ips);
       this.closers.push(() => source.stop());
       await source.start((event) => this.state.apply(event));
     } else {

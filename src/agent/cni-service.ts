@@ -9,6 +9,7 @@
 import type { CniAddRequest, CniAddResponse, CniCheckRequest, CniCheckResponse, CniDelRequest, CniDelResponse } from '../control/cni-api.js';
 import type { CniHandlers } from '../control/server.js';
 import type { ClusterState } from '../cluster/state.js';
+import type { EndpointInfo } from '../cluster/types.js';
 import { stillBound } from '../datapath/gate/interface-resolver.js';
 import { sleep } from '../util/backoff.js';
 import type { Logger } from '../util/logger.js';
@@ -28,6 +29,12 @@ export interface CniServiceOptions {
   replanNow: () => void;
   /** An address came back into use: the static config's endpoint for it counts again. */
   reloadStatic: () => void;
+  /**
+   * The pod's endpoints, from a cluster source that names identities by pod (Kubernetes: its
+   * informer's copy of the pod, scheduled but not Running yet); empty while it has not seen the
+   * pod. Absent where endpoints are configured by address (the static config).
+   */
+  identify?: (binding: PodBinding) => EndpointInfo[];
   /** How many pairs of the endpoints at these addresses are not authenticated yet. */
   pendingPairs: (ips: readonly string[]) => number;
   metrics: CniMetrics;
@@ -46,15 +53,19 @@ export class CniService implements CniHandlers {
       let restored = false;
       for (const ip of binding.ips) restored = state.unrevoke(ip) || restored;
       if (restored) this.options.reloadStatic();
+      let identified = this.identify(binding);
       this.options.replanNow();
       logger.info({ containerId: binding.containerId, pod: binding.owner, ips: binding.ips, interface: binding.bound.name }, 'pod registered by the CNI plugin');
       const deadline = started + request.waitMs;
-      let pending = this.options.pendingPairs(binding.ips);
+      // An identity not known yet counts as pending: its pairs are not even known.
+      const pendingNow = (): number => (identified ? this.options.pendingPairs(binding.ips) : 1);
+      let pending = pendingNow();
       while (pending > 0 && performance.now() < deadline) {
         await sleep(Math.min(READY_POLL_MS, Math.max(0, deadline - performance.now())));
         // The pod may have been deleted while its ADD waited: nothing left to wait for.
         if (pods.get(binding.containerId) !== binding) break;
-        pending = this.options.pendingPairs(binding.ips);
+        if (!identified && (identified = this.identify(binding))) this.options.replanNow();
+        pending = pendingNow();
       }
       this.options.metrics.addReady.observe({ outcome: pending === 0 ? 'ready' : 'timeout' }, (performance.now() - started) / 1000);
       return { ready: pending === 0, pending, bound: binding.bound };
@@ -89,6 +100,25 @@ export class CniService implements CniHandlers {
     for (const binding of stale) this.revoke(binding);
     this.options.replanNow();
     this.options.logger.warn({ containers: stale.map((binding) => binding.containerId) }, 'pod interfaces gone or replaced: their addresses revoked');
+  }
+
+  /**
+   * Puts the pod's endpoints into the node's state, when its source names identities by pod;
+   * returns whether its identity is known. A different owner of one of its addresses (a deleted
+   * pod whose deletion the informer has not delivered yet) is removed first, so the address is
+   * never mapped to both.
+   */
+  private identify(binding: PodBinding): boolean {
+    if (!this.options.identify) return true;
+    const endpoints = this.options.identify(binding);
+    const { state } = this.options;
+    for (const endpoint of endpoints) {
+      const current = state.endpointByIp(endpoint.ip);
+      if (current && current.owner === endpoint.owner && current.spiffeId === endpoint.spiffeId) continue;
+      if (current) state.apply({ type: 'endpoint', action: 'delete', ip: endpoint.ip, ...(current.owner !== undefined && { owner: current.owner }) });
+      state.apply({ type: 'endpoint', action: 'upsert', endpoint });
+    }
+    return endpoints.length > 0;
   }
 
   /** The binding's addresses leave this node's state (except those now held by another pod). */

@@ -11,12 +11,14 @@ import { readdir, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { cniAddRequestSchema, type CniAddRequest } from '../control/cni-api.js';
 import { normalizeIp } from '../cluster/state.js';
-import { podPeerInterface, stillBound, type BoundInterface } from '../datapath/gate/interface-resolver.js';
+import { interfaceIndexes, podPeerInterface, type BoundInterface } from '../datapath/gate/interface-resolver.js';
 import type { Logger } from '../util/logger.js';
 
 export interface PodBinding {
   containerId: string;
-  /** "namespace/name" (the Kubernetes owner of its endpoints), when the runtime named the pod. */
+  /** The pod, when the runtime named it (the kubelet does, in CNI_ARGS). */
+  pod?: { namespace: string; name: string; uid?: string };
+  /** "namespace/name": the Kubernetes owner of its endpoints. */
   owner?: string;
   /** Normalized addresses. */
   ips: string[];
@@ -64,7 +66,7 @@ export class PodBindings {
     const bound = await podPeerInterface(request.netns, request.ifName, this.options.hostNetns);
     const binding: PodBinding = {
       containerId: request.containerId,
-      ...(request.pod && { owner: `${request.pod.namespace}/${request.pod.name}` }),
+      ...(request.pod && { pod: request.pod, owner: `${request.pod.namespace}/${request.pod.name}` }),
       ips: [...new Set(request.ips.map(normalizeIp))],
       bound,
       netns: request.netns,
@@ -92,10 +94,14 @@ export class PodBindings {
 
   /** The bindings whose interface is gone or was replaced: removed, and returned for revocation. */
   async recheck(): Promise<PodBinding[]> {
+    // Those registered before the listing: one registered while it ran may have a newer interface.
+    const checked = [...this.byContainer.values()];
+    if (checked.length === 0) return [];
+    const indexes = await interfaceIndexes(this.options.hostNetns);
     const stale: PodBinding[] = [];
-    for (const binding of [...this.byContainer.values()]) {
-      if (await stillBound(binding.bound, this.options.hostNetns)) continue;
-      if (this.byContainer.get(binding.containerId) !== binding) continue; // replaced meanwhile
+    for (const binding of checked) {
+      if (indexes.get(binding.bound.name) === binding.bound.ifindex) continue;
+      if (this.byContainer.get(binding.containerId) !== binding) continue; // deleted or re-registered meanwhile
       this.remove(binding.containerId);
       stale.push(binding);
     }

@@ -26,8 +26,9 @@ export const cniAddRequestSchema = z.strictObject({
   pod: cniPodSchema.optional(),
   /** The pod's addresses, from the main plugin's result. */
   ips: z.array(ipAddress).min(1).max(16),
-  /** How long the agent may hold the answer for the pod's pairs (0: answer at once). */
-  waitMs: z.number().int().min(0).max(60_000),
+  /** How long the agent may hold the answer for the pod's pairs (0: answer at once); the
+   *  plugin's bound (10 s) is well inside the control server's 30 s idle-socket timeout. */
+  waitMs: z.number().int().min(0).max(10_000),
 });
 export type CniAddRequest = z.infer<typeof cniAddRequestSchema>;
 

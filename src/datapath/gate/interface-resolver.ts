@@ -64,13 +64,13 @@ export async function podPeerInterface(podNetns: string, ifName: string, hostNet
   return { name: host.ifname, ifindex: pod.link_index };
 }
 
+/** The interfaces of `netns` (ours when undefined), name → ifindex: one listing for many checks. */
+export async function interfaceIndexes(netns?: string): Promise<Map<string, number>> {
+  const links = JSON.parse(await runIn(netns, 'ip', ['-j', 'link', 'show'])) as Link[];
+  return new Map(links.filter((link) => link.ifname !== undefined && link.ifindex !== undefined).map((link) => [link.ifname!, link.ifindex!]));
+}
+
 /** Whether `bound` still exists under its name with its index (not deleted, not replaced). */
 export async function stillBound(bound: BoundInterface, netns?: string): Promise<boolean> {
-  let links: Link[];
-  try {
-    links = JSON.parse(await runIn(netns, 'ip', ['-j', 'link', 'show', 'dev', bound.name])) as Link[];
-  } catch {
-    return false; // no such device
-  }
-  return links[0]?.ifindex === bound.ifindex;
+  return (await interfaceIndexes(netns)).get(bound.name) === bound.ifindex;
 }
