@@ -222,7 +222,7 @@ privileged('ADD waits until the new pod’s remote pair is authenticated; with t
   t.is(registeredInterface(second.logs, api.containerId, fromSpool), await hostSideOf(ns.api!, ns.node!));
 });
 
-privileged('Kubernetes: ADD gives a pod the informer has seen only scheduled its identity at once, and answers when its pair with a remote pod is authenticated', async (t) => {
+privileged('Kubernetes: ADD gives a pod the informer has seen only scheduled its identity at once, answers as soon as its remote pair has an outcome, and the pair follows once the peer knows the pod', async (t) => {
   assertGateBuilt();
   const tag = randomBytes(3).toString('hex');
   const ns = await namespaces(t, tag, ['node', 'web']);
@@ -271,11 +271,20 @@ privileged('Kubernetes: ADD gives a pod the informer has seen only scheduled its
   const runtime = new CniRuntime(await cniBinDir(t), ns.node!, list);
   const sandboxOfWeb: Sandbox = { containerId: `web-${tag}`, netns: `/run/netns/${ns.web!}`, pod: { namespace: 'shop', name: 'web-0', uid: String(web.metadata.uid) } };
   t.is(a.agent.status().pairs.length, 0, 'no pair before the pod is wired: the informer has no address for it');
-  await runtime.add(sandboxOfWeb);
+  const addResult = (await runtime.add(sandboxOfWeb)) as { ips: { address: string }[] };
   const WEB = 'spiffe://example.org/ns/shop/sa/web';
   const DB = 'spiffe://example.org/ns/shop/sa/db';
-  t.is(a.agent.status().pairs.find((p) => p.localId === WEB && p.remoteId === DB)?.state, 'authenticated', 'web -> db authenticated when ADD returned');
-  t.is(runtime.runs.at(-1)!.stderr, '', 'ready, nothing pending');
+  // node-a knew web's identity at once (a pair exists and was tried), but node-b has only the
+  // informer's word, which has no address for web until the kubelet reports it after the ADD:
+  // node-b refuses, and the ADD answers then rather than at the end of its 10 s bound.
+  const webDb = () => a.agent.status().pairs.find((p) => p.localId === WEB && p.remoteId === DB);
+  t.is(webDb()?.state, 'failed', 'web -> db tried and refused by the peer that does not know web yet');
+  t.is(webDb()?.lastError, 'unauthorized');
+  t.regex(runtime.runs.at(-1)!.stderr, /1 pair\(s\) of the pod not authenticated yet/);
+  // The kubelet reports the pod running with its address: node-b learns it, the retry succeeds.
+  const webIp = addResult.ips[0]!.address.split('/')[0]!;
+  server.update('pods', pod({ namespace: 'shop', name: 'web-0', serviceAccount: 'web', node: 'node-a', ips: [webIp] }));
+  await eventually(() => webDb()?.state === 'authenticated', 'web -> db authenticated once node-b knows web');
 
   await runtime.del(sandboxOfWeb);
   t.false(a.agent.status().pairs.some((p) => p.localId === WEB), 'DEL revoked web’s pairs, though the informer still has the pod');

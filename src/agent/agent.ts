@@ -5,7 +5,7 @@ import { AuthCache, type AuthMap } from '../auth/cache.js';
 import { AuthManager, type PairAuthentication } from '../auth/manager.js';
 import { MemoryAuthMap } from '../auth/memory-map.js';
 import { NumericIds } from '../auth/numeric-ids.js';
-import type { PairKey } from '../auth/types.js';
+import type { KeyedPair, PairKey } from '../auth/types.js';
 import { staticSnapshot } from '../cluster/static-source.js';
 import { ClusterState } from '../cluster/state.js';
 import type { EndpointInfo, NodeInfo } from '../cluster/types.js';
@@ -101,7 +101,13 @@ export class Agent {
       reloadStatic: () => {
         if (!this.config.kubernetes.enabled) this.state.replaceAll(staticSnapshot(this.config.cluster));
       },
-      pendingPairs: (ips) => this.pendingPairs(ips),
+      podPairs: (ips) => this.podPairs(ips),
+      pairOutcome: (pair) => {
+        const state = this.auth.stateOf(pair);
+        if (!state) return undefined;
+        if (state.state === 'authenticated') return 'authenticated';
+        return state.state === 'failed' && state.lastError === 'unauthorized' ? 'refused' : 'waiting';
+      },
       ...(config.kubernetes.enabled && {
         identify: (binding: PodBinding) => (binding.pod && this.wiredPod ? this.wiredPod(binding.pod, binding.ips) : []),
       }),
@@ -495,20 +501,17 @@ export class Agent {
       .catch((err: unknown) => this.deps.logger.warn({ err: (err as Error).message }, 're-checking the pod interfaces failed'));
   }
 
-  /** Pairs of the local endpoints at these addresses (either side) that have no auth entry yet. */
-  private pendingPairs(ips: readonly string[]): number {
+  /** The desired pairs of the local endpoints at these addresses (either side). */
+  private podPairs(ips: readonly string[]): KeyedPair[] {
     const identities = new Set<string>();
     for (const ip of ips) {
       const endpoint = this.state.endpointByIp(ip);
       if (endpoint?.node === this.config.nodeName) identities.add(endpoint.spiffeId);
     }
-    if (identities.size === 0 || !this.plan) return 0;
-    let pending = 0;
-    for (const pair of this.plan.pairs.values()) {
-      const involved = identities.has(pair.localId) || (pair.remoteNode === this.config.nodeName && identities.has(pair.remoteId));
-      if (involved && !this.cache.get(pair)) pending++;
-    }
-    return pending;
+    if (identities.size === 0 || !this.plan) return [];
+    return [...this.plan.pairs.values()].filter(
+      (pair) => identities.has(pair.localId) || (pair.remoteNode === this.config.nodeName && identities.has(pair.remoteId)),
+    );
   }
 
   private updateGauges(): void {

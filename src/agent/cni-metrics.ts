@@ -2,8 +2,6 @@ import { Counter, Histogram, type Registry } from 'prom-client';
 
 export type CniCommand = 'add' | 'del' | 'check';
 export type CniResult = 'ok' | 'error';
-/** How an ADD's wait for the pod's pairs ended: all authenticated, or the bound ran out first. */
-export type CniReadyOutcome = 'ready' | 'timeout';
 
 /**
  * The CNI plugin's requests as the agent served them, and the time from a pod's CNI ADD to its
@@ -25,7 +23,7 @@ export class CniMetrics {
     for (const command of ['add', 'del', 'check'] as const) for (const result of ['ok', 'error'] as const) this.requests.inc({ command, result }, 0);
     this.addReady = new Histogram({
       name: 'meshauth_cni_add_ready_seconds',
-      help: "Time from a pod's CNI ADD to every pair it needs being authenticated (outcome ready), or to the end of the bounded wait (timeout)",
+      help: "Time from a pod's CNI ADD to every pair it needs being authenticated (outcome ready), to each being authenticated or refused by a peer that does not know the pod yet (refused: retried later), or to the end of the bounded wait (timeout)",
       labelNames: ['outcome'],
       buckets: [0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5],
       registers,

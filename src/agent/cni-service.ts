@@ -10,11 +10,19 @@ import type { CniAddRequest, CniAddResponse, CniCheckRequest, CniCheckResponse, 
 import type { CniHandlers } from '../control/server.js';
 import type { ClusterState } from '../cluster/state.js';
 import type { EndpointInfo } from '../cluster/types.js';
+import type { KeyedPair } from '../auth/types.js';
 import { stillBound } from '../datapath/gate/interface-resolver.js';
 import { sleep } from '../util/backoff.js';
 import type { Logger } from '../util/logger.js';
 import type { CniCommand, CniMetrics } from './cni-metrics.js';
 import type { PodBinding, PodBindings } from './pod-bindings.js';
+
+/**
+ * authenticated; refused by the peer's policy check (`unauthorized`: the peer does not know the
+ * pod yet, as a peer whose informer lags does not, and retrying now would not help); or waiting
+ * (in progress, or failed in a way a retry soon may fix: no node link yet, a timeout).
+ */
+export type PairOutcome = 'authenticated' | 'refused' | 'waiting';
 
 /** How often a waiting ADD looks at its pairs: a pair completes within a handshake (milliseconds
  *  on a cluster network), so a few ms of polling add little, and no event plumbing is needed. */
@@ -35,8 +43,10 @@ export interface CniServiceOptions {
    * pod. Absent where endpoints are configured by address (the static config).
    */
   identify?: (binding: PodBinding) => EndpointInfo[];
-  /** How many pairs of the endpoints at these addresses are not authenticated yet. */
-  pendingPairs: (ips: readonly string[]) => number;
+  /** The desired pairs of the local endpoints at these addresses (either side). */
+  podPairs: (ips: readonly string[]) => KeyedPair[];
+  /** Where a pair stands for a waiting ADD (undefined: no longer desired). */
+  pairOutcome: (pair: KeyedPair) => PairOutcome | undefined;
   metrics: CniMetrics;
   logger: Logger;
 }
@@ -57,17 +67,25 @@ export class CniService implements CniHandlers {
       this.options.replanNow();
       logger.info({ containerId: binding.containerId, pod: binding.owner, ips: binding.ips, interface: binding.bound.name }, 'pod registered by the CNI plugin');
       const deadline = started + request.waitMs;
-      // An identity not known yet counts as pending: its pairs are not even known.
-      const pendingNow = (): number => (identified ? this.options.pendingPairs(binding.ips) : 1);
-      let pending = pendingNow();
-      while (pending > 0 && performance.now() < deadline) {
+      // The wait ends when every pair of the pod is authenticated or refused by its peer (a peer
+      // that does not know the pod yet; the pair is retried with backoff, and the pod must not
+      // wait out the whole bound for that). An identity not known yet is one pair waiting: its
+      // pairs are not even known.
+      let pairs = identified ? this.options.podPairs(binding.ips) : undefined;
+      const count = (outcome: PairOutcome): number =>
+        pairs === undefined ? (outcome === 'waiting' ? 1 : 0) : pairs.filter((pair) => this.options.pairOutcome(pair) === outcome).length;
+      while (count('waiting') > 0 && performance.now() < deadline) {
         await sleep(Math.min(READY_POLL_MS, Math.max(0, deadline - performance.now())));
         // The pod may have been deleted while its ADD waited: nothing left to wait for.
         if (pods.get(binding.containerId) !== binding) break;
-        if (!identified && (identified = this.identify(binding))) this.options.replanNow();
-        pending = pendingNow();
+        if (!identified && (identified = this.identify(binding))) {
+          this.options.replanNow();
+          pairs = this.options.podPairs(binding.ips);
+        }
       }
-      this.options.metrics.addReady.observe({ outcome: pending === 0 ? 'ready' : 'timeout' }, (performance.now() - started) / 1000);
+      const pending = count('waiting') + count('refused');
+      const outcome = pending === 0 ? 'ready' : count('waiting') > 0 ? 'timeout' : 'refused';
+      this.options.metrics.addReady.observe({ outcome }, (performance.now() - started) / 1000);
       return { ready: pending === 0, pending, bound: binding.bound };
     });
   }

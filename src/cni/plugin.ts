@@ -172,7 +172,7 @@ async function add(config: PluginConfig, env: NodeJS.ProcessEnv, containerId: st
   await writeSpool(config.spoolDir, containerId, { ...body, waitMs: 0 });
   try {
     const answer = (await post(config.controlSocket, '/v1/cni/add', body, config.readyTimeoutMs + REQUEST_TIMEOUT_MS)) as CniAddResponse;
-    if (!answer.ready) warnings.push(`meshauth: ${answer.pending} pair(s) of the pod not authenticated within ${config.readyTimeoutMs} ms; it starts gated and they follow`);
+    if (!answer.ready) warnings.push(`meshauth: ${answer.pending} pair(s) of the pod not authenticated yet (refused by a peer that does not know the pod yet, or not done within ${config.readyTimeoutMs} ms); it starts gated and they follow`);
   } catch (err) {
     // Never fail a pod for meshauth: it starts gated (or, with no agent yet, is registered from
     // the spool when the agent starts).
