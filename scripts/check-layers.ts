@@ -22,6 +22,7 @@ export const LAYERS: readonly (readonly string[])[] = [
   ['src/auth'],
   ['src/cluster'],
   ['src/control'],
+  ['src/cni'],
   ['src/config'],
   ['src/agent'],
   ['src/demo'],

@@ -40,6 +40,27 @@ test('a late delete for the previous owner of an IP does not remove the new owne
   t.is(state.endpointByIp(web.ip)?.owner, 'shop/other-1');
 });
 
+test('a revoked address (CNI DEL) leaves at once and stays out until its source deletes it or a pod gets it again', (t) => {
+  const state = stateWith([{ type: 'endpoint', action: 'upsert', endpoint: web }]);
+  state.revoke(web.ip, 'shop/web-1');
+  t.is(state.endpointByIp(web.ip), undefined);
+  state.apply({ type: 'endpoint', action: 'upsert', endpoint: web });
+  t.is(state.endpointByIp(web.ip), undefined, 'a late informer update does not bring it back');
+  state.apply({ type: 'endpoint', action: 'upsert', endpoint: { ...web, owner: 'shop/web-2' } });
+  t.is(state.endpointByIp(web.ip)?.owner, 'shop/web-2', 'another pod on the address is not held back');
+  state.apply({ type: 'endpoint', action: 'delete', ip: web.ip, owner: 'shop/web-2' });
+  state.apply({ type: 'endpoint', action: 'delete', ip: web.ip, owner: 'shop/web-1' });
+  state.apply({ type: 'endpoint', action: 'upsert', endpoint: web });
+  t.is(state.endpointByIp(web.ip)?.owner, 'shop/web-1', 'the source deleted it: the revocation is over');
+
+  state.revoke(web.ip, undefined);
+  state.apply({ type: 'endpoint', action: 'upsert', endpoint: web });
+  t.is(state.endpointByIp(web.ip), undefined, 'a revocation without an owner holds any owner back');
+  t.true(state.unrevoke(web.ip));
+  state.apply({ type: 'endpoint', action: 'upsert', endpoint: web });
+  t.is(state.endpointByIp(web.ip)?.owner, 'shop/web-1', 'given to a pod again');
+});
+
 test('replaceAll turns a new snapshot into ordered events: deletes first, identity changes as delete + upsert', (t) => {
   const state = stateWith([...nodes, { type: 'endpoint', action: 'upsert', endpoint: web }, { type: 'endpoint', action: 'upsert', endpoint: db }]);
   const seen: string[] = [];

@@ -187,3 +187,46 @@ test('the client reports a missing socket as "no agent running"', async (t) => {
   t.is(error.kind, 'no-agent');
   t.is(error.message, `no agent is running (nothing listening on ${socketPath})`);
 });
+
+test('CNI requests: POST only, bodies checked against their schema and bounded, answers from the handlers', async (t) => {
+  const socketPath = join(await tempDir(t), 'control.sock');
+  const seen: unknown[] = [];
+  const server = await ControlServer.start({
+    socketPath,
+    status: sampleStatus,
+    cni: {
+      add: (request) => {
+        seen.push(request);
+        return Promise.resolve({ ready: true, pending: 0, bound: { name: 'veth1', ifindex: 7 } });
+      },
+      del: (request) => Promise.resolve({ removed: request.containerId === 'c1' }),
+      check: () => Promise.resolve({ ok: false, reason: 'not registered' }),
+    },
+  });
+  t.teardown(() => server.close());
+  const add = { containerId: 'c1', netns: '/run/netns/p', ifName: 'eth0', ips: ['10.0.0.2'], waitMs: 2000, pod: { namespace: 'a', name: 'b', uid: 'u' } };
+  const added = await raw(socketPath, '/v1/cni/add', 'POST', JSON.stringify(add));
+  t.is(added.status, 200);
+  t.deepEqual(JSON.parse(added.text), { ready: true, pending: 0, bound: { name: 'veth1', ifindex: 7 } });
+  t.deepEqual(seen, [add]);
+  t.deepEqual(JSON.parse((await raw(socketPath, '/v1/cni/del', 'POST', '{"containerId":"c1"}')).text), { removed: true });
+  t.deepEqual(JSON.parse((await raw(socketPath, '/v1/cni/check', 'POST', '{"containerId":"c1"}')).text), { ok: false, reason: 'not registered' });
+
+  t.is((await raw(socketPath, '/v1/cni/add', 'GET')).status, 405);
+  const bad = await raw(socketPath, '/v1/cni/add', 'POST', JSON.stringify({ ...add, ips: ['not-an-ip'] }));
+  t.is(bad.status, 400);
+  t.regex(bad.text, /ips\.0/);
+  t.is((await raw(socketPath, '/v1/cni/add', 'POST', JSON.stringify({ ...add, extra: 1 }))).status, 400, 'unknown fields are refused');
+  t.is((await raw(socketPath, '/v1/cni/del', 'POST', '{"containerId":"../../etc"}')).status, 400);
+  t.is((await raw(socketPath, '/v1/cni/del', 'POST', '{')).status, 400);
+  t.is((await raw(socketPath, '/v1/status', 'GET', '{"a":1}')).status, 413, 'bodies only where CNI requests go');
+  await t.throwsAsync(raw(socketPath, '/v1/cni/add', 'POST', 'x'.repeat(64 * 1024)), undefined, 'a body past the bound is cut off');
+  t.is(seen.length, 1, 'no invalid request reached the agent');
+});
+
+test('without CNI handlers the CNI paths do not exist', async (t) => {
+  const socketPath = join(await tempDir(t), 'control.sock');
+  await startServer(t, socketPath);
+  t.is((await raw(socketPath, '/v1/cni/add', 'POST', '{}')).status, 413);
+  t.is((await raw(socketPath, '/v1/cni/add')).status, 404);
+});

@@ -3,7 +3,7 @@ import fc from 'fast-check';
 import { isDeepStrictEqual } from 'node:util';
 import type { V1Node, V1Pod } from '@kubernetes/client-node';
 import { ClusterStateTracker } from '../src/cluster/kubernetes/cluster-state.js';
-import { ConversionError, nodeInfo, podEndpoints, policyRule } from '../src/cluster/kubernetes/convert.js';
+import { ConversionError, nodeInfo, podEndpoints, policyRule, wiredPodEndpoints } from '../src/cluster/kubernetes/convert.js';
 import { kubernetesOptionsSchema } from '../src/cluster/kubernetes/options.js';
 import type { ClusterEvent, EndpointInfo } from '../src/cluster/types.js';
 import { AppliedState, node, pod, policy } from './helpers/cluster-events.js';
@@ -188,6 +188,16 @@ test('podEndpoints: a running dual-stack pod gives one endpoint per IP with its 
     { ip: '10.1.0.4', spiffeId: 'spiffe://cluster.test/ns/shop/sa/web', node: 'n1', namespace: 'shop', serviceAccount: 'web', labels: { app: 'web' }, owner: 'shop/web-1' },
     { ip: 'fd00:1::4', spiffeId: 'spiffe://cluster.test/ns/shop/sa/web', node: 'n1', namespace: 'shop', serviceAccount: 'web', labels: { app: 'web' }, owner: 'shop/web-1' },
   ]);
+});
+
+test('wiredPodEndpoints: a pod the CNI just wired, not running yet, gets the runtime’s addresses; only on its own node, never finished', (t) => {
+  const pending = pod({ namespace: 'shop', name: 'web-1', serviceAccount: 'web', node: 'n1', phase: 'Pending', labels: { app: 'web' } }) as V1Pod;
+  t.deepEqual(wiredPodEndpoints(pending, TD, 'n1', ['10.1.0.9']), [
+    { ip: '10.1.0.9', spiffeId: 'spiffe://cluster.test/ns/shop/sa/web', node: 'n1', namespace: 'shop', serviceAccount: 'web', labels: { app: 'web' }, owner: 'shop/web-1' },
+  ]);
+  t.throws(() => wiredPodEndpoints(pending, TD, 'n2', ['10.1.0.9']), { instanceOf: ConversionError, message: /not scheduled to node n2/ });
+  t.throws(() => wiredPodEndpoints(pod({ name: 'p', node: 'n1', phase: 'Succeeded' }) as V1Pod, TD, 'n1', ['10.1.0.9']), { instanceOf: ConversionError });
+  t.throws(() => wiredPodEndpoints({ ...pending, metadata: { ...pending.metadata, deletionTimestamp: new Date() } }, TD, 'n1', ['10.1.0.9']), { instanceOf: ConversionError });
 });
 
 test('podEndpoints: only running pods with IPs, never host-network pods; default service account', (t) => {

@@ -6,10 +6,10 @@ import { AuthCache, type AuthMap } from '../auth/cache.js';
 import { AuthManager, type PairAuthentication } from '../auth/manager.js';
 import { MemoryAuthMap } from '../auth/memory-map.js';
 import { NumericIds } from '../auth/numeric-ids.js';
-import type { PairKey } from '../auth/types.js';
+import type { KeyedPair, PairKey } from '../auth/types.js';
 import { staticSnapshot } from '../cluster/static-source.js';
 import { ClusterState } from '../cluster/state.js';
-import type { ClusterSource, NodeInfo } from '../cluster/types.js';
+import type { EndpointInfo, NodeInfo } from '../cluster/types.js';
 import { nodeIdentity, type Config } from '../config/config.js';
 import { Datapath } from '../datapath/gate/datapath.js';
 import type { Signal } from '../datapath/gate/layout.js';
@@ -32,6 +32,8 @@ import { MetricsServer } from '../metrics/server.js';
 import type { Logger } from '../util/logger.js';
 import { ControlServer } from '../control/server.js';
 import { GateInterfaces } from './gate-interfaces.js';
+import { CniService } from './cni-service.js';
+import { PodBindings, type PodBinding } from './pod-bindings.js';
 import { PeerManager } from './peers.js';
 import { planNode, type NodePlan } from './plan.js';
 import { removeStaleGateEntries } from './pinned-state.js';
@@ -63,6 +65,10 @@ export class Agent {
   /** How the gate checks other nodes' packets arrived (set once the transport is up). */
   private gateArrival: GateArrival = { transport: 'unset', wireguardIfindex: 0 };
   private gateInterfaces?: GateInterfaces;
+  private readonly pods: PodBindings;
+  private readonly cni: CniService;
+  /** Kubernetes only: the pod of a CNI registration, from the informer, before it runs. */
+  private wiredPod?: (pod: { namespace: string; name: string; uid?: string }, ips: readonly string[]) => EndpointInfo[];
   private readonly startedAt = new Date();
   private readonly timers: NodeJS.Timeout[] = [];
   private readonly closers: (() => Promise<void> | void)[] = [];
@@ -90,6 +96,31 @@ export class Agent {
     });
     this.metrics = this.families.agent;
     this.state = new ClusterState(config.nodeName);
+    const hostNetns = config.datapath.netns !== undefined ? { hostNetns: config.datapath.netns } : {};
+    this.pods = new PodBindings({ spoolDir: config.cni.spoolDir, ...hostNetns, logger: deps.logger });
+    this.cni = new CniService({
+      pods: this.pods,
+      state: this.state,
+      ...hostNetns,
+      replanNow: () => {
+        if (this.state.isSynced) this.applyPlan();
+      },
+      reloadStatic: () => {
+        if (!this.config.kubernetes.enabled) this.state.replaceAll(staticSnapshot(this.config.cluster));
+      },
+      podPairs: (ips) => this.podPairs(ips),
+      pairOutcome: (pair) => {
+        const state = this.auth.stateOf(pair);
+        if (!state) return undefined;
+        if (state.state === 'authenticated') return 'authenticated';
+        return state.state === 'failed' && state.lastError === 'unauthorized' ? 'refused' : 'waiting';
+      },
+      ...(config.kubernetes.enabled && {
+        identify: (binding: PodBinding) => (binding.pod && this.wiredPod ? this.wiredPod(binding.pod, binding.ips) : []),
+      }),
+      metrics: this.families.cni,
+      logger: deps.logger,
+    });
     this.transport =
       deps.transport ?? createTransport(config.transport, config.stateDir, deps.logger, this.families.transport, () => this.state.nodes.get(config.nodeName));
   }
@@ -242,6 +273,11 @@ export class Agent {
       this.closers.push(unsubscribe);
     }
 
+    // Pods the CNI plugin registered, also while no agent ran: their bindings are in the first plan.
+    const spool = await this.pods.loadSpool();
+    this.families.cni.spoolRejected.inc(spool.rejected);
+    for (const pod of spool.loaded) logger.info({ containerId: pod.containerId, pod: pod.owner, ips: pod.ips, interface: pod.bound.name }, 'pod registered from the CNI spool');
+
     // Cluster state. Nothing is applied (and so nothing garbage-collected) before the source's
     // initial sync: until then the pinned maps keep enforcing what they held.
     this.state.on('changed', () => this.queueReplan());
@@ -263,7 +299,7 @@ export class Agent {
       });
       this.closers.push(() => this.metricsServer?.close());
     }
-    this.controlServer = await ControlServer.start({ socketPath: config.control.socket, status: () => this.status() });
+    this.controlServer = await ControlServer.start({ socketPath: config.control.socket, status: () => this.status(), cni: this.cni, logger });
     this.closers.push(() => this.controlServer?.close());
     logger.info(
       {
@@ -282,11 +318,12 @@ export class Agent {
     if (this.config.kubernetes.enabled) {
       // Loaded only when used: the Kubernetes client is large, and agents without it start faster.
       const { KubernetesSource, loadKubeConfig } = await import('../cluster/kubernetes/source.js');
-      const source: ClusterSource = new KubernetesSource({
+      const source = new KubernetesSource({
         kubeConfig: loadKubeConfig(this.config.kubernetes.kubeconfig),
         trustDomain: this.config.kubernetes.trustDomain ?? this.config.trustDomain,
         logger: this.deps.logger,
       });
+      this.wiredPod = (pod, ips) => source.wiredPod(pod, this.config.nodeName, ips);
       this.closers.push(() => source.stop());
       await source.start((event) => this.state.apply(event));
     } else {
@@ -377,10 +414,13 @@ export class Agent {
   private applyPlan(): void {
     const previous = this.plan;
     const locals = this.state.localEndpoints();
-    const found = this.gateInterfaces?.interfacesOf(locals);
-    const plan = planNode(this.state, this.ids, this.config.cluster.policy.default, (endpoint) => found?.get(endpoint.ip) ?? endpoint.interface);
+    const found = this.gateInterfaces?.interfacesOf(locals, (ip) => this.pods.interfaceOf(ip));
+    const plan = planNode(this.state, this.ids, this.config.cluster.policy.default, (endpoint) => found?.get(endpoint.ip) ?? this.pods.interfaceOf(endpoint.ip) ?? endpoint.interface);
     addReservedPeers(plan, this.state, this.ids, this.config.cluster.policy.default, this.config.cluster.policy.exempt, this.reservedAddresses());
     if (found) this.metrics.setUngatedEndpoints(locals.filter((endpoint) => !found.has(endpoint.ip)).length);
+    // A registered pod whose identity is not known yet (its informer has not seen it run) is gated
+    // from the start, with no identity bound: its traffic meets the default mode until it is.
+    for (const name of this.pods.interfaceNames()) if (!plan.interfaces.has(name)) plan.interfaces.set(name, []);
     this.plan = plan;
     const remoteNodes = [...this.state.nodes.values()].filter((node) => node.name !== this.config.nodeName);
     this.peers.setNodes(remoteNodes);
@@ -497,6 +537,24 @@ export class Agent {
   private reconcile(): void {
     const repaired = this.cache.reconcile();
     if (repaired > 0) this.deps.logger.warn({ repaired }, 'auth map drift repaired');
+    // A pod's interface deleted, or its name taken by a new interface: that binding no longer holds.
+    void this.pods
+      .recheck()
+      .then((stale) => this.cni.revokeStale(stale))
+      .catch((err: unknown) => this.deps.logger.warn({ err: (err as Error).message }, 're-checking the pod interfaces failed'));
+  }
+
+  /** The desired pairs of the local endpoints at these addresses (either side). */
+  private podPairs(ips: readonly string[]): KeyedPair[] {
+    const identities = new Set<string>();
+    for (const ip of ips) {
+      const endpoint = this.state.endpointByIp(ip);
+      if (endpoint?.node === this.config.nodeName) identities.add(endpoint.spiffeId);
+    }
+    if (identities.size === 0 || !this.plan) return [];
+    return [...this.plan.pairs.values()].filter(
+      (pair) => identities.has(pair.localId) || (pair.remoteNode === this.config.nodeName && identities.has(pair.remoteId)),
+    );
   }
 
   private updateGauges(): void {

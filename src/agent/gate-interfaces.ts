@@ -1,6 +1,7 @@
 // Where the gate sits, and whom it sees there: attaches the gate to the host-side interface of
 // each local endpoint, binds each interface to its endpoint's identity, and finds the interface
-// of endpoints whose cluster source does not name one (Kubernetes) by asking the kernel.
+// of endpoints that neither the CNI plugin registered nor their cluster source names, through the
+// host's routes (routed CNIs only: see interface-resolver.ts).
 import type { EndpointInfo } from '../cluster/types.js';
 import type { Datapath } from '../datapath/gate/datapath.js';
 import { resolveHostInterface } from '../datapath/gate/interface-resolver.js';
@@ -48,16 +49,18 @@ export class GateInterfaces {
   constructor(private readonly options: GateInterfacesOptions) {}
 
   /**
-   * The interface of each local endpoint, by address: the one its source names, or the one found
-   * for it. Starts looking for the others; forgets addresses that are no longer local.
+   * The interface of each local endpoint, by address: the one the CNI plugin registered (read
+   * from the pod's namespace: authoritative), else the one its source names, else the one found
+   * through the routes. Starts looking for the others; forgets addresses that are no longer local.
    */
-  interfacesOf(locals: readonly EndpointInfo[]): Map<string, string> {
+  interfacesOf(locals: readonly EndpointInfo[], registered: (ip: string) => string | undefined = () => undefined): Map<string, string> {
     const found = new Map<string, string>();
     const current = new Set<string>();
     for (const endpoint of locals) {
       current.add(endpoint.ip);
-      if (endpoint.interface) {
-        found.set(endpoint.ip, endpoint.interface);
+      const named = registered(endpoint.ip) ?? endpoint.interface;
+      if (named) {
+        found.set(endpoint.ip, named);
         continue;
       }
       const owner = endpoint.owner ?? endpoint.spiffeId;

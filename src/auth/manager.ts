@@ -2,7 +2,7 @@ import { Backoff } from '../util/backoff.js';
 import type { Logger } from '../util/logger.js';
 import type { AuthCache } from './cache.js';
 import { ReauthScheduler, followerTiming, type ReauthTiming } from './scheduler.js';
-import { keyed, pairKeyString, type AuthTrigger, type CachedPair, type KeyedPair, type PairKey, type PairStatus, type SignalStatus } from './types.js';
+import { keyed, pairKeyString, type AuthTrigger, type CachedPair, type KeyedPair, type PairKey, type PairState, type PairStatus, type SignalStatus } from './types.js';
 
 /** What the handshake layer reports for a pair, from either role. */
 export interface PairAuthentication extends PairKey {
@@ -243,6 +243,14 @@ export class AuthManager {
       });
     }
     return out;
+  }
+
+  /** One desired pair's state and last failure class (undefined: not desired), without building the whole status. */
+  stateOf(pair: KeyedPair): { state: PairState; lastError?: string } | undefined {
+    if (!this.desired.has(pair.key)) return undefined;
+    if (this.options.cache.get(pair)) return { state: 'authenticated' };
+    const progress = this.progress.get(pair.key);
+    return { state: progress?.state ?? 'pending', ...(progress?.lastError !== undefined && { lastError: progress.lastError }) };
   }
 
   /** How many desired pairs are in each state (the meshauth_auth_pairs gauge). */

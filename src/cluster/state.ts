@@ -17,6 +17,8 @@ export class ClusterState extends EventEmitter<ClusterStateEvents> {
   readonly nodes = new Map<string, NodeInfo>();
   readonly endpoints = new Map<string, EndpointInfo>();
   readonly policies = new Map<string, PolicyRule>();
+  /** Local addresses whose pod the CNI deleted, by the owner it had: see revoke(). */
+  private readonly revoked = new Map<string, string | undefined>();
   private synced = false;
 
   constructor(readonly localNode: string) {
@@ -34,11 +36,17 @@ export class ClusterState extends EventEmitter<ClusterStateEvents> {
         else this.nodes.delete(event.name);
         break;
       case 'endpoint':
-        if (event.action === 'upsert') this.endpoints.set(normalizeIp(event.endpoint.ip), { ...event.endpoint, ip: normalizeIp(event.endpoint.ip) });
-        else {
+        if (event.action === 'upsert') {
+          const ip = normalizeIp(event.endpoint.ip);
+          // The pod is gone (CNI DEL) though its source has not said so yet: not brought back.
+          if (this.revoked.has(ip) && sameOwner(this.revoked.get(ip), event.endpoint.owner)) return;
+          this.endpoints.set(ip, { ...event.endpoint, ip });
+        } else {
           const ip = normalizeIp(event.ip);
           // A delete names the owner it is about, so a late delete cannot remove a new pod's endpoint.
           if (event.owner === undefined || this.endpoints.get(ip)?.owner === event.owner) this.endpoints.delete(ip);
+          // The source caught up with the revocation.
+          if (this.revoked.has(ip) && sameOwner(this.revoked.get(ip), event.owner)) this.revoked.delete(ip);
         }
         break;
       case 'policy':
@@ -74,6 +82,25 @@ export class ClusterState extends EventEmitter<ClusterStateEvents> {
     if (!this.synced) this.apply({ type: 'synced' });
   }
 
+  /**
+   * The runtime deleted the pod that had this address (CNI DEL): its endpoint goes now, before its
+   * source (an informer, the static config) says so, and stays gone: the source's upserts of that
+   * address for that owner are ignored until the source deletes it or the address is given to a
+   * pod again (unrevoke). An undefined owner (static endpoints, runtimes without pod names)
+   * matches any.
+   */
+  revoke(address: string, owner: string | undefined): void {
+    const ip = normalizeIp(address);
+    const endpoint = this.endpoints.get(ip);
+    if (endpoint && sameOwner(owner, endpoint.owner)) this.apply({ type: 'endpoint', action: 'delete', ip, ...(endpoint.owner !== undefined && { owner: endpoint.owner }) });
+    this.revoked.set(ip, owner); // after the delete, which would clear it
+  }
+
+  /** The address was given to a pod again (CNI ADD): its source's endpoints count again. */
+  unrevoke(address: string): boolean {
+    return this.revoked.delete(normalizeIp(address));
+  }
+
   localEndpoints(): EndpointInfo[] {
     return [...this.endpoints.values()].filter((e) => e.node === this.localNode);
   }
@@ -100,6 +127,10 @@ export function normalizeIp(address: string): string {
   if (mapped) return mapped[1]!;
   if (isIP(address) === 6) return new URL(`http://[${address}]`).hostname.slice(1, -1);
   return address;
+}
+
+function sameOwner(a: string | undefined, b: string | undefined): boolean {
+  return a === undefined || b === undefined || a === b;
 }
 
 function sameJson(a: unknown, b: unknown): boolean {

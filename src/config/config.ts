@@ -13,7 +13,7 @@ import { transportOptionsSchema } from '../datapath/transport/options.js';
 import { authOptionsSchema } from '../auth/options.js';
 import { datapathOptionsSchema } from '../datapath/gate/options.js';
 import { metricsOptionsSchema } from '../metrics/options.js';
-import { controlOptionsSchema } from '../control/options.js';
+import { cniOptionsSchema, controlOptionsSchema } from '../control/options.js';
 
 export const configSchema = z.strictObject({
   /** This node's name, as peers and Kubernetes know it; default $NODE_NAME (the DaemonSet sets it
@@ -39,6 +39,8 @@ export const configSchema = z.strictObject({
   datapath: datapathOptionsSchema.prefault({}),
   metrics: metricsOptionsSchema.prefault({}),
   control: controlOptionsSchema.prefault({}),
+  /** The meshauth CNI plugin's spool of pod records. */
+  cni: cniOptionsSchema.prefault({}),
 });
 
 /** The input form (durations as strings) and the parsed form (milliseconds). */

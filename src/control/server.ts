@@ -1,20 +1,46 @@
 // The agent's local control API: HTTP on a unix socket that only the agent's user can open
-// (socket 0600). GET /v1/status answers with the AgentStatus that `meshauth status` shows.
+// (socket 0600). GET /v1/status answers with the AgentStatus that `meshauth status` shows; POST
+// /v1/cni/{add,del,check} carry the CNI plugin's requests (cni-api.ts), each body validated here.
 import { lstat, mkdir, unlink } from 'node:fs/promises';
 import type { Server } from 'node:http';
 import { connect } from 'node:net';
 import { dirname } from 'node:path';
 import type { Logger } from '../util/logger.js';
 import { silentLogger } from '../util/logger.js';
-import { CALLBACK_TIMEOUT_MS, allowGetOnly, closeServer, createBoundedServer, listen, sendJson, sendText, withTimeout } from '../util/http-server.js';
+import type { IncomingMessage, ServerResponse } from 'node:http';
+import type { z } from 'zod';
+import { BodyError, CALLBACK_TIMEOUT_MS, allowGetOnly, closeServer, createBoundedServer, listen, readJsonBody, sendJson, sendText, withTimeout } from '../util/http-server.js';
+import {
+  CNI_PATHS,
+  cniAddRequestSchema,
+  cniCheckRequestSchema,
+  cniDelRequestSchema,
+  type CniAddRequest,
+  type CniAddResponse,
+  type CniCheckRequest,
+  type CniCheckResponse,
+  type CniDelRequest,
+  type CniDelResponse,
+} from './cni-api.js';
 import { agentStatusSchema, type AgentStatus } from './status.js';
 
 export const DEFAULT_CONTROL_SOCKET = '/run/meshauth/control.sock';
+
+/** A CNI request is a few hundred bytes; anything near this is not one. */
+const MAX_CNI_BODY_BYTES = 16 * 1024;
+
+/** What the agent does for the CNI plugin (absent: those paths answer 404). */
+export interface CniHandlers {
+  add(request: CniAddRequest): Promise<CniAddResponse>;
+  del(request: CniDelRequest): Promise<CniDelResponse>;
+  check(request: CniCheckRequest): Promise<CniCheckResponse>;
+}
 
 export interface ControlServerOptions {
   /** Default DEFAULT_CONTROL_SOCKET. Its directory should be the socket's own. */
   socketPath?: string;
   status: () => AgentStatus | Promise<AgentStatus>;
+  cni?: CniHandlers;
   logger?: Logger;
 }
 
@@ -37,8 +63,13 @@ export class ControlServer {
     await prepareDirectory(dirname(socketPath));
     await removeStaleSocket(socketPath);
 
+    const cniPaths = new Set<string>(Object.values(CNI_PATHS));
     const server = createBoundedServer(
       async (req, res, path) => {
+        if (options.cni && cniPaths.has(path)) {
+          await serveCni(options.cni, req, res, path);
+          return;
+        }
         if (path !== '/v1/status') {
           sendText(res, 404, 'not found\n');
           return;
@@ -50,6 +81,7 @@ export class ControlServer {
         sendJson(res, 200, agentStatusSchema.parse(status));
       },
       (err) => logger.error({ err }, 'control request failed'),
+      (path) => options.cni !== undefined && cniPaths.has(path),
     );
 
     // bind() creates the socket file with mode 0777 & ~umask, and a client can connect as soon as
@@ -75,6 +107,43 @@ export class ControlServer {
   /** Stops serving; Node removes the socket file. */
   close(): Promise<void> {
     return closeServer(this.server);
+  }
+}
+
+/**
+ * One CNI request: POST only, a JSON body that matches its schema (else 400 naming the field),
+ * answered with the handler's JSON. The handlers bound their own waits (ADD waits for pairs).
+ */
+async function serveCni(cni: CniHandlers, req: IncomingMessage, res: ServerResponse, path: string): Promise<void> {
+  if (req.method !== 'POST') {
+    res.setHeader('Allow', 'POST');
+    sendText(res, 405, 'method not allowed\n');
+    return;
+  }
+  let body: unknown;
+  try {
+    body = await readJsonBody(req, MAX_CNI_BODY_BYTES);
+  } catch (err) {
+    if (!(err instanceof BodyError)) throw err;
+    sendText(res, err.status, `${err.message}\n`);
+    return;
+  }
+  const parse = <T>(schema: z.ZodType<T>): T | undefined => {
+    const parsed = schema.safeParse(body);
+    if (parsed.success) return parsed.data;
+    const issue = parsed.error.issues[0];
+    sendText(res, 400, `invalid request: ${issue ? `${issue.path.join('.') || '(top level)'}: ${issue.message}` : 'unreadable'}\n`);
+    return undefined;
+  };
+  if (path === CNI_PATHS.add) {
+    const request = parse(cniAddRequestSchema);
+    if (request) sendJson(res, 200, await cni.add(request));
+  } else if (path === CNI_PATHS.del) {
+    const request = parse(cniDelRequestSchema);
+    if (request) sendJson(res, 200, await cni.del(request));
+  } else {
+    const request = parse(cniCheckRequestSchema);
+    if (request) sendJson(res, 200, await cni.check(request));
   }
 }
 

@@ -1,6 +1,7 @@
 // The pieces shared by the agent's two small HTTP servers (metrics on TCP, control on a unix
-// socket): both serve a few GET endpoints to local tools and scrapers, so both take no request
-// bodies, bound every phase of a request in time and size, and answer handler bugs with a 500.
+// socket): both serve a few GET endpoints to local tools and scrapers, take request bodies only
+// on the paths a server names (the control socket's CNI requests, small JSON), bound every phase
+// of a request in time and size, and answer handler bugs with a 500.
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { ListenOptions } from 'node:net';
 
@@ -23,8 +24,9 @@ const LIMITS = {
 /** How long a handler waits for the agent's status or readiness function before giving up. */
 export const CALLBACK_TIMEOUT_MS = 5_000;
 
-/** An HTTP server for GET endpoints: requests with a body get 413, errors thrown by the handler 500. */
-export function createBoundedServer(handler: Handler, onError: (err: unknown) => void): Server {
+/** An HTTP server for GET endpoints: requests with a body get 413 (except on the paths
+ *  `acceptsBody` names; the handler reads those with readJsonBody), errors thrown by the handler 500. */
+export function createBoundedServer(handler: Handler, onError: (err: unknown) => void, acceptsBody: (path: string) => boolean = () => false): Server {
   const server = createServer(
     {
       maxHeaderSize: LIMITS.maxHeaderSize,
@@ -34,17 +36,17 @@ export function createBoundedServer(handler: Handler, onError: (err: unknown) =>
       connectionsCheckingInterval: LIMITS.checkIntervalMs,
     },
     (req, res) => {
-      if (hasBody(req)) {
-        // Close after answering, so Node does not read (and discard) an unbounded body.
-        res.setHeader('Connection', 'close');
-        sendText(res, 413, 'request bodies are not accepted\n');
-        return;
-      }
       let path: string;
       try {
         path = new URL(req.url ?? '/', 'http://localhost').pathname;
       } catch {
         sendText(res, 400, 'bad request target\n');
+        return;
+      }
+      if (hasBody(req) && !acceptsBody(path)) {
+        // Close after answering, so Node does not read (and discard) an unbounded body.
+        res.setHeader('Connection', 'close');
+        sendText(res, 413, 'request bodies are not accepted\n');
         return;
       }
       Promise.resolve()
@@ -65,6 +67,42 @@ export function createBoundedServer(handler: Handler, onError: (err: unknown) =>
 function hasBody(req: IncomingMessage): boolean {
   const length = req.headers['content-length'];
   return req.headers['transfer-encoding'] !== undefined || (length !== undefined && length !== '0');
+}
+
+/** A request body that is refused: too big or not JSON. The handler answers it with its status. */
+export class BodyError extends Error {
+  constructor(
+    readonly status: 400 | 413,
+    message: string,
+  ) {
+    super(message);
+    this.name = 'BodyError';
+  }
+}
+
+/** The request's body parsed as JSON, refused past `maxBytes` (without buffering the rest). */
+export function readJsonBody(req: IncomingMessage, maxBytes: number): Promise<unknown> {
+  return new Promise((resolve, reject) => {
+    const chunks: Buffer[] = [];
+    let size = 0;
+    req.on('data', (chunk: Buffer) => {
+      size += chunk.length;
+      if (size > maxBytes) {
+        reject(new BodyError(413, `request body exceeds ${maxBytes} bytes`));
+        req.destroy();
+        return;
+      }
+      chunks.push(chunk);
+    });
+    req.on('error', reject);
+    req.on('end', () => {
+      try {
+        resolve(JSON.parse(Buffer.concat(chunks).toString('utf8')));
+      } catch {
+        reject(new BodyError(400, 'request body is not JSON'));
+      }
+    });
+  });
 }
 
 /** Only GET and HEAD are served; anything else on a known path gets 405. */

@@ -58,6 +58,25 @@ export function podEndpoints(pod: V1Pod, trustDomain: string): EndpointInfo[] {
 }
 
 /**
+ * The endpoints of a pod the CNI has just wired on `node` (CNI ADD: the pod is not Running yet,
+ * and its status may not list the addresses yet): the runtime's addresses, under the identity
+ * the pod's spec names. Refused unless the pod is scheduled to that node (a node vouches only for
+ * its own pods) and is neither finished nor being deleted.
+ */
+export function wiredPodEndpoints(pod: V1Pod, trustDomain: string, node: string, ips: readonly string[]): EndpointInfo[] {
+  const namespace = pod.metadata?.namespace;
+  const name = pod.metadata?.name;
+  if (!namespace || !name) throw new ConversionError('pod without metadata.namespace/name');
+  if (pod.spec?.nodeName !== node) throw new ConversionError(`pod ${namespace}/${name} is not scheduled to node ${node}`);
+  if (pod.metadata?.deletionTimestamp !== undefined || pod.status?.phase === 'Succeeded' || pod.status?.phase === 'Failed') {
+    throw new ConversionError(`pod ${namespace}/${name} is finished or being deleted`);
+  }
+  const serviceAccount = pod.spec?.serviceAccountName || 'default';
+  const spiffeId = workloadSpiffeId(trustDomain, namespace, serviceAccount);
+  return [...new Set(ips)].map((ip) => ({ ip, spiffeId, node, namespace, serviceAccount, labels: { ...(pod.metadata?.labels ?? {}) }, owner: `${namespace}/${name}` }));
+}
+
+/**
  * A node and the address peers reach it at: its first InternalIP (the primary address family on
  * dual-stack nodes). A node without one is refused rather than reached at some other address.
  */

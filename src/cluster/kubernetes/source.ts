@@ -28,7 +28,7 @@ import { Backoff, sleep } from '../../util/backoff.js';
 import { silentLogger, type Logger } from '../../util/logger.js';
 import type { ClusterEvent, ClusterSource, EndpointInfo } from '../types.js';
 import { ClusterStateTracker } from './cluster-state.js';
-import { nodeInfo, objectKey, podEndpoints, policyRule } from './convert.js';
+import { nodeInfo, objectKey, podEndpoints, policyRule, wiredPodEndpoints } from './convert.js';
 import { ResilientWatch } from './resilient-watch.js';
 import { POLICY_GROUP, POLICY_PLURAL, POLICY_VERSION, RESOURCE_PATHS, type WatchedResource } from './resources.js';
 
@@ -73,6 +73,7 @@ export class KubernetesSource implements ClusterSource {
   /** Nodes already reported as unusable, so a node's status updates do not repeat the warning. */
   private readonly unusableNodes = new Set<string>();
   private onEvent: ((event: ClusterEvent) => void) | undefined;
+  private pods?: ListWatch<V1Pod>;
   private stopped = false;
 
   constructor(private readonly options: KubernetesSourceOptions) {
@@ -87,7 +88,7 @@ export class KubernetesSource implements ClusterSource {
     const custom = kubeConfig.makeApiClient(CustomObjectsApi);
     const limit = this.options.pageSize ?? 500;
 
-    this.informer<V1Pod>('pods', (page) => core.listPodForAllNamespaces({ limit, _continue: page }), {
+    this.pods = this.informer<V1Pod>('pods', (page) => core.listPodForAllNamespaces({ limit, _continue: page }), {
       set: (pod) => this.setPod(pod),
       remove: (pod) => this.deliver(this.tracker.removePod(objectKey(pod.metadata))),
     });
@@ -120,7 +121,7 @@ export class KubernetesSource implements ClusterSource {
     resource: WatchedResource,
     listPage: (continueToken: string | undefined) => Promise<KubernetesListObject<T>>,
     handlers: Handlers<T>,
-  ): void {
+  ): ListWatch<T> {
     const backoff = new Backoff({ initialMs: this.options.backoff?.initialMs ?? 500, maxMs: this.options.backoff?.maxMs ?? 30_000 });
     const watch = new ResilientWatch(this.options.kubeConfig, backoff, this.abort.signal, {
       beforeWatch: () => this.listCompleted(resource),
@@ -143,6 +144,23 @@ export class KubernetesSource implements ClusterSource {
     informer.on(ERROR, (err: unknown) => void this.retry(resource, informer, backoff, err));
     this.informers.push(informer);
     this.begin(resource, informer, backoff);
+    return informer;
+  }
+
+  /**
+   * The endpoints of a pod the CNI has just wired on `node`, from the pod informer's cache: the
+   * pod object exists (scheduled, not yet Running) before its sandbox is created. Empty when the
+   * informer has not seen the pod yet, or has a pod of that name with another UID.
+   */
+  wiredPod(pod: { namespace: string; name: string; uid?: string }, node: string, ips: readonly string[]): EndpointInfo[] {
+    const object = this.pods?.get(pod.name, pod.namespace);
+    if (!object || (pod.uid !== undefined && object.metadata?.uid !== pod.uid)) return [];
+    try {
+      return wiredPodEndpoints(object, this.options.trustDomain, node, ips);
+    } catch (err) {
+      this.logger.warn({ pod: `${pod.namespace}/${pod.name}`, err: describe(err) }, 'CNI-registered pod ignored');
+      return [];
+    }
   }
 
   private begin<T extends KubernetesObject>(resource: WatchedResource, informer: ListWatch<T>, backoff: Backoff): void {
