@@ -32,7 +32,8 @@ import type { Logger } from '../util/logger.js';
 import { ControlServer } from '../control/server.js';
 import { GateInterfaces } from './gate-interfaces.js';
 import { PeerManager } from './peers.js';
-import { planNode, type NodePlan } from './plan.js';
+import { NodePlanner } from './node-planner.js';
+import { PlanWriter } from './plan-writer.js';
 import type { AgentStatus } from '../control/status.js';
 import { assembleNodeFrame, type Transport } from '../datapath/transport/transport.js';
 import { createTransport } from '../datapath/transport/factory.js';
@@ -53,7 +54,11 @@ export class Agent {
   private readonly families: AgentMetricFamilies;
   private readonly metrics: AgentMetrics;
   private readonly state: ClusterState;
-  private plan?: NodePlan;
+  private planner!: NodePlanner;
+  private planWriter?: PlanWriter;
+  /** Whether a plan has been applied since the start (the first one is the complete state). */
+  private planned = false;
+  private appliedDefaultMode?: string;
   private replanQueued = false;
   private gateInterfaces?: GateInterfaces;
   private readonly startedAt = new Date();
@@ -112,6 +117,7 @@ export class Agent {
     const logger = deps.logger;
     await mkdir(config.stateDir, { recursive: true, mode: 0o700 });
     this.ids = await NumericIds.load(join(config.stateDir, 'numeric-ids.json'));
+    this.planner = new NodePlanner({ localNode: config.nodeName, ids: this.ids, defaultMode: config.cluster.policy.default });
 
     // Datapath first: enforcement continues from the pinned maps while everything else starts.
     let map: AuthMap = new MemoryAuthMap();
@@ -123,6 +129,7 @@ export class Agent {
       });
       this.closers.push(() => this.datapath?.close());
       map = this.datapath;
+      this.planWriter = new PlanWriter(this.datapath, this.families.plan, logger);
       const gateInterfaces = new GateInterfaces({
         datapath: this.datapath,
         ...(config.datapath.netns !== undefined && { netns: config.datapath.netns }),
@@ -234,7 +241,14 @@ export class Agent {
 
     // Cluster state. Nothing is applied (and so nothing garbage-collected) before the source's
     // initial sync: until then the pinned maps keep enforcing what they held.
-    this.state.on('changed', () => this.queueReplan());
+    this.state.on('changed', (event) => {
+      this.planner.apply(event);
+      this.queueReplan();
+    });
+    this.state.on('rejected', (rejection) => {
+      this.families.plan.rejected.inc({ reason: rejection.reason });
+      logger.warn(rejection, rejection.reason === 'node_address_conflict' ? 'two nodes claim one address: handshakes from it are refused' : 'endpoint refused: its IP is not in its node\'s pod CIDRs');
+    });
     await this.startClusterSource();
 
     const reconcile = setInterval(() => this.reconcile(), config.auth.reconcileInterval);
@@ -292,8 +306,9 @@ export class Agent {
     if (restartOnly.length > 0) this.deps.logger.warn({ keys: restartOnly }, 'these config changes take effect only after a restart');
     // The cluster section and the proactive switch apply at once; the rest waits for a restart.
     this.config = { ...this.config, cluster: config.cluster, auth: { ...this.config.auth, proactive: config.auth.proactive } };
+    this.planner.setDefaultMode(config.cluster.policy.default);
     if (!this.config.kubernetes.enabled) this.state.replaceAll(staticSnapshot(config.cluster));
-    else this.queueReplan();
+    this.queueReplan();
     this.deps.logger.info('configuration reloaded');
   }
 
@@ -362,30 +377,35 @@ export class Agent {
     });
   }
 
+  /**
+   * Applies what changed in the plan since the last time; the first time, the complete plan. Only
+   * changed entries reach the datapath, and the numeric-id file is written only when a number was
+   * allocated or released.
+   */
   private applyPlan(): void {
-    const previous = this.plan;
-    const locals = this.state.localEndpoints();
+    const first = !this.planned;
+    this.planned = true;
+    const locals = this.planner.localEndpoints();
     const found = this.gateInterfaces?.interfacesOf(locals);
-    const plan = planNode(this.state, this.ids, this.config.cluster.policy.default, (endpoint) => found?.get(endpoint.ip) ?? endpoint.interface);
+    const delta = this.planner.delta((endpoint) => found?.get(endpoint.ip) ?? endpoint.interface);
     if (found) this.metrics.setUngatedEndpoints(locals.filter((endpoint) => !found.has(endpoint.ip)).length);
-    this.plan = plan;
-    const remoteNodes = [...this.state.nodes.values()].filter((node) => node.name !== this.config.nodeName);
-    this.peers.setNodes(remoteNodes);
+    if (first || delta.nodesChanged) this.peers.setNodes([...this.state.nodes.values()].filter((node) => node.name !== this.config.nodeName));
     // Pairs first: entries of removed endpoints, identities, nodes or policy leave the map before
     // any address is re-mapped to a new identity.
-    this.auth.setDesired(plan.pairs);
+    this.auth.changeDesired(delta.pairs.added, delta.pairs.removed);
     if (this.datapath) {
-      this.datapath.setConfig({ defaultMode: this.config.cluster.policy.default === 'required' ? 'require' : 'allow' });
-      for (const prefix of previous?.ipcache.keys() ?? []) if (!plan.ipcache.has(prefix)) this.datapath.deleteIpcache(prefix);
-      for (const [prefix, entry] of plan.ipcache) {
-        const old = previous?.ipcache.get(prefix);
-        if (!old || old.identity !== entry.identity || old.node !== entry.node) this.datapath.setIpcache(prefix, entry);
+      const defaultMode = this.config.cluster.policy.default;
+      if (defaultMode !== this.appliedDefaultMode) {
+        this.datapath.setConfig({ defaultMode: defaultMode === 'required' ? 'require' : 'allow' });
+        this.appliedDefaultMode = defaultMode;
       }
-      for (const [id, policy] of previous?.policy ?? []) if (!plan.policy.has(id)) this.datapath.deletePolicy(policy.key);
-      for (const [id, policy] of plan.policy) if (previous?.policy.get(id)?.authType !== policy.authType) this.datapath.setPolicy(policy.key, policy.authType);
-      this.gateInterfaces?.apply(plan.interfaces);
+      this.planWriter?.write(delta);
+      this.gateInterfaces?.apply(delta.interfaces);
     }
-    this.store.setWanted(plan.localIdentities.map((id) => SpiffeId.parse(id)));
+    this.store.setWanted(delta.localIdentities.map((id) => SpiffeId.parse(id)));
+    // Numbers are freed only now that no entry in any map uses them; at the first plan also those a
+    // previous run left that the restored entries no longer need.
+    this.planner.releaseUnused(first);
     void this.ids.save().catch((err: unknown) => this.deps.logger.error({ err: (err as Error).message }, 'saving the identity numbering failed'));
   }
 

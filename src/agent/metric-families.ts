@@ -5,12 +5,14 @@ import { HandshakeMetrics } from '../handshake/handshake-metrics.js';
 import { IdentityMetrics } from '../identity/identity-metrics.js';
 import { TransportMetrics } from '../datapath/transport/metrics.js';
 import { AgentMetrics, type AgentMetricsOptions } from './agent-metrics.js';
+import { PlanMetrics } from './plan-metrics.js';
 
 export interface AgentMetricFamilies {
   agent: AgentMetrics;
   identity: IdentityMetrics;
   handshake: HandshakeMetrics;
   transport: TransportMetrics;
+  plan: PlanMetrics;
 }
 
 export function registerAgentMetrics(registry: Registry, options?: AgentMetricsOptions): AgentMetricFamilies {
@@ -19,5 +21,6 @@ export function registerAgentMetrics(registry: Registry, options?: AgentMetricsO
     identity: new IdentityMetrics(registry),
     handshake: new HandshakeMetrics(registry),
     transport: new TransportMetrics(registry),
+    plan: new PlanMetrics(registry),
   };
 }
