@@ -233,3 +233,26 @@ test('the numeric-id file is written only when a number was allocated or release
   await ids.save();
   t.deepEqual(JSON.parse(await readFile(path, 'utf8')), { identities: {}, nodes: {} });
 });
+
+test('requiring wins per identity pair: one exempted pod does not exempt the other pods of its identity under default required', async (t) => {
+  const ids = await NumericIds.load();
+  const exemptX: ClusterEvent = {
+    type: 'policy',
+    action: 'upsert',
+    policy: { name: 'x-to-db', source: { labels: { app: 'x' } }, destination: { spiffeId: db.spiffeId }, mode: 'disabled' },
+  };
+  const events: ClusterEvent[] = [
+    ...nodes,
+    { type: 'endpoint', action: 'upsert', endpoint: { ...web, labels: { app: 'x' } } },
+    { type: 'endpoint', action: 'upsert', endpoint: { ...web, ip: '10.0.1.9', owner: 'shop/web-2' } },
+    { type: 'endpoint', action: 'upsert', endpoint: db },
+    exemptX,
+  ];
+  const plan = planNode(events, ids, 'required');
+  // The gate keys policy by identity: an exemption entry would let web-2 reach db unauthenticated.
+  t.false(plan.policy.has(`${ids.identity(web.spiffeId)}:${ids.identity(db.spiffeId)}:egress`));
+  t.true([...plan.pairs.values()].some((pair) => pair.localId === web.spiffeId && pair.remoteId === db.spiffeId));
+  // With every web pod exempted, the exemption is written.
+  const allExempt = planNode([...events, { type: 'endpoint', action: 'upsert', endpoint: { ...web, ip: '10.0.1.9', owner: 'shop/web-2', labels: { app: 'x' } } }], ids, 'required');
+  t.is(allExempt.policy.get(`${ids.identity(web.spiffeId)}:${ids.identity(db.spiffeId)}:egress`)?.authType, 0);
+});

@@ -127,12 +127,11 @@ export class AuthManager {
     }
     const desired = this.desired as Map<string, KeyedPair>;
     for (const pair of removed) desired.delete(pair.key);
+    const fresh = added.filter((pair) => !desired.has(pair.key));
+    for (const pair of fresh) desired.set(pair.key, pair);
+    // Revocation (and the sweep of restored pairs) once the set is complete, then the new pairs.
     this.revoke(removed);
-    for (const pair of added) {
-      if (desired.has(pair.key)) continue;
-      desired.set(pair.key, pair);
-      if (!this.options.cache.get(pair)) this.want(pair);
-    }
+    for (const pair of fresh) if (!this.options.cache.get(pair)) this.want(pair);
   }
 
   /** Pairs that left the desired set: their entries leave the datapath at once. */
