@@ -2,7 +2,7 @@ import type { NumericIds } from '../auth/numeric-ids.js';
 import { keyed, type KeyedPair } from '../auth/types.js';
 import { decide, matches } from '../cluster/policy.js';
 import type { ClusterEvent, EndpointInfo, PolicyMode, PolicyRule } from '../cluster/types.js';
-import type { Direction, IpcacheEntry } from '../datapath/gate/layout.js';
+import type { Direction, IpcacheEntry, PolicyKey } from '../datapath/gate/layout.js';
 import { hostPrefix, interfaceBindings, policyAuthType, policyId, type NodePlan, type PlanDelta, type PolicyEntry } from './plan.js';
 
 // The node's plan (plan.ts), kept up to date event by event. Every event costs work proportional to
@@ -26,6 +26,12 @@ interface Decision {
   ingress: boolean;
 }
 
+/** The policy entries a couple counts towards, built once per couple rather than per member. */
+interface CouplePolicy {
+  egress: { key: PolicyKey; id: string };
+  ingress: { key: PolicyKey; id: string };
+}
+
 /** Endpoints alike for every policy rule. */
 interface Profile {
   readonly key: string;
@@ -46,6 +52,8 @@ interface Local extends Member {
   identity: number;
   /** The decision for every profile, by profile key. */
   decisions: Map<string, Decision>;
+  /** The policy entries of every profile, by profile key. */
+  policyEntries: Map<string, CouplePolicy>;
 }
 
 interface PolicyCount {
@@ -231,7 +239,7 @@ export class NodePlanner {
     this.setIpcache(hostPrefix(endpoint.ip), { identity: profile.identity, node: this.ids.node(endpoint.node) });
     for (const local of this.locals.values()) this.countMember(local, profile, endpoint.node, +1);
     if (endpoint.node !== this.localNode) return;
-    const local: Local = { ...member, identity: profile.identity, decisions: new Map() };
+    const local: Local = { ...member, identity: profile.identity, decisions: new Map(), policyEntries: new Map() };
     this.locals.set(endpoint.ip, local);
     for (const other of this.profiles.values()) this.countCouple(local, other, this.decision(local, other), +1);
   }
@@ -271,7 +279,10 @@ export class NodePlanner {
     else profile.byNode.set(node, onNode);
     if (profile.members > 0) return;
     this.profiles.delete(profile.key);
-    for (const local of this.locals.values()) local.decisions.delete(profile.key);
+    for (const local of this.locals.values()) {
+      local.decisions.delete(profile.key);
+      local.policyEntries.delete(profile.key);
+    }
   }
 
   private reference(endpoint: EndpointInfo): void {
@@ -303,8 +314,9 @@ export class NodePlanner {
     const self = local.profile === profile;
     const weight = profile.members - (self ? 1 : 0);
     if (weight === 0) return;
-    this.countPolicy(local.identity, profile.identity, 'egress', decision.egress, sign * weight);
-    this.countPolicy(local.identity, profile.identity, 'ingress', decision.ingress, sign * weight);
+    const entries = this.policyEntries(local, profile);
+    this.countPolicy(entries.egress, decision.egress, sign * weight);
+    this.countPolicy(entries.ingress, decision.ingress, sign * weight);
     if (!decision.egress && !decision.ingress) return;
     for (const [node, members] of profile.byNode) {
       const others = members - (self && node === local.endpoint.node ? 1 : 0);
@@ -315,14 +327,26 @@ export class NodePlanner {
   /** A local endpoint and one member of a profile (not itself) on a node. */
   private countMember(local: Local, profile: Profile, node: string, sign: 1 | -1): void {
     const decision = this.decision(local, profile);
-    this.countPolicy(local.identity, profile.identity, 'egress', decision.egress, sign);
-    this.countPolicy(local.identity, profile.identity, 'ingress', decision.ingress, sign);
+    const entries = this.policyEntries(local, profile);
+    this.countPolicy(entries.egress, decision.egress, sign);
+    this.countPolicy(entries.ingress, decision.ingress, sign);
     if (decision.egress || decision.ingress) this.countPair(local.endpoint.spiffeId, profile.subject.spiffeId, node, sign);
   }
 
-  private countPolicy(localIdentity: number, remoteIdentity: number, direction: Direction, required: boolean, change: number): void {
-    const key = { localIdentity, remoteIdentity, direction };
-    const id = policyId(key);
+  private policyEntries(local: Local, profile: Profile): CouplePolicy {
+    let entries = local.policyEntries.get(profile.key);
+    if (!entries) {
+      const entry = (direction: Direction) => {
+        const key = { localIdentity: local.identity, remoteIdentity: profile.identity, direction };
+        return { key, id: policyId(key) };
+      };
+      entries = { egress: entry('egress'), ingress: entry('ingress') };
+      local.policyEntries.set(profile.key, entries);
+    }
+    return entries;
+  }
+
+  private countPolicy({ key, id }: { key: PolicyKey; id: string }, required: boolean, change: number): void {
     this.touchPolicy(id);
     let count = this.policy.get(id);
     if (!count) this.policy.set(id, (count = { key, total: 0, required: 0 }));

@@ -10,6 +10,8 @@
 //   endpoint is deleted *before* the new one is upserted, so there is never a moment in which the
 //   new pod runs under the old pod's identity. The most recent claim wins; when it goes away and an
 //   older claimant still reports the IP, that one owns it again.
+//   Whether a claim takes effect is then the ClusterState's to decide: only a claim whose node's
+//   pod CIDRs contain the IP does (a node vouches only for its own addresses).
 // - An unchanged object emits nothing, so a relist that finds the same state is silent.
 import { isDeepStrictEqual } from 'node:util';
 import type { ClusterEvent, EndpointInfo, NodeInfo, PolicyRule } from '../types.js';
