@@ -256,3 +256,27 @@ test('requiring wins per identity pair: one exempted pod does not exempt the oth
   const allExempt = planNode([...events, { type: 'endpoint', action: 'upsert', endpoint: { ...web, ip: '10.0.1.9', owner: 'shop/web-2', labels: { app: 'x' } } }], ids, 'required');
   t.is(allExempt.policy.get(`${ids.identity(web.spiffeId)}:${ids.identity(db.spiffeId)}:egress`)?.authType, 0);
 });
+
+test('a remote endpoint joining a profile that held only a local endpoint brings the couple of that local endpoint with it', async (t) => {
+  const ids = await NumericIds.load();
+  const sameNamespace: ClusterEvent = {
+    type: 'policy',
+    action: 'upsert',
+    policy: { name: 'shop', source: { namespace: 'shop' }, destination: { namespace: 'shop' }, mode: 'required' },
+  };
+  const local = { ...web, namespace: 'shop', serviceAccount: 'web' };
+  const twin = { ...local, ip: '10.0.2.7', node: 'b', owner: 'shop/web-2', interface: undefined };
+  const state = new ClusterState('a');
+  const planner = new NodePlanner({ localNode: 'a', ids, defaultMode: 'disabled' });
+  state.on('changed', (event) => planner.apply(event));
+  for (const event of [...nodes, sameNamespace, { type: 'endpoint', action: 'upsert', endpoint: local }] as ClusterEvent[]) state.apply(event);
+  const entry = `${ids.identity(web.spiffeId)}:${ids.identity(web.spiffeId)}:egress`;
+  t.false(planner.plan(() => undefined).policy.has(entry), 'alone, web has no couple with itself');
+  state.apply({ type: 'endpoint', action: 'upsert', endpoint: twin });
+  const plan = planner.plan(() => undefined);
+  t.is(plan.policy.get(entry)?.authType, 1);
+  t.deepEqual([...plan.pairs.values()].map((pair) => pair.remoteNode), ['b']);
+  state.apply({ type: 'endpoint', action: 'delete', ip: twin.ip });
+  t.false(planner.plan(() => undefined).policy.has(entry));
+  t.is(planner.plan(() => undefined).pairs.size, 0);
+});

@@ -11,10 +11,12 @@ import { hostPrefix, interfaceBindings, policyAuthType, policyId, type NodePlan,
 // - Endpoints that policy cannot tell apart — same SPIFFE ID, namespace, service account and
 //   labels — form one *profile*. Policy is decided once per (local endpoint, profile), not per
 //   endpoint pair: 150,000 pods are a few thousand profiles, and this node has ~100 local pods.
-// - The outputs are counted: a policy entry from how many endpoint pairs of its identities (and how
-//   many of them require authentication), a desired pair from how many endpoint pairs want it. A
-//   remote endpoint that appears or leaves adds or subtracts one per local endpoint; a local one
-//   adds or subtracts its decision for every profile, weighted by the profile's members.
+// - The outputs are counted: a policy entry from how many (local endpoint, profile) couples of its
+//   identities exist (and how many of them require authentication), a desired pair from how many
+//   couples that require it have a member on its node. An endpoint that appears or leaves changes a
+//   count only where it makes a couple or a pair appear or vanish — the first member of a profile,
+//   or of a profile on a node — so most pod events cost a few map operations; a local endpoint
+//   counts its couple with every profile.
 // - A policy change re-decides only the (local endpoint, profile) couples its old or new selectors
 //   match; a change of the default mode re-decides everything (a restart-class change).
 // - Each output remembers its value at the last delta the first time it is touched, so a delta
@@ -41,6 +43,10 @@ interface Profile {
   members: number;
   /** Members per node: one pair per (local identity, remote identity, remote node). */
   readonly byNode: Map<string, number>;
+  /** Local endpoints that are members of this profile themselves. */
+  readonly locals: Set<Local>;
+  /** Local endpoints whose couple with this profile requires authentication in either direction. */
+  readonly requiredBy: Set<Local>;
 }
 
 interface Member {
@@ -237,10 +243,11 @@ export class NodePlanner {
     this.members.set(endpoint.ip, member);
     this.reference(endpoint);
     this.setIpcache(hostPrefix(endpoint.ip), { identity: profile.identity, node: this.ids.node(endpoint.node) });
-    for (const local of this.locals.values()) this.countMember(local, profile, endpoint.node, +1);
+    this.memberChanged(profile, endpoint, +1);
     if (endpoint.node !== this.localNode) return;
     const local: Local = { ...member, identity: profile.identity, decisions: new Map(), policyEntries: new Map() };
     this.locals.set(endpoint.ip, local);
+    profile.locals.add(local);
     for (const other of this.profiles.values()) this.countCouple(local, other, this.decision(local, other), +1);
   }
 
@@ -250,10 +257,14 @@ export class NodePlanner {
     const { endpoint, profile } = member;
     const local = this.locals.get(ip);
     if (local) {
-      for (const other of this.profiles.values()) this.countCouple(local, other, this.decision(local, other), -1);
+      for (const other of this.profiles.values()) {
+        this.countCouple(local, other, this.decision(local, other), -1);
+        other.requiredBy.delete(local);
+      }
       this.locals.delete(ip);
+      profile.locals.delete(local);
     }
-    for (const other of this.locals.values()) this.countMember(other, profile, endpoint.node, -1);
+    this.memberChanged(profile, endpoint, -1);
     this.members.delete(ip);
     this.leaveProfile(profile, endpoint.node);
     this.setIpcache(hostPrefix(ip), undefined);
@@ -264,8 +275,18 @@ export class NodePlanner {
     const key = profileKey(endpoint);
     let profile = this.profiles.get(key);
     if (!profile) {
-      profile = { key, subject: endpoint, identity: this.ids.identity(endpoint.spiffeId), members: 0, byNode: new Map() };
+      profile = {
+        key,
+        subject: endpoint,
+        identity: this.ids.identity(endpoint.spiffeId),
+        members: 0,
+        byNode: new Map(),
+        locals: new Set(),
+        requiredBy: new Set(),
+      };
       this.profiles.set(key, profile);
+      // Every couple has its decision from the moment both sides exist.
+      for (const local of this.locals.values()) this.decision(local, profile);
     }
     profile.members++;
     profile.byNode.set(endpoint.node, (profile.byNode.get(endpoint.node) ?? 0) + 1);
@@ -282,6 +303,36 @@ export class NodePlanner {
     for (const local of this.locals.values()) {
       local.decisions.delete(profile.key);
       local.policyEntries.delete(profile.key);
+    }
+  }
+
+  /**
+   * A member joined (+1, counted in already) or is leaving (-1, still counted in) a profile: only
+   * the couples and pairs that this makes appear or vanish change — a couple exists while the
+   * profile has a member other than the local endpoint itself, a pair while it has one on that
+   * node. Most members join a profile that has others on their node and change nothing.
+   */
+  private memberChanged(profile: Profile, endpoint: EndpointInfo, sign: 1 | -1): void {
+    const node = endpoint.node;
+    // The counts without this member: a local endpoint's couple or pair appears or vanishes when,
+    // without the member, the profile held nothing but the local endpoint itself (or nothing).
+    const others = profile.members - 1;
+    const othersOnNode = profile.byNode.get(node)! - 1;
+    if (others <= 1) {
+      for (const local of others === 0 ? this.locals.values() : profile.locals) {
+        if (local.endpoint.ip === endpoint.ip || others !== (local.profile === profile ? 1 : 0)) continue;
+        const entries = this.policyEntries(local, profile);
+        const decision = this.decision(local, profile);
+        this.countPolicy(entries.egress, decision.egress, sign);
+        this.countPolicy(entries.ingress, decision.ingress, sign);
+      }
+    }
+    if (othersOnNode <= 1) {
+      for (const local of profile.requiredBy) {
+        const self = local.profile === profile && local.endpoint.node === node ? 1 : 0;
+        if (local.endpoint.ip === endpoint.ip || othersOnNode !== self) continue;
+        this.countPair(local.endpoint.spiffeId, profile.subject.spiffeId, node, sign);
+      }
     }
   }
 
@@ -305,32 +356,23 @@ export class NodePlanner {
         ingress: decide(this.ruleList, profile.subject, local.endpoint, this.defaultMode) === 'required',
       };
       local.decisions.set(profile.key, decision);
+      if (decision.egress || decision.ingress) profile.requiredBy.add(local);
+      else profile.requiredBy.delete(local);
     }
     return decision;
   }
 
-  /** A local endpoint and every member of a profile but itself. */
+  /** A local endpoint and a profile: present while the profile has a member other than the local endpoint. */
   private countCouple(local: Local, profile: Profile, decision: Decision, sign: 1 | -1): void {
     const self = local.profile === profile;
-    const weight = profile.members - (self ? 1 : 0);
-    if (weight === 0) return;
-    const entries = this.policyEntries(local, profile);
-    this.countPolicy(entries.egress, decision.egress, sign * weight);
-    this.countPolicy(entries.ingress, decision.ingress, sign * weight);
-    if (!decision.egress && !decision.ingress) return;
-    for (const [node, members] of profile.byNode) {
-      const others = members - (self && node === local.endpoint.node ? 1 : 0);
-      if (others > 0) this.countPair(local.endpoint.spiffeId, profile.subject.spiffeId, node, sign * others);
-    }
-  }
-
-  /** A local endpoint and one member of a profile (not itself) on a node. */
-  private countMember(local: Local, profile: Profile, node: string, sign: 1 | -1): void {
-    const decision = this.decision(local, profile);
+    if (profile.members - (self ? 1 : 0) === 0) return;
     const entries = this.policyEntries(local, profile);
     this.countPolicy(entries.egress, decision.egress, sign);
     this.countPolicy(entries.ingress, decision.ingress, sign);
-    if (decision.egress || decision.ingress) this.countPair(local.endpoint.spiffeId, profile.subject.spiffeId, node, sign);
+    if (!decision.egress && !decision.ingress) return;
+    for (const [node, members] of profile.byNode) {
+      if (members - (self && node === local.endpoint.node ? 1 : 0) > 0) this.countPair(local.endpoint.spiffeId, profile.subject.spiffeId, node, sign);
+    }
   }
 
   private policyEntries(local: Local, profile: Profile): CouplePolicy {
