@@ -21,6 +21,8 @@ export interface AgentProcessOptions {
 
 export class AgentProcess {
   private exited = false;
+  /** The end of its log (errors only). */
+  log = '';
 
   private constructor(
     private readonly child: ChildProcess,
@@ -64,14 +66,14 @@ export class AgentProcess {
       stdio: ['ignore', 'ignore', 'pipe'],
       env: { ...process.env, MESHAUTH_LOG_LEVEL: 'error' },
     });
-    let errors = '';
+    const agent = new AgentProcess(child, options.metricsPort);
     child.stderr?.on('data', (chunk: Buffer) => {
-      if (errors.length < 4000) errors += chunk.toString();
+      agent.log = (agent.log + chunk.toString()).slice(-8000);
     });
     child.once('exit', (code) => {
-      if (code !== 0 && code !== null) process.stderr.write(`agent exited with ${code}: ${errors}\n`);
+      if (code !== 0 && code !== null) process.stderr.write(`agent exited with ${code}: ${agent.log}\n`);
     });
-    return new AgentProcess(child, options.metricsPort);
+    return agent;
   }
 
   get pid(): number {

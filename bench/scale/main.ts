@@ -1,4 +1,4 @@
-// Scale benchmark (root): `npm run bench:scale [-- --json] [-- --small]`. One real agent given a
+// Scale benchmark (root): `npm run bench:scale [-- --json] [-- --small | --large]`. One real agent given a
 // static Kubernetes cluster by the test API server (test/servers/kube-api-server.ts), as a new user
 // would measure it: 500 nodes / 15,000 pods, then 5,000 nodes / 150,000 pods; 30 local pods, 50
 // MutualAuthPolicies (bench/scale/cluster.ts). The whole run happens in a network namespace of its
@@ -56,12 +56,9 @@ import { AgentProcess } from './agent-process.js';
 import { clusterNode, clusterObjects, clusterPod, LOCAL_NODE, podIp, podsPerNode, type Scale } from './cluster.js';
 
 const json = process.argv.includes('--json');
-const SCALES: Scale[] = process.argv.includes('--small')
-  ? [{ nodes: 500, pods: 15_000, rules: 50 }]
-  : [
-      { nodes: 500, pods: 15_000, rules: 50 },
-      { nodes: 5_000, pods: 150_000, rules: 50 },
-    ];
+const SMALL: Scale = { nodes: 500, pods: 15_000, rules: 50 };
+const LARGE: Scale = { nodes: 5_000, pods: 150_000, rules: 50 };
+const SCALES: Scale[] = process.argv.includes('--small') ? [SMALL] : process.argv.includes('--large') ? [LARGE] : [SMALL, LARGE];
 const TARGETS = { syncS: 15, rssMb: 300, eventToMapMs: 100, cpuPercent: 15 };
 const EVENTS = 200;
 const EVENT_SPACING_MS = 50;
@@ -122,9 +119,10 @@ async function main(): Promise<void> {
   const results: ScaleFigures[] = [];
   for (const scale of SCALES) {
     checkpoint();
-    results.push(await measureScale(scale));
+    const figures = await measureScale(scale);
+    print(figures);
+    results.push(figures);
   }
-  for (const figures of results) print(figures);
   if (json) console.log(JSON.stringify({ benchmark: 'scale', targets: TARGETS, scales: results }));
 }
 
@@ -223,7 +221,10 @@ async function runAgent(
   let localPodsBytes = 0;
   if (events) {
     checkpoint();
-    eventMs = await eventsToMap(server, scale, ipcache);
+    eventMs = await eventsToMap(server, scale, ipcache).catch(async (err: unknown) => {
+      const failures = await agent.metric('meshauth_datapath_write_failures_total').catch(() => NaN);
+      throw new Error(`${(err as Error).message}; agent RSS ${fmt(await agent.rssMb())} MB, write failures ${failures}, its log: ${agent.log}`);
+    });
     let serial = 0;
     churnCpu = await cpuOver(agent, CHURN_SECONDS * 1000, (stop) => churn(server, scale, stop, () => serial++));
     const response = await fetch(`${server.url}/api/v1/pods?fieldSelector=spec.nodeName%3D${LOCAL_NODE}`, { headers: { authorization: `Bearer ${server.token}` } });
