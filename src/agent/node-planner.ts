@@ -89,7 +89,6 @@ export class NodePlanner {
   private readonly profiles = new Map<string, Profile>();
   private readonly members = new Map<string, Member>();
   private readonly locals = new Map<string, Local>();
-  private readonly ipcache = new Map<string, IpcacheEntry>();
   private readonly policy = new Map<string, PolicyCount>();
   private readonly pairs = new Map<string, PairCount>();
   /** Endpoints holding each identity number and each node number: at zero the number is released. */
@@ -98,6 +97,7 @@ export class NodePlanner {
   private readonly unreferenced = { identities: new Set<string>(), nodes: new Set<string>() };
   /** Values at the last delta of every output touched since. */
   private readonly before = {
+    /** By IP: the ipcache entry is derived from the member (its profile's identity, its node). */
     ipcache: new Map<string, IpcacheEntry | undefined>(),
     policy: new Map<string, PolicyEntry | undefined>(),
     pairs: new Map<string, KeyedPair | undefined>(),
@@ -154,12 +154,12 @@ export class NodePlanner {
       localIdentities: this.localIdentities(),
       interfaces: interfaceBindings(this.localEndpoints(), this.ids, interfaceOf),
     };
-    for (const [prefix, old] of this.before.ipcache) {
-      const now = this.ipcache.get(prefix);
+    for (const [ip, old] of this.before.ipcache) {
+      const now = this.ipcacheEntry(ip);
       if (!now) {
-        if (old) delta.ipcache.deleted.push(prefix);
+        if (old) delta.ipcache.deleted.push(hostPrefix(ip));
       } else if (!old || old.identity !== now.identity || old.node !== now.node) {
-        delta.ipcache.set.push([prefix, now]);
+        delta.ipcache.set.push([hostPrefix(ip), now]);
       }
     }
     for (const [id, old] of this.before.policy) {
@@ -206,7 +206,7 @@ export class NodePlanner {
       if (entry) policy.set(id, entry);
     }
     return {
-      ipcache: new Map(this.ipcache),
+      ipcache: new Map([...this.members.keys()].map((ip) => [hostPrefix(ip), this.ipcacheEntry(ip)!])),
       policy,
       pairs: new Map([...this.pairs].map(([key, { pair }]) => [key, pair])),
       localIdentities: this.localIdentities(),
@@ -240,9 +240,9 @@ export class NodePlanner {
   private addEndpoint(endpoint: EndpointInfo): void {
     const profile = this.joinProfile(endpoint);
     const member: Member = { endpoint, profile };
-    this.members.set(endpoint.ip, member);
     this.reference(endpoint);
-    this.setIpcache(hostPrefix(endpoint.ip), { identity: profile.identity, node: this.ids.node(endpoint.node) });
+    this.touchIpcache(endpoint.ip);
+    this.members.set(endpoint.ip, member);
     this.memberChanged(profile, endpoint, +1);
     if (endpoint.node !== this.localNode) return;
     const local: Local = { ...member, identity: profile.identity, decisions: new Map(), policyEntries: new Map() };
@@ -265,9 +265,9 @@ export class NodePlanner {
       profile.locals.delete(local);
     }
     this.memberChanged(profile, endpoint, -1);
+    this.touchIpcache(ip);
     this.members.delete(ip);
     this.leaveProfile(profile, endpoint.node);
-    this.setIpcache(hostPrefix(ip), undefined);
     this.unreference(endpoint);
   }
 
@@ -438,10 +438,13 @@ export class NodePlanner {
 
   // ---- outputs ----
 
-  private setIpcache(prefix: string, entry: IpcacheEntry | undefined): void {
-    if (!this.before.ipcache.has(prefix)) this.before.ipcache.set(prefix, this.ipcache.get(prefix));
-    if (entry) this.ipcache.set(prefix, entry);
-    else this.ipcache.delete(prefix);
+  private touchIpcache(ip: string): void {
+    if (!this.before.ipcache.has(ip)) this.before.ipcache.set(ip, this.ipcacheEntry(ip));
+  }
+
+  private ipcacheEntry(ip: string): IpcacheEntry | undefined {
+    const member = this.members.get(ip);
+    return member && { identity: member.profile.identity, node: this.ids.node(member.endpoint.node) };
   }
 
   private touchPolicy(id: string): void {
