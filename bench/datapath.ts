@@ -29,6 +29,7 @@ import { execa, type ResultPromise } from 'execa';
 import { monotonicNowNs, type AuthEntry, type Datapath } from '../src/datapath/gate/datapath.js';
 import { attachedPrograms, hookGate, resolveAttachMode, type AttachMode } from '../src/datapath/gate/hooks.js';
 import { sleep } from '../src/util/backoff.js';
+import { inNetns, nsenterArgs } from '../src/netns/exec.js';
 import { Cluster } from '../test/helpers/datapath-fixture.js';
 import type { Workload } from '../test/helpers/netns.js';
 
@@ -103,7 +104,7 @@ async function iperf(client: Workload, server: Workload, mode: 'tcp' | 'udp-smal
   // Unpinned, the scheduler's placement of the two varies from run to run by more than the gate costs.
   else if (placement === 'one CPU') args.push('-A', '0,0');
   else if (availableParallelism() >= 2) args.push('-A', '0,1');
-  const { stdout } = await execa('nsenter', [`--net=/run/netns/${client.netns}`, 'iperf3', ...args]);
+  const { stdout } = await inNetns(client.netns, 'iperf3', args, { timeout: (IPERF_SECONDS + 30) * 1000 });
   const result = JSON.parse(stdout) as { end: { sum_received?: { bits_per_second: number }; sum?: { bits_per_second: number } } };
   return (result.end.sum_received ?? result.end.sum)!.bits_per_second;
 }
@@ -246,7 +247,7 @@ async function main(): Promise<void> {
     const [agent1, agent2] = cluster.agents;
     const [client, server] = [cluster.w('w1a'), cluster.w('w2a')];
     cluster.authorize(client, server);
-    iperfServer = execa('nsenter', [`--net=/run/netns/${server.netns}`, 'iperf3', '-s'], { reject: false });
+    iperfServer = execa('nsenter', nsenterArgs(server.netns, 'iperf3', ['-s']), { reject: false });
     await sleep(300);
     const { setHooks, attachMode } = await hookSwitch(cluster);
 

@@ -21,6 +21,7 @@ import { fileURLToPath } from 'node:url';
 import { execa } from 'execa';
 import { WireGuardKeyPair } from '../src/datapath/transport/keys.js';
 import { WireGuardTransport, type WireGuardPeer } from '../src/datapath/transport/wireguard.js';
+import { inNetns } from '../src/netns/exec.js';
 import { TransportTopology } from '../test/helpers/transport-topology.js';
 
 const json = process.argv.includes('--json');
@@ -69,7 +70,7 @@ async function wireguardProgramming(result: Result): Promise<void> {
       started = performance.now();
       await wg.setPeers(wireguardPeers(peerKeys));
       result.wg_resync_100_ms = Math.round(performance.now() - started);
-      const { stdout } = await execa('nsenter', [`--net=/run/netns/${topology.node(1).netns}`, 'wg', 'show', wg.interfaceName, 'peers']);
+      const { stdout } = await inNetns(topology.node(1).netns, 'wg', ['show', wg.interfaceName, 'peers']);
       if (stdout.split('\n').filter(Boolean).length !== PEERS) throw new Error(`expected ${PEERS} peers on the interface, found: ${stdout}`);
     } finally {
       await wg.destroy();

@@ -14,7 +14,7 @@ import ts from 'typescript';
  */
 export const LAYERS: readonly (readonly string[])[] = [
   ['src/util'],
-  ['src/metrics'],
+  ['src/metrics', 'src/netns'],
   ['src/identity'],
   ['src/handshake'],
   ['src/datapath'],

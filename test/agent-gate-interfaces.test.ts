@@ -2,11 +2,11 @@
 // in for the host: attach and bind, unbind when the workload leaves (the gate stays: fail closed),
 // attach again when an interface of the same name comes back (CNIs such as Calico derive veth
 // names from the pod's name), and find the interface of an endpoint that names none.
-import { randomBytes } from 'node:crypto';
 import { execa } from 'execa';
 import { GateInterfaces } from '../src/agent/gate-interfaces.js';
 import { Datapath } from '../src/datapath/gate/datapath.js';
 import { attachedPrograms } from '../src/datapath/gate/hooks.js';
+import { NetnsTopology } from '../src/netns/topology.js';
 import { sleep } from '../src/util/backoff.js';
 import { silentLogger } from '../src/util/logger.js';
 import { assertGateBuilt, TEST_CAPACITIES } from './helpers/datapath-fixture.js';
@@ -14,15 +14,10 @@ import { privileged } from './helpers/privileged.js';
 
 privileged('interfaces are attached and bound, unbound when their workload leaves, re-attached when recreated, found when unnamed', async (t) => {
   assertGateBuilt();
-  const tag = randomBytes(3).toString('hex');
-  const host = `mg-${tag}-h`;
-  const workload = `mg-${tag}-w`;
-  const pinDir = `/sys/fs/bpf/meshauth-test-${tag}-gi`;
-  t.teardown(async () => {
-    await Datapath.uninstall({ pinDir });
-    for (const ns of [host, workload]) await execa('ip', ['netns', 'del', ns], { reject: false });
-  });
-  for (const ns of [host, workload]) await execa('ip', ['netns', 'add', ns]);
+  const topology = await NetnsTopology.create({ prefix: 'mg', namespaces: [{ name: 'h' }, { name: 'w' }] }, { teardown: (destroy) => t.teardown(destroy) });
+  const [host, workload] = [topology.netns('h'), topology.netns('w')];
+  const pinDir = `/sys/fs/bpf/meshauth-test-${topology.tag}-gi`;
+  t.teardown(() => Datapath.uninstall({ pinDir }));
   const ip = (args: string[]) => execa('ip', ['-n', host, ...args]);
   await ip(['link', 'add', 'gi0', 'type', 'veth', 'peer', 'name', 'gp0']);
   await ip(['link', 'set', 'gi0', 'up']);

@@ -5,9 +5,10 @@ import { randomBytes } from 'node:crypto';
 import { monotonicNowNs } from '../src/datapath/gate/datapath.js';
 import type { Signal } from '../src/datapath/gate/layout.js';
 import { sleep } from '../src/util/backoff.js';
+import { inNetns } from '../src/netns/exec.js';
 import { eventually } from './helpers/agents.js';
 import { Cluster, IDENTITY } from './helpers/datapath-fixture.js';
-import { inNetns, type Family, type Protocol } from './helpers/netns.js';
+import type { Family, Protocol } from './helpers/netns.js';
 import { privileged } from './helpers/privileged.js';
 
 const PROTOCOLS: Protocol[] = ['tcp', 'udp', 'icmp', 'raw'];

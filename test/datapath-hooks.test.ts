@@ -11,8 +11,9 @@ import { execa } from 'execa';
 import { Datapath } from '../src/datapath/gate/datapath.js';
 import { attachedPrograms, tcxHelperPath, tcxUsable } from '../src/datapath/gate/hooks.js';
 import { defaultObjectPath, loadPrograms } from '../src/datapath/gate/loader.js';
+import { inNetns } from '../src/netns/exec.js';
 import { Cluster, IDENTITY } from './helpers/datapath-fixture.js';
-import { inNetns, type Workload } from './helpers/netns.js';
+import type { Workload } from './helpers/netns.js';
 import { privileged } from './helpers/privileged.js';
 
 /**

@@ -10,10 +10,11 @@ import { Datapath, monotonicNowNs } from '../src/datapath/gate/datapath.js';
 import { attachedPrograms, tcxUsable, tcxHelperPath, type AttachMode } from '../src/datapath/gate/hooks.js';
 import { PinLayout } from '../src/datapath/gate/pin-layout.js';
 import { sleep } from '../src/util/backoff.js';
+import { inNetns } from '../src/netns/exec.js';
 import { builtCli } from './helpers/cli.js';
 import { Cluster, IDENTITY } from './helpers/datapath-fixture.js';
 import type { AgentPlan } from './helpers/datapath-agent.js';
-import { inNetns, type Workload } from './helpers/netns.js';
+import type { Workload } from './helpers/netns.js';
 import { privileged } from './helpers/privileged.js';
 
 const AGENT = fileURLToPath(new URL('./helpers/datapath-agent.ts', import.meta.url));

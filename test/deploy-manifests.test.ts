@@ -313,9 +313,10 @@ test('the kustomization lists every manifest, and everything it lists exists', a
   for (const resource of kustomization.resources) await t.notThrowsAsync(readFile(join(DEPLOY, resource)), resource);
   const generated = kustomization.configMapGenerator.flatMap((generator) => generator.files);
   t.deepEqual(generated, ['grafana-dashboard.json']);
-  // Everything else in deploy/ is accounted for: the alternatives, the examples, the image build.
+  // Everything else in deploy/ is accounted for: the alternatives, the examples, the image build,
+  // the Helm chart (test/cluster/checks/helm.check.ts compares it with the kustomization).
   const entries = (await readdir(DEPLOY)).sort();
-  t.deepEqual(entries, [...new Set([...topLevel, 'Dockerfile', 'config', 'examples', 'grafana-dashboard.json', 'kustomization.yaml'])].sort());
+  t.deepEqual(entries, [...new Set([...topLevel, 'Dockerfile', 'config', 'examples', 'grafana-dashboard.json', 'helm', 'kustomization.yaml'])].sort());
 });
 
 test('the DaemonSet: host network, minimal capabilities, mounts, probes, tolerations, rolling update', async (t) => {

@@ -111,25 +111,23 @@ async function assertRefused(t: ExecutionContext, initiator: TestAgent, responde
   t.is(await metricValue(presenting.registry, 'meshauth_handshakes_total', { result: 'success' }), 0);
 }
 
+/** A pair handshake web (node-a) → db (node-b) where `badRole`'s side presents the bad workload
+ *  certificate (its node certificate is good): the other side must refuse it. */
+async function pairRefused(t: ExecutionContext, badCase: BadCase, badRole: 'initiator' | 'responder') {
+  const [node, workload, validatingRole] = badRole === 'initiator' ? (['node-a', WEB, 'responder'] as const) : (['node-b', DB, 'initiator'] as const);
+  const leaf = await badCase.leaf(cas, workload);
+  const good = await cas.ca.leaf(nodeIdOf(node));
+  const { initiator, responder } = await agents(badRole, [unvalidatedSvid(nodeIdOf(node), good), unvalidatedSvid(workload, leaf)], badCase.clockOffsetMs);
+  t.teardown(() => Promise.all([initiator.close(), responder.close()]));
+  const attempt = initiator.initiator.authenticatePair({ localId: WEB, remoteId: DB, remoteNode: 'node-b', address: { host: responder.address, port: responder.port } });
+  await assertRefused(t, initiator, responder, attempt, badCase.failureClass, validatingRole);
+}
+
 for (const badCase of CASES) {
   if (badCase.only !== 'responder') {
-    test(`pair: the responder refuses an initiator certificate ${badCase.name} (${badCase.failureClass})`, async (t) => {
-      const leaf = await badCase.leaf(cas, WEB);
-      const good = await cas.ca.leaf(nodeIdOf('node-a'));
-      const { initiator, responder } = await agents('initiator', [unvalidatedSvid(nodeIdOf('node-a'), good), unvalidatedSvid(WEB, leaf)], badCase.clockOffsetMs);
-      t.teardown(() => Promise.all([initiator.close(), responder.close()]));
-      const attempt = initiator.initiator.authenticatePair({ localId: WEB, remoteId: DB, remoteNode: 'node-b', address: { host: responder.address, port: responder.port } });
-      await assertRefused(t, initiator, responder, attempt, badCase.failureClass, 'responder');
-    });
+    test(`pair: the responder refuses an initiator certificate ${badCase.name} (${badCase.failureClass})`, (t) => pairRefused(t, badCase, 'initiator'));
   }
-  test(`pair: the initiator refuses a responder certificate ${badCase.name} (${badCase.failureClass})`, async (t) => {
-    const leaf = await badCase.leaf(cas, DB);
-    const good = await cas.ca.leaf(nodeIdOf('node-b'));
-    const { initiator, responder } = await agents('responder', [unvalidatedSvid(nodeIdOf('node-b'), good), unvalidatedSvid(DB, leaf)], badCase.clockOffsetMs);
-    t.teardown(() => Promise.all([initiator.close(), responder.close()]));
-    const attempt = initiator.initiator.authenticatePair({ localId: WEB, remoteId: DB, remoteNode: 'node-b', address: { host: responder.address, port: responder.port } });
-    await assertRefused(t, initiator, responder, attempt, badCase.failureClass, 'initiator');
-  });
+  test(`pair: the initiator refuses a responder certificate ${badCase.name} (${badCase.failureClass})`, (t) => pairRefused(t, badCase, 'responder'));
 }
 
 test('node: a bad node certificate is refused in node handshakes too, in both directions', async (t) => {

@@ -34,8 +34,16 @@ async function twoAgents(t: ExecutionContext, initiatorSettings: HandshakeOption
     await nodeA.close();
     await nodeB.close();
   });
-  return { nodeA, nodeB };
+  return { directory, nodeA, nodeB };
 }
+
+/** Makes these loopback addresses nodes the responder knows: misbehaving peers, which are admitted
+ *  on the peers' budget (sources that are no node's have a small one: handshake-admission.test.ts). */
+function registerHostileNodes(directory: NodeDirectory, lastOctets: number[]): void {
+  for (const octet of lastOctets) directory.register(`127.0.0.${octet}`, `hostile-${octet}`);
+}
+
+const range = (from: number, count: number) => Array.from({ length: count }, (_, i) => from + i);
 
 const pairTo = (agent: TestAgent, port = agent.port) => ({ localId: WEB, remoteId: DB, remoteNode: agent.nodeName, address: { host: agent.address, port } });
 
@@ -64,7 +72,8 @@ function closed(socket: Socket): Promise<void> {
 const median = (sorted: number[]) => sorted[Math.floor(sorted.length / 2)]!;
 
 test('hundreds of idle, garbage, half-open and TLS 1.2 connections do not hold up legitimate handshakes', async (t) => {
-  const { nodeA, nodeB } = await twoAgents(t, {}, { handshakeTimeout: '6s' });
+  const { directory, nodeA, nodeB } = await twoAgents(t, {}, { handshakeTimeout: '6s' });
+  registerHostileNodes(directory, [...range(10, 20), ...range(40, 5)]);
   await timedHandshakes(nodeA, nodeB, 5); // warm-up
   const baseline = await timedHandshakes(nodeA, nodeB, 20);
 
@@ -76,7 +85,7 @@ test('hundreds of idle, garbage, half-open and TLS 1.2 connections do not hold u
     flood.push(socket);
   };
   for (let i = 0; i < 400; i++) {
-    const source = 10 + (i % 20); // 20 hostile hosts, 20 connections each: under the per-source caps
+    const source = 10 + (i % 20); // 20 hostile peers, 20 connections each: under the per-source caps
     switch (i % 4) {
       case 0: // idle: connects and says nothing
         open(source, () => {});
@@ -123,8 +132,9 @@ test('hundreds of idle, garbage, half-open and TLS 1.2 connections do not hold u
   for (const socket of flood) socket.destroy();
 });
 
-test('a source over its rate is cut off before TLS while other sources still authenticate', async (t) => {
-  const { nodeA, nodeB } = await twoAgents(t, {}, { rateLimit: { perSecond: 1, burst: 5, maxOpenPerSource: 100 } });
+test('a peer over its rate is cut off before TLS while other peers still authenticate', async (t) => {
+  const { directory, nodeA, nodeB } = await twoAgents(t, {}, { rateLimit: { perSecond: 1, burst: 5, maxOpenPerSource: 100 } });
+  registerHostileNodes(directory, [50]);
   const closings: Promise<void>[] = [];
   for (let i = 0; i < 30; i++) {
     const socket = netConnect({ host: nodeB.address, port: nodeB.port, localAddress: '127.0.0.50' });
@@ -138,8 +148,9 @@ test('a source over its rate is cut off before TLS while other sources still aut
   t.is(nodeB.results.length, 1);
 });
 
-test('a source holding too many open connections gets no more', async (t) => {
-  const { nodeB } = await twoAgents(t, {}, { rateLimit: { maxOpenPerSource: 3 } });
+test('a peer holding too many open connections gets no more', async (t) => {
+  const { directory, nodeB } = await twoAgents(t, {}, { rateLimit: { maxOpenPerSource: 3 } });
+  registerHostileNodes(directory, [51]);
   const sockets = await Promise.all(
     Array.from({ length: 5 }, async () => {
       const socket = netConnect({ host: nodeB.address, port: nodeB.port, localAddress: '127.0.0.51' });
@@ -153,8 +164,9 @@ test('a source holding too many open connections gets no more', async (t) => {
   t.is(await metricValue(nodeB.registry, 'meshauth_handshakes_in_flight', { role: 'responder' }), 3);
 });
 
-test('connections beyond maxConnections are closed on accept and counted', async (t) => {
-  const { nodeB } = await twoAgents(t, {}, { maxConnections: 2 });
+test('peers\' connections beyond maxConnections are closed on accept and counted', async (t) => {
+  const { directory, nodeB } = await twoAgents(t, {}, { maxConnections: 2 });
+  registerHostileNodes(directory, range(60, 4));
   const sockets = Array.from({ length: 4 }, (_, i) => netConnect({ host: nodeB.address, port: nodeB.port, localAddress: `127.0.0.${60 + i}` }));
   for (const socket of sockets) void closed(socket.resume());
   t.teardown(() => sockets.forEach((socket) => socket.destroy()));

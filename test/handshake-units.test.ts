@@ -188,21 +188,39 @@ test('socket errors are classified', (t) => {
 
 test('source admission: a token bucket per source plus a cap on open connections', (t) => {
   let now = 0;
-  const admission = new SourceAdmission({ ratePerSecond: 2, burst: 3, maxConcurrentPerSource: 10, now: () => now });
-  t.deepEqual([1, 2, 3, 4].map(() => admission.admit('10.0.0.1')), ['admit', 'admit', 'admit', 'rate']);
-  t.is(admission.admit('10.0.0.2'), 'admit'); // other sources have their own bucket
+  const roomy = { ratePerSecond: 1000, burst: 1000, maxOpenPerSource: 1000, maxOpen: 1000 };
+  const admission = new SourceAdmission({ peers: { ratePerSecond: 2, burst: 3, maxOpenPerSource: 10, maxOpen: 100 }, others: roomy, now: () => now });
+  const peer = (node: string) => ({ kind: 'peer' as const, node });
+  t.deepEqual([1, 2, 3, 4].map(() => admission.admit(peer('a'))), ['admit', 'admit', 'admit', 'rate']);
+  t.is(admission.admit(peer('b')), 'admit'); // other sources have their own bucket
   now += 500; // one token back
-  t.is(admission.admit('10.0.0.1'), 'admit');
-  t.is(admission.admit('10.0.0.1'), 'rate');
+  t.is(admission.admit(peer('a')), 'admit');
+  t.is(admission.admit(peer('a')), 'rate');
   now += 10_000; // refills to the burst, not beyond
-  t.deepEqual([1, 2, 3, 4].map(() => admission.admit('10.0.0.1')), ['admit', 'admit', 'admit', 'rate']);
+  t.deepEqual([1, 2, 3, 4].map(() => admission.admit(peer('a'))), ['admit', 'admit', 'admit', 'rate']);
 
-  const capped = new SourceAdmission({ ratePerSecond: 1000, burst: 1000, maxConcurrentPerSource: 2 });
-  t.deepEqual([1, 2, 3].map(() => capped.admit('h')), ['admit', 'admit', 'concurrency']);
-  capped.release('h');
-  t.is(capped.admit('h'), 'admit');
+  const capped = new SourceAdmission({ peers: { ...roomy, maxOpenPerSource: 2 }, others: roomy });
+  t.deepEqual([1, 2, 3].map(() => capped.admit(peer('h'))), ['admit', 'admit', 'per_source']);
+  capped.release(peer('h'));
+  t.is(capped.admit(peer('h')), 'admit');
   t.is(normalizeAddress('::ffff:10.1.2.3'), '10.1.2.3');
   t.is(normalizeAddress('fd00::1'), 'fd00::1');
+});
+
+test('source admission: peers and sources that are no node\'s have budgets of their own', (t) => {
+  const roomy = { ratePerSecond: 1000, burst: 1000, maxOpenPerSource: 1000, maxOpen: 1000 };
+  const admission = new SourceAdmission({ peers: { ...roomy, maxOpen: 2 }, others: { ...roomy, maxOpenPerSource: 1, maxOpen: 2 } });
+  const other = (address: string) => ({ kind: 'other' as const, address });
+  t.deepEqual([other('10.0.0.1'), other('10.0.0.1'), other('10.0.0.2'), other('10.0.0.3')].map((source) => admission.admit(source)), ['admit', 'per_source', 'admit', 'max_open']);
+  // The other sources' slots are full; the peers' are untouched.
+  t.deepEqual(['a', 'b', 'c'].map((node) => admission.admit({ kind: 'peer', node })), ['admit', 'admit', 'max_open']);
+  // A node named like an address is not that address.
+  admission.release(other('10.0.0.1'));
+  t.is(admission.admit({ kind: 'peer', node: '10.0.0.1' }), 'max_open');
+  t.is(admission.admit(other('10.0.0.4')), 'admit');
+  // Releasing what was never admitted changes nothing.
+  admission.release(other('10.9.9.9'));
+  t.is(admission.admit(other('10.0.0.5')), 'max_open');
 });
 
 /** A bundle set that counts look-ups: a cache hit does no look-up at all. */

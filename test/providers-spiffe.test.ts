@@ -9,10 +9,10 @@ import { SpiffeProvider } from '../src/identity/providers/spiffe.js';
 import { GrpcEndpointError, parseGrpcEndpoint } from '../src/identity/providers/grpc-endpoint.js';
 import { workloadApiDefinition } from '../src/identity/providers/grpc-protos.js';
 import { spiffeOptionsSchema } from '../src/identity/providers/spiffe-options.js';
-import type { BackoffOptions } from '../src/util/backoff.js';
+import { sleep, type BackoffOptions } from '../src/util/backoff.js';
 import { providerConformance } from './helpers/provider-conformance.js';
-import { RecordingSink } from './helpers/recording-sink.js';
-import { unavailableKeepsStateAndBacksOff } from './helpers/unavailable-check.js';
+import { bundleDomainsAre, idsAre, withRunningProvider, type RecordingSink } from './helpers/recording-sink.js';
+import { permissionDeniedWithdrawsAndRecovers, reportedAndNeverRetried, unavailableKeepsStateAndBacksOff } from './helpers/identity-api-checks.js';
 import { WorkloadApiServer, type WorkloadApiServerOptions } from './servers/workload-api-server.js';
 
 const FAST: BackoffOptions = { initialMs: 40, maxMs: 200, jitter: 0 };
@@ -44,20 +44,8 @@ interface Running {
 async function withProvider(options: Partial<WorkloadApiServerOptions>, body: (running: Running) => Promise<void>): Promise<void> {
   const server = await WorkloadApiServer.start({ ca, svids: [{ id: NODE }], ...options });
   const provider = new SpiffeProvider({ endpoint: server.address }, { backoff: FAST });
-  const sink = new RecordingSink();
-  try {
-    await provider.start(sink);
-    await body({ server, provider, sink });
-  } finally {
-    await provider.stop();
-    await server.close();
-  }
+  await withRunningProvider(provider, () => server.close(), (sink) => body({ server, provider, sink }));
 }
-
-const idsAre = (sink: RecordingSink, ids: string[]) => () => (JSON.stringify(sink.latestIds()) === JSON.stringify(ids) ? true : undefined);
-const bundleDomainsAre = (sink: RecordingSink, domains: string[]) => () =>
-  JSON.stringify([...(sink.bundleStates.at(-1)?.keys() ?? [])].sort()) === JSON.stringify(domains) ? true : undefined;
-const delay = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 
 test('delivers every SVID in server order (svids[0] first) with chain, key and hint, and bundles keyed by trust domain name', async (t) => {
   await withProvider({ svids: [{ id: WEB, hint: 'internal' }, { id: NODE, hint: 'external' }], federated: [partner] }, async ({ server, sink }) => {
@@ -119,17 +107,8 @@ test('the test server answers InvalidArgument to a raw call without the header, 
 
 test('PermissionDenied withdraws every SVID and bundle at once, retries with backoff and recovers', async (t) => {
   await withProvider({ federated: [partner] }, async ({ server, sink }) => {
-    await sink.until(idsAre(sink, [NODE]), 'the first state');
-    await sink.until(bundleDomainsAre(sink, ['example.org', 'partner.test']), 'the first bundles');
-    const callsBefore = server.callCount('FetchX509SVID');
-    server.fail(grpc.status.PERMISSION_DENIED, 'no identity issued');
-    await sink.until(idsAre(sink, []), 'an empty SVID state');
-    await sink.until(bundleDomainsAre(sink, []), 'an empty bundle state');
-    t.true(sink.errorKinds().includes('permission_denied'));
-    await sink.until(() => (server.callCount('FetchX509SVID') >= callsBefore + 2 ? true : undefined), 'retries');
-    server.recover();
-    await sink.until(idsAre(sink, [NODE]), 'the SVID back after recovery');
-    await sink.until(bundleDomainsAre(sink, ['example.org', 'partner.test']), 'the bundles back after recovery');
+    const expectedDomains = ['example.org', 'partner.test'];
+    await permissionDeniedWithdrawsAndRecovers(t, { server, sink, method: 'FetchX509SVID', streams: 1, message: 'no identity issued', expectedIds: [NODE], expectedDomains });
   });
 });
 
@@ -209,12 +188,8 @@ test('a message with a required field left empty is discarded and reported; the 
 test('InvalidArgument is reported and never retried', async (t) => {
   await withProvider({}, async ({ server, sink }) => {
     await sink.until(idsAre(sink, [NODE]), 'the first state');
-    server.fail(grpc.status.INVALID_ARGUMENT, 'security header missing from request');
-    await sink.until(() => (sink.errorKinds().filter((kind) => kind === 'invalid_argument').length === 2 ? true : undefined), 'both streams reporting');
-    const calls = server.calls.length;
-    server.recover();
-    await delay(500);
-    t.is(server.calls.length, calls, 'the provider called again after InvalidArgument');
+    const message = 'security header missing from request';
+    await reportedAndNeverRetried(t, { server, sink, status: grpc.status.INVALID_ARGUMENT, message, kind: 'invalid_argument', streams: 2 });
     t.deepEqual(sink.latestIds(), [NODE], 'InvalidArgument is not a withdrawal');
   });
 });
@@ -224,7 +199,7 @@ test('Unimplemented FetchX509Bundles is reported once and not retried; FetchX509
     await sink.until(idsAre(sink, [NODE]), 'the SVID');
     await sink.until(bundleDomainsAre(sink, ['example.org', 'partner.test']), 'bundles from FetchX509SVID');
     await sink.until(() => (sink.errorKinds().includes('unimplemented') ? true : undefined), 'the unimplemented report');
-    await delay(400);
+    await sleep(400);
     t.is(server.callCount('FetchX509Bundles'), 1);
     t.deepEqual(sink.errorKinds(), ['unimplemented']);
   });

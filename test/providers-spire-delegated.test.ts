@@ -8,10 +8,10 @@ import { SpiffeId } from '../src/identity/spiffe-id.js';
 import { GrpcEndpointError } from '../src/identity/providers/grpc-endpoint.js';
 import { SpireDelegatedProvider, kubernetesSelectors } from '../src/identity/providers/spire-delegated.js';
 import { spireDelegatedOptionsSchema } from '../src/identity/providers/spire-delegated-options.js';
-import type { BackoffOptions } from '../src/util/backoff.js';
+import { sleep, type BackoffOptions } from '../src/util/backoff.js';
 import { providerConformance } from './helpers/provider-conformance.js';
-import { RecordingSink } from './helpers/recording-sink.js';
-import { unavailableKeepsStateAndBacksOff } from './helpers/unavailable-check.js';
+import { bundleDomainsAre, idsAre, withRunningProvider, type RecordingSink } from './helpers/recording-sink.js';
+import { permissionDeniedWithdrawsAndRecovers, reportedAndNeverRetried, unavailableKeepsStateAndBacksOff } from './helpers/identity-api-checks.js';
 import { DelegatedIdentityServer, type DelegatedIdentityServerOptions, type RegistrationEntry } from './servers/delegated-identity-server.js';
 
 const FAST: BackoffOptions = { initialMs: 40, maxMs: 200, jitter: 0 };
@@ -58,23 +58,12 @@ interface Running {
 }
 
 async function withProvider(wanted: string[], options: Partial<DelegatedIdentityServerOptions>, body: (running: Running) => Promise<void>): Promise<void> {
+  const ids = wanted.map((id) => SpiffeId.parse(id));
   const server = await DelegatedIdentityServer.start({ ca, entries: ENTRIES, ...options });
   const provider = new SpireDelegatedProvider({ endpoint: server.address, nodeSelectors: NODE_SELECTORS }, { backoff: FAST });
-  const sink = new RecordingSink();
-  try {
-    provider.setWanted(wanted.map((id) => SpiffeId.parse(id)));
-    await provider.start(sink);
-    await body({ server, provider, sink });
-  } finally {
-    await provider.stop();
-    await server.close();
-  }
+  await withRunningProvider(provider, () => server.close(), (sink) => body({ server, provider, sink }), ids);
 }
 
-const idsAre = (sink: RecordingSink, ids: string[]) => () => (JSON.stringify(sink.latestIds()) === JSON.stringify(ids) ? true : undefined);
-const bundleDomainsAre = (sink: RecordingSink, domains: string[]) => () =>
-  JSON.stringify([...(sink.bundleStates.at(-1)?.keys() ?? [])].sort()) === JSON.stringify(domains) ? true : undefined;
-const delay = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 const selectorSet = (selectors: { type: string; value: string }[]) => selectors.map((s) => `${s.type}:${s.value}`).sort();
 const sortedSets = (sets: string[][]) => sets.map((set) => set.join(',')).sort();
 
@@ -83,7 +72,7 @@ async function subscriptionsAre(server: DelegatedIdentityServer, expected: strin
   const want = JSON.stringify(sortedSets(expected));
   for (let waited = 0; waited < 5_000; waited += 20) {
     if (JSON.stringify(sortedSets(server.openSubscriptions())) === want) return;
-    await delay(20);
+    await sleep(20);
   }
   throw new Error(`open subscriptions are ${JSON.stringify(server.openSubscriptions())}, expected ${want}`);
 }
@@ -161,17 +150,8 @@ test('of SVIDs in one subscription sharing a hint the first is kept', async (t) 
 
 test('PermissionDenied (not an authorized delegate) withdraws SVIDs and bundles, retries with backoff and recovers', async (t) => {
   await withProvider([NODE, WEB], {}, async ({ server, sink }) => {
-    await sink.until(idsAre(sink, [NODE, WEB]), 'the first state');
-    await sink.until(bundleDomainsAre(sink, ['example.org']), 'the first bundles');
-    const callsBefore = server.callCount('SubscribeToX509SVIDs');
-    server.fail(grpc.status.PERMISSION_DENIED, 'caller not configured as an authorized delegate');
-    await sink.until(idsAre(sink, []), 'an empty SVID state');
-    await sink.until(bundleDomainsAre(sink, []), 'an empty bundle state');
-    t.true(sink.errorKinds().includes('permission_denied'));
-    await sink.until(() => (server.callCount('SubscribeToX509SVIDs') >= callsBefore + 4 ? true : undefined), 'retries of both subscriptions');
-    server.recover();
-    await sink.until(idsAre(sink, [NODE, WEB]), 'the SVIDs back after recovery');
-    await sink.until(bundleDomainsAre(sink, ['example.org']), 'the bundles back after recovery');
+    const message = 'caller not configured as an authorized delegate';
+    await permissionDeniedWithdrawsAndRecovers(t, { server, sink, method: 'SubscribeToX509SVIDs', streams: 2, message, expectedIds: [NODE, WEB], expectedDomains: ['example.org'] });
   });
 });
 
@@ -198,24 +178,16 @@ test('an agent restart drops every subscription; all are reopened', async (t) =>
 test('InvalidArgument is reported and never retried', async (t) => {
   await withProvider([NODE, WEB], {}, async ({ server, sink }) => {
     await sink.until(idsAre(sink, [NODE, WEB]), 'the first state');
-    server.fail(grpc.status.INVALID_ARGUMENT, 'could not parse provided selectors');
-    await sink.until(() => (sink.errorKinds().filter((kind) => kind === 'invalid_argument').length === 3 ? true : undefined), 'all three streams reporting');
-    const calls = server.calls.length;
-    server.recover();
-    await delay(500);
-    t.is(server.calls.length, calls, 'the provider called again after InvalidArgument');
+    const message = 'could not parse provided selectors';
+    await reportedAndNeverRetried(t, { server, sink, status: grpc.status.INVALID_ARGUMENT, message, kind: 'invalid_argument', streams: 3 });
   });
 });
 
 test('Unimplemented is reported and never retried', async (t) => {
   await withProvider([NODE], {}, async ({ server, sink }) => {
     await sink.until(idsAre(sink, [NODE]), 'the first state');
-    server.fail(grpc.status.UNIMPLEMENTED, 'unknown service spire.api.agent.delegatedidentity.v1.DelegatedIdentity');
-    await sink.until(() => (sink.errorKinds().filter((kind) => kind === 'unimplemented').length === 2 ? true : undefined), 'both streams reporting');
-    const calls = server.calls.length;
-    server.recover();
-    await delay(500);
-    t.is(server.calls.length, calls);
+    const message = 'unknown service spire.api.agent.delegatedidentity.v1.DelegatedIdentity';
+    await reportedAndNeverRetried(t, { server, sink, status: grpc.status.UNIMPLEMENTED, message, kind: 'unimplemented', streams: 2 });
   });
 });
 

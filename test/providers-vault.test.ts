@@ -43,6 +43,8 @@ interface SetupOptions {
   wanted?: SpiffeId[];
   /** Start the provider (default true). */
   start?: boolean;
+  /** The node's own identity, as the agent passes it. */
+  nodeId?: SpiffeId;
 }
 
 async function setup(t: ExecutionContext, options: SetupOptions = {}): Promise<Setup> {
@@ -65,7 +67,7 @@ async function setup(t: ExecutionContext, options: SetupOptions = {}): Promise<S
   const vaultOptions = vaultOptionsSchema.parse({ address: server.url, role: 'meshauth', ttl: options.ttl ?? '1h', auth, ...options.vault });
   const logs: string[] = [];
   const logger = pino({ level: 'trace' }, { write: (line: string) => void logs.push(line) });
-  const provider = new VaultProvider(vaultOptions, { logger, timing: { ...FAST, ...options.timing } });
+  const provider = new VaultProvider(vaultOptions, { logger, timing: { ...FAST, ...options.timing }, ...(options.nodeId && { nodeId: options.nodeId.toString() }) });
   const sink = new TestSink();
   t.teardown(async () => {
     await provider.stop();
@@ -394,6 +396,27 @@ test('400 from a role restriction is reported with Vault\'s text; other IDs are 
   t.true(s.logs.some((line) => line.includes('not allowed by this role') && line.includes(outsider.toString())));
   await firstSvid(s.sink);
   t.false(s.sink.bundleStates.at(-1)?.has('other.org'), 'no bundle for a domain nothing was issued for');
+});
+
+test('nodeRole: the node identity is issued through its own role, workload identities through role', async (t) => {
+  // The tightest Vault setup (docs/kubernetes.md, key custody): the workload role cannot issue
+  // node identities, and the node role only this node's (Vault would template it on the login).
+  const NODE_A = SpiffeId.parse('spiffe://example.org/meshauth/node/node-a');
+  const s = await setup(t, {
+    nodeId: NODE_A,
+    wanted: [FRONTEND, NODE_A],
+    vault: { nodeRole: 'meshauth-node-a' },
+    server: {
+      role: { name: 'meshauth', allowedUriSans: ['spiffe://example.org/ns/*'] },
+      extraRoles: [{ name: 'meshauth-node-a', allowedUriSans: [NODE_A.toString()] }],
+    },
+  });
+  const svids = await s.sink.until(() => (s.sink.latest?.length === 2 ? s.sink.latest : undefined), 'both SVIDs');
+  t.deepEqual(svids.map((svid) => svid.claimedId).sort(), [FRONTEND.toString(), NODE_A.toString()].sort());
+  t.deepEqual(s.sink.errors, []);
+  const roleOf = new Map(s.server.issued.map((issued) => [issued.uriSans[0], issued.role]));
+  t.is(roleOf.get(NODE_A.toString()), 'meshauth-node-a');
+  t.is(roleOf.get(FRONTEND.toString()), 'meshauth');
 });
 
 test('a role that requires a CN refuses commonName "none" with Vault\'s text', async (t) => {

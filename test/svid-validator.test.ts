@@ -59,6 +59,11 @@ test.before(async () => {
 const leaf = (changes: Partial<CertSpec> = {}) => forge({ ...leafSpec(ID, pki.intermediate), ...changes });
 const intermediate = (changes: Partial<CertSpec> = {}) => forge({ ...caSpec(TD, pki.root), ...changes });
 const root = (changes: Partial<CertSpec> = {}) => forge({ ...caSpec(TD), ...changes });
+/** A conforming leaf and the intermediate (with some fields replaced) that signed it. */
+async function chainThrough(changes: Partial<CertSpec>): Promise<{ chain: Buffer[] }> {
+  const signer = await intermediate(changes);
+  return { chain: [(await forge(leafSpec(ID, signer))).der, signer.der] };
+}
 
 function validate(chain: readonly (Buffer | X509Certificate)[], bundles: BundleLookup = pki.bundles, options: SvidValidationOptions = {}) {
   return validateX509Svid(chain, bundles, { now: NOW, ...options });
@@ -237,10 +242,7 @@ const negative: NegativeCase[] = [
   {
     title: 'an intermediate with an RSA-1024 key',
     reason: 'rsa_key_too_small',
-    build: async () => {
-      const small = await intermediate({ key: 'rsa-1024' });
-      return { chain: [(await forge(leafSpec(ID, small))).der, small.der] };
-    },
+    build: () => chainThrough({ key: 'rsa-1024' }),
   },
   { title: 'a leaf with a P-521 key', reason: 'unsupported_key', build: async () => ({ chain: [(await leaf({ key: 'ec-p521' })).der, pki.intermediate.der] }) },
   {
@@ -255,58 +257,37 @@ const negative: NegativeCase[] = [
   {
     title: 'an intermediate with cA=false',
     reason: 'signing_cert_not_ca',
-    build: async () => {
-      const notCa = await intermediate({ basicConstraints: { ca: false, critical: true } });
-      return { chain: [(await forge(leafSpec(ID, notCa))).der, notCa.der] };
-    },
+    build: () => chainThrough({ basicConstraints: { ca: false, critical: true } }),
   },
   {
     title: 'an intermediate without basic constraints',
     reason: 'signing_cert_not_ca',
-    build: async () => {
-      const notCa = await intermediate({ basicConstraints: null });
-      return { chain: [(await forge(leafSpec(ID, notCa))).der, notCa.der] };
-    },
+    build: () => chainThrough({ basicConstraints: null }),
   },
   {
     title: 'an intermediate whose key usage lacks keyCertSign',
     reason: 'signing_cert_no_key_cert_sign',
-    build: async () => {
-      const noSign = await intermediate({ keyUsage: { flags: KU.cRLSign | KU.digitalSignature, critical: true } });
-      return { chain: [(await forge(leafSpec(ID, noSign))).der, noSign.der] };
-    },
+    build: () => chainThrough({ keyUsage: { flags: KU.cRLSign | KU.digitalSignature, critical: true } }),
   },
   {
     title: 'an intermediate without key usage',
     reason: 'signing_cert_no_key_cert_sign',
-    build: async () => {
-      const noKu = await intermediate({ keyUsage: null });
-      return { chain: [(await forge(leafSpec(ID, noKu))).der, noKu.der] };
-    },
+    build: () => chainThrough({ keyUsage: null }),
   },
   {
     title: 'an intermediate whose SPIFFE ID has a path',
     reason: 'signing_cert_id_has_path',
-    build: async () => {
-      const withPath = await intermediate({ san: { names: [{ type: 'url', value: `spiffe://${TD}/ca` }], critical: false } });
-      return { chain: [(await forge(leafSpec(ID, withPath))).der, withPath.der] };
-    },
+    build: () => chainThrough({ san: { names: [{ type: 'url', value: `spiffe://${TD}/ca` }], critical: false } }),
   },
   {
     title: 'an intermediate with an invalid SPIFFE ID',
     reason: 'invalid_spiffe_id',
-    build: async () => {
-      const bad = await intermediate({ san: { names: [{ type: 'url', value: 'spiffe://Example.org' }], critical: false } });
-      return { chain: [(await forge(leafSpec(ID, bad))).der, bad.der] };
-    },
+    build: () => chainThrough({ san: { names: [{ type: 'url', value: 'spiffe://Example.org' }], critical: false } }),
   },
   {
     title: 'an intermediate with an unknown critical extension',
     reason: 'unknown_critical_extension',
-    build: async () => {
-      const odd = await intermediate({ extra: [unknownExtension(true)] });
-      return { chain: [(await forge(leafSpec(ID, odd))).der, odd.der] };
-    },
+    build: () => chainThrough({ extra: [unknownExtension(true)] }),
   },
   {
     title: 'a trust anchor that is not a CA',
@@ -390,18 +371,12 @@ const negative: NegativeCase[] = [
   {
     title: 'an intermediate permitting only URIs of another trust domain',
     reason: 'name_constraints_violated',
-    build: async () => {
-      const constrained = await intermediate({ extra: [nameConstraints({ permittedUris: [OTHER_TD] })] });
-      return { chain: [(await forge(leafSpec(ID, constrained))).der, constrained.der] };
-    },
+    build: () => chainThrough({ extra: [nameConstraints({ permittedUris: [OTHER_TD] })] }),
   },
   {
     title: 'an intermediate excluding the leaf trust domain',
     reason: 'name_constraints_violated',
-    build: async () => {
-      const constrained = await intermediate({ extra: [nameConstraints({ excludedUris: [TD] })] });
-      return { chain: [(await forge(leafSpec(ID, constrained))).der, constrained.der] };
-    },
+    build: () => chainThrough({ extra: [nameConstraints({ excludedUris: [TD] })] }),
   },
   {
     title: 'a root permitting only DNS names the leaf DNS SAN is outside of',
@@ -419,10 +394,7 @@ const negative: NegativeCase[] = [
   {
     title: 'an intermediate with critical name constraints on email addresses',
     reason: 'name_constraints_unsupported',
-    build: async () => {
-      const constrained = await intermediate({ extra: [nameConstraints({ permittedEmails: ['example.org'] })] });
-      return { chain: [(await forge(leafSpec(ID, constrained))).der, constrained.der] };
-    },
+    build: () => chainThrough({ extra: [nameConstraints({ permittedEmails: ['example.org'] })] }),
   },
   {
     title: 'a trust anchor with critical name constraints on email addresses',
@@ -451,10 +423,7 @@ const negative: NegativeCase[] = [
   {
     title: 'an expired intermediate under a valid leaf',
     reason: 'expired',
-    build: async () => {
-      const old = await intermediate({ notBefore: at(-48 * HOUR), notAfter: at(-HOUR) });
-      return { chain: [(await forge(leafSpec(ID, old))).der, old.der] };
-    },
+    build: () => chainThrough({ notBefore: at(-48 * HOUR), notAfter: at(-HOUR) }),
   },
   {
     title: 'an expired trust anchor',

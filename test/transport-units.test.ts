@@ -24,7 +24,7 @@ import {
   stateAddLine,
   stateDeleteLine,
 } from '../src/datapath/transport/xfrm.js';
-import { CmdlineScanner } from './helpers/transport-topology.js';
+import { CmdlineScanner } from './helpers/secret-scanner.js';
 
 async function tempDir(t: { teardown(fn: () => Promise<void>): void }): Promise<string> {
   const dir = await mkdtemp(join(tmpdir(), 'meshauth-transport-unit-'));

@@ -4,12 +4,15 @@
 // traffic that the wire shows only encrypted, a PSK change under a 100/s ping loses nothing and
 // is in effect, a removed peer is gone; meanwhile no key appears on any command line, in any
 // environment or in the logs.
+import type { ExecutionContext } from 'ava';
 import { execa } from 'execa';
 import { Registry } from 'prom-client';
 import { DatapathError } from '../src/datapath/errors.js';
 import { TransportMetrics } from '../src/datapath/transport/metrics.js';
 import { WireGuardTransport } from '../src/datapath/transport/wireguard.js';
-import { CmdlineScanner, TransportTopology } from './helpers/transport-topology.js';
+import { inNetns } from '../src/netns/exec.js';
+import { CmdlineScanner } from './helpers/secret-scanner.js';
+import { TransportTopology } from './helpers/transport-topology.js';
 import { WIREGUARD_CHECKS, capturedLogger, leakedIn, wireguardChecks, wireguardSecrets } from './guest/transport-checks.js';
 import { privileged } from './helpers/privileged.js';
 
@@ -26,15 +29,23 @@ async function requireTools(t: { fail(message: string): void }): Promise<boolean
   return true;
 }
 
-privileged('userspace WireGuard between two node namespaces, keyed by the handshake PSK', async (t) => {
-  t.timeout(90_000);
-  if (!(await requireTools(t))) return;
+/** The tools, fresh node keys and PSKs (removed afterwards) and the two-node topology; undefined
+ *  (the test has failed, saying why) when a tool is missing. */
+async function setUp(t: ExecutionContext) {
+  if (!(await requireTools(t))) return undefined;
   const secrets = await wireguardSecrets();
   t.teardown(secrets.cleanup);
+  return { secrets, topology: await TransportTopology.create(t) };
+}
+
+privileged('userspace WireGuard between two node namespaces, keyed by the handshake PSK', async (t) => {
+  t.timeout(90_000);
+  const setup = await setUp(t);
+  if (!setup) return;
+  const { secrets, topology } = setup;
   const allSecrets = [...secrets.privateKeys, ...secrets.psks];
   const { logger, text } = capturedLogger();
   const scanner = new CmdlineScanner(allSecrets);
-  const topology = await TransportTopology.create(t);
   const checks = new Map<string, { ok: boolean; detail: unknown }>();
   const registry = new Registry();
   const metrics = new TransportMetrics(registry);
@@ -60,10 +71,9 @@ privileged('userspace WireGuard between two node namespaces, keyed by the handsh
 });
 
 privileged("'auto' takes the kernel's WireGuard where it exists and falls back to wireguard-go where it does not; 'kernel' says why it cannot", async (t) => {
-  if (!(await requireTools(t))) return;
-  const secrets = await wireguardSecrets();
-  t.teardown(secrets.cleanup);
-  const topology = await TransportTopology.create(t);
+  const setup = await setUp(t);
+  if (!setup) return;
+  const { secrets, topology } = setup;
   const netns = topology.node(1).netns;
   const kernelProbe = await execa('ip', ['-n', netns, 'link', 'add', 'probe0', 'type', 'wireguard'], { reject: false });
   const kernelHasWireGuard = kernelProbe.exitCode === 0;
@@ -72,7 +82,7 @@ privileged("'auto' takes the kernel's WireGuard where it exists and falls back t
   const auto = await WireGuardTransport.open({ stateDir: secrets.stateDirs[0]!, netns, interfaceName: `mwa${topology.tag}`, implementation: 'auto' });
   t.teardown(() => auto.destroy());
   t.is(auto.implementation, kernelHasWireGuard ? 'kernel' : 'userspace', kernelHasWireGuard ? 'the kernel module is preferred' : 'the fallback');
-  const { stdout } = await execa('nsenter', [`--net=/run/netns/${netns}`, 'wg', 'show', auto.interfaceName, 'public-key']);
+  const { stdout } = await inNetns(netns, 'wg', ['show', auto.interfaceName, 'public-key']);
   t.is(stdout.trim(), auto.publicKey, 'the node key is on the interface');
 
   const kernelOpen = WireGuardTransport.open({ stateDir: secrets.stateDirs[1]!, netns, interfaceName: `mwk${topology.tag}`, implementation: 'kernel' });
@@ -87,10 +97,9 @@ privileged("'auto' takes the kernel's WireGuard where it exists and falls back t
 });
 
 privileged('bad peers are refused before anything is programmed', async (t) => {
-  if (!(await requireTools(t))) return;
-  const secrets = await wireguardSecrets();
-  t.teardown(secrets.cleanup);
-  const topology = await TransportTopology.create(t);
+  const setup = await setUp(t);
+  if (!setup) return;
+  const { secrets, topology } = setup;
   const wg = await WireGuardTransport.open({ stateDir: secrets.stateDirs[0]!, netns: topology.node(1).netns, interfaceName: `mwb${topology.tag}`, implementation: 'userspace' });
   t.teardown(() => wg.destroy());
   const other = (await WireGuardTransport.open({ stateDir: secrets.stateDirs[1]!, netns: topology.node(2).netns, interfaceName: `mwc${topology.tag}`, implementation: 'userspace' }));

@@ -12,6 +12,7 @@ import { parseConfig, type ConfigInput } from '../../src/config/config.js';
 import { Datapath } from '../../src/datapath/gate/datapath.js';
 import { sleep } from '../../src/util/backoff.js';
 import { silentLogger } from '../../src/util/logger.js';
+import { nsenterArgs } from '../../src/netns/exec.js';
 import { assertGateBuilt } from '../../test/helpers/datapath-fixture.js';
 import { Topology } from '../../test/helpers/netns.js';
 import { checkpoint } from './interrupt.js';
@@ -44,7 +45,7 @@ class Connector {
   private readonly process;
 
   constructor(netns: string) {
-    this.process = spawn('nsenter', [`--net=/run/netns/${netns}`, 'python3', '-u', '-c', CONNECT_SCRIPT], { stdio: ['pipe', 'pipe', 'inherit'] });
+    this.process = spawn('nsenter', nsenterArgs(netns, 'python3', ['-u', '-c', CONNECT_SCRIPT]), { stdio: ['pipe', 'pipe', 'inherit'] });
     this.exited = new Promise((resolve) => this.process.once('exit', () => resolve()));
     this.process.stdin.on('error', () => {}); // a dead connector fails its connect below instead
     createInterface({ input: this.process.stdout }).on('line', (line) => this.waiters.shift()?.(JSON.parse(line) as { ok: boolean; ms: number }));

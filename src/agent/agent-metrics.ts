@@ -13,6 +13,10 @@ const PEER_STATES: readonly PeerState[] = ['up', 'pending', 'failed'];
 const SIGNAL_STATUSES: readonly SignalStatus[] = ['handled', 'deduplicated', 'unresolved', 'dropped'];
 const REAUTH_TRIGGERS: readonly ReauthTrigger[] = ['reauth', 'rotation', 'bundle-change', 'restored'];
 
+/** The pinned gate maps swept after a restart (see pinned-state.ts). */
+export type StaleEntryMap = 'ipcache' | 'policy' | 'interfaces';
+const STALE_ENTRY_MAPS: readonly StaleEntryMap[] = ['ipcache', 'policy', 'interfaces'];
+
 /**
  * Where each BPF counter (enum meshauth_counter) is exported. The first eight partition the
  * packets the gate saw by verdict; the last three count the gate's own signal bookkeeping, which
@@ -67,6 +71,7 @@ export class AgentMetrics {
   readonly signals: Counter<'status'>;
   readonly peers: Gauge<'state'>;
   readonly transportRekeys: Counter;
+  readonly staleEntriesRemoved: Counter<'map'>;
   readonly datapathPackets: Counter<'verdict'>;
   readonly datapathSignals: Counter<'result'>;
 
@@ -117,6 +122,13 @@ export class AgentMetrics {
       registers,
     });
 
+    this.staleEntriesRemoved = new Counter({
+      name: 'meshauth_gate_stale_entries_removed_total',
+      help: 'Pinned gate entries a previous run left for what went while the agent was down, removed after the first complete plan (ipcache, policy, interfaces)',
+      labelNames: ['map'],
+      registers,
+    });
+
     // Both read the BPF counters at scrape time, each on its own (a read is a few map lookups), so
     // either can be scraped alone. The counters are u64, exported as float64: exact up to 2^53,
     // then rounded, as Prometheus stores every sample anyway.
@@ -153,6 +165,7 @@ export class AgentMetrics {
     for (const state of PEER_STATES) this.peers.set({ state }, 0);
     for (const status of SIGNAL_STATUSES) this.signals.inc({ status }, 0);
     for (const trigger of REAUTH_TRIGGERS) this.reauths.inc({ trigger }, 0);
+    for (const map of STALE_ENTRY_MAPS) this.staleEntriesRemoved.inc({ map }, 0);
   }
 
   /** Sets the pair gauge for every state; a state not given has no pairs. */
@@ -184,5 +197,9 @@ export class AgentMetrics {
 
   transportRekey(): void {
     this.transportRekeys.inc();
+  }
+
+  staleEntries(map: StaleEntryMap, count: number): void {
+    this.staleEntriesRemoved.inc({ map }, count);
   }
 }

@@ -8,7 +8,7 @@ import { NumericIds } from '../auth/numeric-ids.js';
 import type { PairKey } from '../auth/types.js';
 import { staticSnapshot } from '../cluster/static-source.js';
 import { ClusterState } from '../cluster/state.js';
-import type { ClusterSource, NodeInfo } from '../cluster/types.js';
+import type { ClusterSource, EndpointInfo, NodeInfo } from '../cluster/types.js';
 import { nodeIdentity, type Config } from '../config/config.js';
 import { Datapath } from '../datapath/gate/datapath.js';
 import type { Signal } from '../datapath/gate/layout.js';
@@ -33,7 +33,9 @@ import { ControlServer } from '../control/server.js';
 import { GateInterfaces } from './gate-interfaces.js';
 import { PeerManager } from './peers.js';
 import { NodePlanner } from './node-planner.js';
+import type { NodePlan } from './plan.js';
 import { PlanWriter } from './plan-writer.js';
+import { removeStaleGateEntries } from './pinned-state.js';
 import type { AgentStatus } from '../control/status.js';
 import { assembleNodeFrame, type Transport } from '../datapath/transport/transport.js';
 import { createTransport } from '../datapath/transport/factory.js';
@@ -135,6 +137,7 @@ export class Agent {
         ...(config.datapath.netns !== undefined && { netns: config.datapath.netns }),
         logger,
         onResolved: () => this.queueReplan(),
+        onStaleBindings: (count) => this.metrics.staleEntries('interfaces', count),
       });
       this.gateInterfaces = gateInterfaces;
       this.closers.push(() => gateInterfaces.stop());
@@ -147,7 +150,7 @@ export class Agent {
     // Identity.
     const nodeId = SpiffeId.parse(nodeIdentity(config));
     this.store = new IdentityStore({
-      provider: createProvider(config.identity, config, logger),
+      provider: createProvider(config.identity, { ...config, nodeId: nodeId.toString() }, logger),
       nodeId,
       clockSkewMs: config.identity.clockSkew,
       maxChainDepth: config.identity.maxChainDepth,
@@ -387,7 +390,8 @@ export class Agent {
     this.planned = true;
     const locals = this.planner.localEndpoints();
     const found = this.gateInterfaces?.interfacesOf(locals);
-    const delta = this.planner.delta((endpoint) => found?.get(endpoint.ip) ?? endpoint.interface);
+    const interfaceOf = (endpoint: EndpointInfo) => found?.get(endpoint.ip) ?? endpoint.interface;
+    const delta = this.planner.delta(interfaceOf);
     if (found) this.metrics.setUngatedEndpoints(locals.filter((endpoint) => !found.has(endpoint.ip)).length);
     if (first || delta.nodesChanged) this.peers.setNodes([...this.state.nodes.values()].filter((node) => node.name !== this.config.nodeName));
     // Pairs first: entries of removed endpoints, identities, nodes or policy leave the map before
@@ -400,6 +404,8 @@ export class Agent {
         this.appliedDefaultMode = defaultMode;
       }
       this.planWriter?.write(delta);
+      // The first delta is the complete plan: what the pinned maps hold beyond it is stale.
+      if (first) this.removeStaleGateEntries(this.datapath, this.planner.plan(interfaceOf));
       this.gateInterfaces?.apply(delta.interfaces);
     }
     this.store.setWanted(delta.localIdentities.map((id) => SpiffeId.parse(id)));
@@ -407,6 +413,14 @@ export class Agent {
     // previous run left that the restored entries no longer need.
     this.planner.releaseUnused(first);
     void this.ids.save().catch((err: unknown) => this.deps.logger.error({ err: (err as Error).message }, 'saving the identity numbering failed'));
+  }
+
+  /** The first complete plan of this process: what the pinned maps hold beyond it is stale. */
+  private removeStaleGateEntries(datapath: Datapath, plan: NodePlan): void {
+    const removed = removeStaleGateEntries(datapath, { ipcache: plan.ipcache.keys(), policy: [...plan.policy.values()].map((policy) => policy.key) });
+    this.metrics.staleEntries('ipcache', removed.ipcache);
+    this.metrics.staleEntries('policy', removed.policy);
+    if (removed.ipcache + removed.policy > 0) this.deps.logger.info(removed, 'gate entries of what went while the agent was down removed');
   }
 
   private localNodeFrame(peer: string): NodeFrame {

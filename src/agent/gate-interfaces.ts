@@ -27,6 +27,8 @@ export interface GateInterfacesOptions {
   logger: Logger;
   /** An interface was found: the plan should be computed again. */
   onResolved: () => void;
+  /** Bindings a previous run left for workloads gone since were cleared (after the first apply). */
+  onStaleBindings?: (count: number) => void;
 }
 
 function sameEntry(a: IpcacheEntry | undefined, b: IpcacheEntry | undefined): boolean {
@@ -39,6 +41,8 @@ export class GateInterfaces {
   private readonly retries = new Set<NodeJS.Timeout>();
   private installing: Promise<void> = Promise.resolve();
   private bindings = new Map<string, IpcacheEntry | undefined>();
+  /** The first apply also clears what a previous run bound and this one does not. */
+  private sweepPending = true;
   private stopped = false;
 
   constructor(private readonly options: GateInterfacesOptions) {}
@@ -97,6 +101,25 @@ export class GateInterfaces {
         });
     }
     this.bind(changed);
+    if (this.sweepPending) {
+      this.sweepPending = false;
+      // After the attaches above, whether they succeeded or not: only then are the ifindexes of
+      // the interfaces to keep known.
+      this.installing = this.installing.then(() => this.unbindStale());
+    }
+  }
+
+  /** Clears every binding in the pinned map but those of the current plan's interfaces. */
+  private unbindStale(): void {
+    try {
+      const bound = [...this.bindings].filter(([, entry]) => entry !== undefined).map(([name]) => this.workloadInterface(name));
+      const cleared = this.options.datapath.retainBindings(bound);
+      if (cleared === 0) return;
+      this.options.logger.info({ cleared }, 'interface bindings of workloads gone while the agent was down cleared');
+      this.options.onStaleBindings?.(cleared);
+    } catch (err) {
+      this.options.logger.error({ err: (err as Error).message }, 'clearing stale interface bindings failed');
+    }
   }
 
   /** Waits for attaches in flight (tests). */

@@ -324,7 +324,15 @@ export class AuthManager {
     progress.trigger = trigger;
     if (!this.options.cache.get(pair)) this.progress.set(key, progress);
     // Pairs ride on an authenticated node link; onNodeLinkChanged brings them back when it is up.
-    if (pair.remoteNode !== this.options.localNode && !this.options.nodeLink(pair.remoteNode)) return;
+    if (pair.remoteNode !== this.options.localNode && !this.options.nodeLink(pair.remoteNode)) {
+      // A pair that had to be re-validated now (a changed trust bundle) cannot be without a link:
+      // it goes, rather than pass traffic on a chain the new bundle may not anchor. Pairs restored
+      // after a restart are in this state until their node link comes up.
+      if (options.removeOnFailure && this.options.cache.delete(pair)) {
+        this.options.logger.info({ pair: describe(pair), trigger }, 'pair could not be re-validated (no node link): removed');
+      }
+      return;
+    }
     if (trigger === 'reauth' || trigger === 'rotation' || trigger === 'bundle-change') this.options.onReauth?.(trigger);
     try {
       const result = pair.remoteNode === this.options.localNode ? this.options.authenticateLocal(pair) : await this.options.authenticate(pair);

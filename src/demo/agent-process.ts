@@ -10,7 +10,7 @@ import { readFile } from 'node:fs/promises';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { fetchStatus } from '../control/client.js';
 import type { AgentStatus } from '../control/status.js';
-import { inNetns, nsenterArgs } from './topology.js';
+import { inNetns, nsenterArgs } from '../netns/exec.js';
 import { cliInvocation } from './self.js';
 
 export interface AgentProcessOptions {

@@ -3,7 +3,7 @@ import { existsSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { execa, type ResultPromise } from 'execa';
-import { nsenterArgs } from './topology.js';
+import { nsenterArgs } from '../netns/exec.js';
 
 const CHILD_OPTIONS = { stdin: 'ignore', stdout: 'ignore', stderr: 'pipe', buffer: false, reject: false } as const;
 

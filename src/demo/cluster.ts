@@ -15,11 +15,14 @@ import { stringify as toYaml } from 'yaml';
 import type { ConfigInput } from '../config/config.js';
 import { attachedPrograms } from '../datapath/gate/hooks.js';
 import { PinLayout } from '../datapath/gate/pin-layout.js';
+import { killNamespaceProcesses, removeNamespaces } from '../netns/cleanup.js';
+import { inNetns, nsenterArgs } from '../netns/exec.js';
+import { randomTag } from '../netns/topology.js';
 import { AgentProcess } from './agent-process.js';
 import { Probe } from './probe.js';
 import { DEMO_NODES, DEMO_WORKLOADS, TRUST_DOMAIN, type DemoWorkload } from './scenario.js';
 import { cliInvocation } from './self.js';
-import { Topology, inNetns, killNamespaceProcesses, nsenterArgs, randomTag, removeNamespaces, type TopologyNode, type TopologyWorkload } from './topology.js';
+import { Topology, type TopologyNode, type TopologyWorkload } from './topology.js';
 
 export const WIREGUARD_PORT = 51820;
 export const METRICS_PORT = 9465;

@@ -1,7 +1,7 @@
 // The caller's side of a traffic probe (probe-main.ts) running inside a workload namespace.
 import { createInterface } from 'node:readline';
 import { execa, type ResultPromise } from 'execa';
-import { nsenterArgs } from './topology.js';
+import { nsenterArgs } from '../netns/exec.js';
 import { modulePath, nodeInvocation } from './self.js';
 
 /** Ports every probe listens on: TCP echo, UDP recorder. */

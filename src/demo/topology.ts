@@ -12,13 +12,10 @@
 // once a node handshake has programmed the peer. IPv6 is off in every namespace, so the
 // underlay carries only what the demo sends (and ARP).
 //
-// Namespace names carry a random tag (two topologies coexist), interface names are local to
-// their namespace. Everything lives inside namespaces this module creates; teardown() kills the
-// processes left inside them (agents, wireguard-go, probes) and deletes them, and is idempotent.
-import { existsSync } from 'node:fs';
-import { randomBytes } from 'node:crypto';
-import { setTimeout as sleep } from 'node:timers/promises';
-import { execa } from 'execa';
+// Built by the namespace builder (src/netns), with a random tag (two topologies coexist);
+// interface names are local to their namespace. teardown() kills the processes left inside the
+// namespaces (agents, wireguard-go, probes) and deletes them, and is idempotent.
+import { IPV4_FORWARDING, IPV6_OFF, NetnsTopology, RP_FILTER_OFF, namespaceNames, type TopologySpec } from '../netns/topology.js';
 
 export interface WorkloadSpec {
   /** Short name, used in namespace and interface names: [a-z0-9-], at most 10 characters. */
@@ -58,47 +55,27 @@ export const WORKLOAD_MTU = 1420;
 const UNDERLAY_INTERFACE = 'ul0';
 const NAME = /^[a-z0-9-]{1,10}$/;
 
-/** argv of a command run inside a namespace. nsenter enters only the network namespace, so the
- *  command keeps the host's /sys and bpffs pins (`ip netns exec` would give it a fresh /sys). */
-export function nsenterArgs(netns: string, command: string, args: readonly string[]): string[] {
-  return [`--net=/run/netns/${netns}`, command, ...args];
-}
-
-export function inNetns(netns: string, command: string, args: readonly string[], options: { input?: string; reject?: boolean; timeout?: number } = {}) {
-  return execa('nsenter', nsenterArgs(netns, command, args), { input: options.input, reject: options.reject ?? true, timeout: options.timeout });
-}
-
-export function randomTag(): string {
-  return randomBytes(3).toString('hex');
-}
-
 export class Topology {
   readonly nodes: TopologyNode[];
-  private readonly created: string[] = [];
-  private tornDown = false;
 
   private constructor(
-    readonly tag: string,
-    readonly prefix: string,
+    private readonly built: NetnsTopology,
     specs: readonly [NodeSpec, NodeSpec],
   ) {
-    this.nodes = specs.map((spec) => {
-      const netns = `${prefix}-${tag}-${spec.name}`;
-      return {
-        name: spec.name,
-        address: spec.address,
-        podCidr: spec.podCidr,
-        netns,
-        underlayInterface: UNDERLAY_INTERFACE,
-        gateway: firstAddress(spec.podCidr),
-        workloads: spec.workloads.map((w) => ({ ...w, node: spec.name, netns: `${prefix}-${tag}-${w.name}`, hostInterface: `h-${w.name}` })),
-      };
-    });
+    this.nodes = specs.map((spec) => ({
+      name: spec.name,
+      address: spec.address,
+      podCidr: spec.podCidr,
+      netns: built.netns(spec.name),
+      underlayInterface: UNDERLAY_INTERFACE,
+      gateway: firstAddress(spec.podCidr),
+      workloads: spec.workloads.map((w) => ({ ...w, node: spec.name, netns: built.netns(w.name), hostInterface: hostInterfaceOf(w) })),
+    }));
   }
 
   /** The namespaces a topology with this tag and prefix uses (for cleaning up after a crash). */
-  static namespacesOf(prefix: string, tag: string, specs: readonly NodeSpec[]): string[] {
-    return specs.flatMap((spec) => [`${prefix}-${tag}-${spec.name}`, ...spec.workloads.map((w) => `${prefix}-${tag}-${w.name}`)]);
+  static namespacesOf(prefix: string, tag: string, specs: readonly [NodeSpec, NodeSpec]): string[] {
+    return namespaceNames(describe(prefix, specs), tag);
   }
 
   /**
@@ -111,18 +88,19 @@ export class Topology {
         if (!NAME.test(name)) throw new Error(`topology: bad name ${JSON.stringify(name)} (1-10 of a-z 0-9 -)`);
       }
     }
-    const topology = new Topology(options.tag ?? randomTag(), options.prefix ?? 'meshauth', specs);
-    try {
-      await topology.build();
-    } catch (err) {
-      await topology.teardown();
-      throw err;
-    }
-    return topology;
+    return new Topology(await NetnsTopology.create(describe(options.prefix ?? 'meshauth', specs), { tag: options.tag }), specs);
+  }
+
+  get tag(): string {
+    return this.built.tag;
+  }
+
+  get prefix(): string {
+    return this.built.spec.prefix;
   }
 
   get namespaces(): string[] {
-    return this.nodes.flatMap((node) => [node.netns, ...node.workloads.map((w) => w.netns)]);
+    return this.built.namespaces;
   }
 
   get workloads(): TopologyWorkload[] {
@@ -142,112 +120,52 @@ export class Topology {
   }
 
   /** Kills every process left in the namespaces, then deletes them. Safe to call again. */
-  async teardown(): Promise<void> {
-    this.tornDown = true;
-    await removeNamespaces(this.created);
-    this.created.length = 0;
-  }
-
-  private async build(): Promise<void> {
-    const [a, b] = this.nodes as [TopologyNode, TopologyNode];
-    for (const netns of this.namespaces) {
-      if (this.tornDown) throw new Error('topology: torn down while it was being built');
-      await execa('ip', ['netns', 'add', netns]);
-      this.created.push(netns);
-    }
-    await Promise.all(
-      this.namespaces.map((netns) => {
-        const isNode = this.nodes.some((node) => node.netns === netns);
-        return inNetns(netns, 'sysctl', [
-          '-q',
-          '-w',
-          'net.ipv6.conf.all.disable_ipv6=1',
-          'net.ipv6.conf.default.disable_ipv6=1',
-          'net.ipv4.conf.all.rp_filter=0',
-          'net.ipv4.conf.default.rp_filter=0',
-          ...(isNode ? ['net.ipv4.ip_forward=1'] : []),
-        ]);
-      }),
-    );
-    await ipBatch(a.netns, [`link add name ${a.underlayInterface} type veth peer name ${b.underlayInterface} netns ${b.netns}`]);
-    for (const node of this.nodes) {
-      const lines = ['link set lo up', `addr add ${node.address}/24 dev ${node.underlayInterface}`, `link set ${node.underlayInterface} up`];
-      for (const w of node.workloads) {
-        lines.push(
-          `link add name ${w.hostInterface} mtu ${WORKLOAD_MTU} type veth peer name eth0 mtu ${WORKLOAD_MTU} netns ${w.netns}`,
-          `addr add ${node.gateway}/32 dev ${w.hostInterface}`,
-          `link set ${w.hostInterface} up`,
-          `route add ${w.ip}/32 dev ${w.hostInterface}`,
-        );
-      }
-      await ipBatch(node.netns, lines);
-      await Promise.all(
-        node.workloads.map((w) =>
-          ipBatch(w.netns, [
-            'link set lo up',
-            `addr add ${w.ip}/32 dev eth0`,
-            'link set eth0 up',
-            `route add ${node.gateway} dev eth0 scope link`,
-            `route add default via ${node.gateway} dev eth0`,
-          ]),
-        ),
-      );
-    }
-    await waitForLinksUp(this.namespaces);
-  }
-
-}
-
-/** Waits until every link but lo in these namespaces is operationally up: IPv6 ignores an
- *  interface until then, so traffic sent earlier is lost. */
-export async function waitForLinksUp(namespaces: readonly string[], timeoutMs = 10_000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  for (const netns of namespaces) {
-    for (;;) {
-      const { stdout } = await execa('ip', ['-n', netns, '-j', 'link', 'show']);
-      const links = JSON.parse(stdout) as { ifname: string; operstate: string }[];
-      if (links.every((link) => link.ifname === 'lo' || link.operstate === 'UP')) break;
-      if (Date.now() > deadline) throw new Error(`topology: links in ${netns} did not come up: ${stdout}`);
-      await sleep(20);
-    }
+  teardown(): Promise<void> {
+    return this.built.destroy();
   }
 }
 
-/**
- * Kills the processes inside these namespaces (only processes started in them: ours) and deletes
- * the namespaces. A namespace that does not exist is skipped.
- */
-export async function removeNamespaces(namespaces: readonly string[]): Promise<void> {
-  await killNamespaceProcesses(namespaces);
-  for (const netns of namespaces) {
-    if (existsSync(`/run/netns/${netns}`)) await execa('ip', ['netns', 'del', netns], { reject: false });
-  }
+function hostInterfaceOf(workload: WorkloadSpec): string {
+  return `h-${workload.name}`;
 }
 
-/** SIGKILLs every process inside these namespaces (only processes started in them: ours). */
-export async function killNamespaceProcesses(namespaces: readonly string[]): Promise<void> {
-  const existing = namespaces.filter((netns) => existsSync(`/run/netns/${netns}`));
-  for (let round = 0; round < 100; round++) {
-    const pids = (await Promise.all(existing.map(namespacePids))).flat();
-    if (pids.length === 0) break;
-    for (const pid of pids) {
-      try {
-        process.kill(pid, 'SIGKILL');
-      } catch {
-        // gone already
-      }
-    }
-    await sleep(20);
-  }
+/** The demo's layout as a namespace topology: nodes joined by one underlay veth, each workload
+ *  behind a host-side veth of its node, IPv4 only. */
+function describe(prefix: string, specs: readonly [NodeSpec, NodeSpec]): TopologySpec {
+  const [a, b] = specs;
+  const ipv4Only = { ...IPV6_OFF, ...RP_FILTER_OFF };
+  return {
+    prefix,
+    namespaces: specs.flatMap((node) => {
+      const gateway = firstAddress(node.podCidr);
+      return [
+        { name: node.name, sysctls: { ...ipv4Only, ...IPV4_FORWARDING }, routes: node.workloads.map((w) => ({ to: `${w.ip}/32`, dev: hostInterfaceOf(w) })) },
+        ...node.workloads.map((w) => ({
+          name: w.name,
+          sysctls: ipv4Only,
+          routes: [
+            { to: gateway, dev: 'eth0', scope: 'link' as const },
+            { to: 'default', via: gateway, dev: 'eth0' },
+          ],
+        })),
+      ];
+    }),
+    veths: [
+      { ends: [underlayEnd(a), underlayEnd(b)] },
+      ...specs.flatMap((node) =>
+        node.workloads.map((w) => ({
+          ends: [
+            { netns: node.name, name: hostInterfaceOf(w), mtu: WORKLOAD_MTU, addresses: [`${firstAddress(node.podCidr)}/32`] },
+            { netns: w.name, name: 'eth0', mtu: WORKLOAD_MTU, addresses: [`${w.ip}/32`] },
+          ] as const,
+        })),
+      ),
+    ],
+  };
 }
 
-async function namespacePids(netns: string): Promise<number[]> {
-  const result = await execa('ip', ['netns', 'pids', netns], { reject: false });
-  return result.exitCode === 0 ? result.stdout.split('\n').filter(Boolean).map(Number) : [];
-}
-
-async function ipBatch(netns: string, lines: string[]): Promise<void> {
-  await execa('ip', ['-n', netns, '-batch', '-'], { input: `${lines.join('\n')}\n` });
+function underlayEnd(node: NodeSpec) {
+  return { netns: node.name, name: UNDERLAY_INTERFACE, addresses: [`${node.address}/24`] };
 }
 
 function firstAddress(cidr: string): string {

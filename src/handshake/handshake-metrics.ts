@@ -35,7 +35,7 @@ export class HandshakeMetrics {
     });
     this.rejectedConnections = new Counter({
       name: 'meshauth_handshake_connections_rejected_total',
-      help: 'Connections the responder closed before the TLS handshake because a limit was hit (rate, per_source, max_connections)',
+      help: 'Connections the responder refused because an admission limit was hit: before TLS, for a peer node (rate, per_source, max_connections) or a source that is no node\'s (non_node_rate, non_node_per_source, non_node_max_connections); during TLS, a handshake for a wanted SVID beyond what one peer may hold waiting (svid_wait_per_source)',
       labelNames: ['limit'],
       registers,
     });

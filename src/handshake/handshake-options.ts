@@ -15,16 +15,40 @@ export const handshakeOptionsSchema = z.strictObject({
   handshakeTimeout: durationMs.prefault('5s'),
   /** Upper bound of a recorded pair's lifetime, below the certificates' own. */
   maxTtl: durationMs.prefault('1h'),
-  /** Responder: open connections (handshakes in progress) at most. */
+  /** Responder: open connections (handshakes in progress) of known peer nodes, all together. */
   maxConnections: z.number().int().min(1).default(1024),
   /** Responder: bytes a client may send before its TLS handshake completes (ClientHello + Certificate flight). */
   maxPreHandshakeBytes: z.number().int().min(4096).default(65_536),
-  /** Responder, per source address: new connections per second, bucket size, and open connections. */
+  /** Responder, per known peer node: new connections per second, bucket size, and open connections. */
   rateLimit: z
     .strictObject({
       perSecond: z.number().positive().default(200),
       burst: z.number().int().min(1).default(400),
       maxOpenPerSource: z.number().int().min(1).default(128),
+    })
+    .prefault({}),
+  /**
+   * Responder, sources that are no known node's (they can only be refused: a node this agent does
+   * not know yet, a scanner): the same limits per address, and open connections of them all
+   * together, apart from the peers' maxConnections.
+   */
+  nonNodeSources: z
+    .strictObject({
+      perSecond: z.number().positive().default(2),
+      burst: z.number().int().min(1).default(4),
+      maxOpenPerSource: z.number().int().min(1).default(2),
+      maxOpen: z.number().int().min(1).default(32),
+    })
+    .prefault({}),
+  /**
+   * Responder, per peer node: node handshakes accepted (each re-keys the transport to that peer).
+   * Re-authentication needs one every few tens of minutes; the burst covers crossing handshakes,
+   * a trust-bundle change and a peer's restarts. Beyond it a node handshake is refused (retried).
+   */
+  nodeHandshakes: z
+    .strictObject({
+      perMinute: z.number().positive().default(6),
+      burst: z.number().int().min(1).default(4),
     })
     .prefault({}),
   /** Initiator: handshakes in progress at once; more wait for a slot. */

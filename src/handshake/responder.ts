@@ -1,5 +1,5 @@
 import { createServer as createNetServer, type AddressInfo, type Server as NetServer, type Socket } from 'node:net';
-import { createServer as createTlsServer, type Server as TlsServer, type TLSSocket } from 'node:tls';
+import { createServer as createTlsServer, TLSSocket, type SecureContext, type Server as TlsServer } from 'node:tls';
 import type { ValidatedSvid } from '../identity/svid-validator.js';
 import type { HandshakeKindLabel } from './handshake-metrics.js';
 import { buildAuthResult, exportSecrets } from './auth-result.js';
@@ -7,7 +7,8 @@ import { HandshakeFailure, classifySocketError } from './failure.js';
 import { acceptedPeerFrame, checkedOwnFrame, decodeVerdict, encodeVerdict, readFrame } from './frames.js';
 import { TLS_BASE_OPTIONS, type LocalIdentity } from './local-identities.js';
 import { ALPN, kindOfAlpn, type HandshakeKind } from './protocol.js';
-import { SourceAdmission, normalizeAddress } from './source-admission.js';
+import { SourceAdmission, normalizeAddress, sourceKey, type AdmissionDecision, type AdmissionSource } from './source-admission.js';
+import { TokenBuckets } from './token-buckets.js';
 import type { AuthResult, AuthorizeRequest } from './types.js';
 import type { HandshakeRoleOptions } from './role-options.js';
 
@@ -22,6 +23,8 @@ export interface ResponderOptions extends HandshakeRoleOptions {
 interface Connection {
   readonly raw: Socket;
   readonly source: string;
+  /** The node or address its admission was charged to. */
+  readonly admitted: AdmissionSource;
   readonly acceptedAt: number;
   readonly deadline: NodeJS.Timeout;
   kind: HandshakeKindLabel;
@@ -36,6 +39,15 @@ const BYTE_CAP_SWEEP_MS = 100;
  * SVID (under the handshake timeout, which still bounds the whole handshake).
  */
 const WANTED_IDENTITY_WAIT_MS = 2000;
+/** Handshakes one peer may hold waiting for wanted SVIDs; beyond that they are refused at once,
+ *  so that no peer can take the waiting room (LocalIdentities bounds it for all) from the others. */
+const WANTED_IDENTITY_WAITERS_PER_PEER = 16;
+
+/** The rejection counter's label for each admission refusal, by kind of source. */
+const REJECTION_LABEL: Record<AdmissionSource['kind'], Record<Exclude<AdmissionDecision, 'admit'>, string>> = {
+  peer: { rate: 'rate', per_source: 'per_source', max_open: 'max_connections' },
+  other: { rate: 'non_node_rate', per_source: 'non_node_per_source', max_open: 'non_node_max_connections' },
+};
 
 /**
  * The responder: one TCP listener for both kinds of handshake. Connections are admitted per
@@ -49,6 +61,10 @@ export class HandshakeResponder {
   private readonly tls: TlsServer;
   private readonly admission: SourceAdmission;
   private readonly connections = new Map<string, Connection>();
+  /** Node handshakes accepted, per peer node: each one re-keys the transport to it. */
+  private readonly nodeHandshakes = new TokenBuckets(16_384);
+  /** Handshakes held for a wanted SVID, by admission key. */
+  private readonly waitingBySource = new Map<string, number>();
   private readonly now: () => Date;
   private sweepTimer?: NodeJS.Timeout;
 
@@ -56,10 +72,20 @@ export class HandshakeResponder {
     const { settings } = options;
     this.now = options.now ?? (() => new Date());
     this.admission = new SourceAdmission({
-      ratePerSecond: settings.rateLimit.perSecond,
-      burst: settings.rateLimit.burst,
-      maxConcurrentPerSource: settings.rateLimit.maxOpenPerSource,
+      peers: {
+        ratePerSecond: settings.rateLimit.perSecond,
+        burst: settings.rateLimit.burst,
+        maxOpenPerSource: settings.rateLimit.maxOpenPerSource,
+        maxOpen: settings.maxConnections,
+      },
+      others: {
+        ratePerSecond: settings.nonNodeSources.perSecond,
+        burst: settings.nonNodeSources.burst,
+        maxOpenPerSource: settings.nonNodeSources.maxOpenPerSource,
+        maxOpen: settings.nonNodeSources.maxOpen,
+      },
     });
+    const answerSni = (socket: unknown, servername: string, answer: (context: SecureContext | undefined) => void): void => this.answerSni(socket, servername, answer);
     // Never listens itself: it gets the connections the admission step lets through.
     this.tls = createTlsServer({
       ...TLS_BASE_OPTIONS,
@@ -69,21 +95,18 @@ export class HandshakeResponder {
       ALPNProtocols: [ALPN.pair, ALPN.node],
       // No context for an unknown name: the default context has no certificate, so OpenSSL aborts
       // with a handshake_failure alert, which initiators read as unknown_identity. A name this
-      // node wants but holds no SVID for yet waits a moment for it (see awaitContextForSni).
-      SNICallback: (servername, callback) => {
-        const context = options.identities.contextForSni(servername);
-        if (context) return callback(null, context);
-        options.identities
-          .awaitContextForSni(servername, WANTED_IDENTITY_WAIT_MS)
-          .then((issued) => callback(null, issued))
-          .catch((err: unknown) => options.logger.warn({ err: (err as Error).message }, 'answering a held handshake failed'));
+      // node wants but holds no SVID for yet waits a moment for it (see answerSni). Node calls
+      // this with the TLS socket as `this`, which names the connection.
+      SNICallback(this: unknown, servername, callback) {
+        answerSni(this, servername, (context) => callback(null, context));
       },
       handshakeTimeout: settings.handshakeTimeout,
     });
     this.tls.on('secureConnection', (socket) => this.onSecure(socket));
     this.tls.on('tlsClientError', (err, socket) => this.onTlsError(err, socket));
     this.listener = createNetServer({ noDelay: true }, (raw) => this.onConnection(raw));
-    this.listener.maxConnections = settings.maxConnections;
+    // A backstop only: admission keeps each class within its own budget, so this is never hit.
+    this.listener.maxConnections = settings.maxConnections + settings.nonNodeSources.maxOpen;
     this.listener.on('drop', () => options.metrics?.rejectedConnections.inc({ limit: 'max_connections' }));
   }
 
@@ -113,11 +136,43 @@ export class HandshakeResponder {
     await closed;
   }
 
+  /**
+   * The context for an SNI. One this node wants but holds no SVID for yet is waited for, by a
+   * peer's handshake only (a source that is no node's can only be refused) and by at most
+   * WANTED_IDENTITY_WAITERS_PER_PEER of one peer's at a time.
+   */
+  private answerSni(socket: unknown, servername: string, answer: (context: SecureContext | undefined) => void): void {
+    const { identities, logger, metrics } = this.options;
+    const held = identities.contextForSni(servername);
+    if (held) return answer(held);
+    const connection = socket instanceof TLSSocket ? this.connections.get(connectionKey(socket)) : undefined;
+    if (connection?.admitted.kind !== 'peer') return answer(undefined);
+    const key = sourceKey(connection.admitted);
+    const waiting = this.waitingBySource.get(key) ?? 0;
+    if (waiting >= WANTED_IDENTITY_WAITERS_PER_PEER) {
+      metrics?.rejectedConnections.inc({ limit: 'svid_wait_per_source' });
+      return answer(undefined);
+    }
+    this.waitingBySource.set(key, waiting + 1);
+    identities
+      .awaitContextForSni(servername, WANTED_IDENTITY_WAIT_MS)
+      .then(answer)
+      .catch((err: unknown) => logger.warn({ err: (err as Error).message }, 'answering a held handshake failed'))
+      .finally(() => {
+        const left = (this.waitingBySource.get(key) ?? 1) - 1;
+        if (left > 0) this.waitingBySource.set(key, left);
+        else this.waitingBySource.delete(key);
+      });
+  }
+
   private onConnection(raw: Socket): void {
     const source = normalizeAddress(raw.remoteAddress);
-    const decision = this.admission.admit(source);
+    // The node is resolved at accept: peers and other sources draw on separate budgets.
+    const node = this.options.resolveNode(source);
+    const admitted: AdmissionSource = node === undefined ? { kind: 'other', address: source } : { kind: 'peer', node };
+    const decision = this.admission.admit(admitted);
     if (decision !== 'admit') {
-      this.options.metrics?.rejectedConnections.inc({ limit: decision === 'rate' ? 'rate' : 'per_source' });
+      this.options.metrics?.rejectedConnections.inc({ limit: REJECTION_LABEL[admitted.kind][decision] });
       raw.destroy();
       return;
     }
@@ -125,6 +180,7 @@ export class HandshakeResponder {
     const connection: Connection = {
       raw,
       source,
+      admitted,
       acceptedAt: performance.now(),
       deadline: setTimeout(() => {
         this.settle(connection, new HandshakeFailure('timeout', `no outcome within ${this.options.settings.handshakeTimeout} ms`));
@@ -141,7 +197,7 @@ export class HandshakeResponder {
     raw.once('close', () => {
       clearTimeout(connection.deadline);
       this.connections.delete(key);
-      this.admission.release(source);
+      this.admission.release(admitted);
       this.options.metrics?.inFlight.dec({ role: 'responder' });
       if (!connection.settled) this.settle(connection, new HandshakeFailure(connection.secured ? 'protocol' : 'refused', 'connection closed before an outcome'));
     });
@@ -194,6 +250,7 @@ export class HandshakeResponder {
     const local = this.presentedIdentity(socket, kind, connection.acceptedAt);
     const peer = this.options.validator.validatePeer(socket, 'initiator');
     const remoteNode = this.authorizePeer(kind, local, peer, connection.source);
+    if (kind === 'node') this.limitNodeHandshakes(remoteNode);
     const secrets = exportSecrets(socket, kind, 'responder');
 
     const peerFrame = acceptedPeerFrame(kind, decodeVerdict(await readFrame(socket)), remoteNode, 'initiator');
@@ -244,6 +301,14 @@ export class HandshakeResponder {
     }
     if (!allowed) throw new HandshakeFailure('unauthorized', `${peer.id.toString()} may not authenticate to ${local.id.toString()}`);
     return remoteNode;
+  }
+
+  /** Refuses (retryably) a peer's node handshake beyond its rate, before it re-keys anything. */
+  private limitNodeHandshakes(remoteNode: string): void {
+    const { perMinute, burst } = this.options.settings.nodeHandshakes;
+    if (this.nodeHandshakes.take(remoteNode, { ratePerSecond: perMinute / 60, burst })) return;
+    this.options.metrics?.rejectedConnections.inc({ limit: 'node_handshake_rate' });
+    throw new HandshakeFailure('refused', `node ${remoteNode} re-authenticated its link more than ${perMinute} times a minute`);
   }
 
   private enforceByteCap(): void {

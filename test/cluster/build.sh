@@ -117,6 +117,11 @@ build_pause() {
 	gob -ldflags "-s -w" -o "$1/bin/pause" .
 }
 
+build_probe() {
+	grep -q "\"$PROBE_VERSION\"" main.go || { echo "build.sh: PROBE_VERSION=$PROBE_VERSION is not the version in build/probe/main.go" >&2; return 1; }
+	gob -ldflags "-s -w" -o "$1/bin/probe" .
+}
+
 build_spire() {
 	local p=github.com/spiffe/spire ld
 	ld="-s -w -X $p/pkg/common/version.gittag=${SPIRE_VERSION#v}"

@@ -20,7 +20,8 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import type { ConfigInput } from '../../src/config/config.js';
 import { isMeshauthReqid } from '../../src/datapath/transport/xfrm.js';
 import { AgentProcess, type LogLine } from '../../src/demo/agent-process.js';
-import { Topology, inNetns, type NodeSpec, type TopologyNode } from '../../src/demo/topology.js';
+import { Topology, type NodeSpec, type TopologyNode } from '../../src/demo/topology.js';
+import { inNetns } from '../../src/netns/exec.js';
 import { ProcessRecorder, processesHolding } from '../helpers/process-recorder.js';
 import { listXfrm, XfrmMonitor, type XfrmEvent, type XfrmPolicy, type XfrmState } from '../helpers/xfrm-observer.js';
 

@@ -15,7 +15,9 @@ import { WireGuardKeyPair } from '../../src/datapath/transport/keys.js';
 import { IpsecTransport } from '../../src/datapath/transport/ipsec.js';
 import type { IpsecPeer } from '../../src/datapath/transport/ipsec-peer.js';
 import { isMeshauthReqid, parseStates } from '../../src/datapath/transport/xfrm.js';
-import { PING_MARKER, secretForms, type TransportTopology } from '../helpers/transport-topology.js';
+import { inNetns } from '../../src/netns/exec.js';
+import { secretForms } from '../helpers/secret-scanner.js';
+import { PING_MARKER, type TransportTopology } from '../helpers/transport-topology.js';
 
 export type Record = (check: string, ok: boolean, detail?: unknown) => void;
 
@@ -155,7 +157,7 @@ export async function wireguardChecks(
     record('wg.new-psk-in-effect', fresh.received >= 2 && stale.received === 0, { fresh, stale });
 
     const removed = await wg1.removePeer('node2');
-    const { stdout: peersLeft } = await execa('nsenter', [`--net=/run/netns/${topo.node(1).netns}`, 'wg', 'show', wg1.interfaceName, 'peers']);
+    const { stdout: peersLeft } = await inNetns(topo.node(1).netns, 'wg', ['show', wg1.interfaceName, 'peers']);
     const { stdout: routesLeft } = await execa('ip', ['-n', topo.node(1).netns, 'route', 'show', 'dev', wg1.interfaceName]);
     const after = await topo.ping(1, 2, { count: 1, deadlineS: 1 });
     record('wg.remove-peer', removed && peersLeft.trim() === '' && routesLeft.trim() === '' && after.received === 0 && wg1.nodeNames().length === 0, {

@@ -3,7 +3,8 @@
 // node namespaces. Prints one JSON line per check ({"check", "ok", "detail"}); exits 1 when a
 // check failed. A scanner watches every process's command line and environment for the keys
 // meanwhile, and the transports log (debug level) into memory, searched for the keys at the end.
-import { CmdlineScanner, TransportTopology } from '../helpers/transport-topology.js';
+import { CmdlineScanner } from '../helpers/secret-scanner.js';
+import { TransportTopology } from '../helpers/transport-topology.js';
 import { capturedLogger, ipsecChecks, ipsecSecrets, leakedIn, wireguardChecks, wireguardSecrets, type Record } from './transport-checks.js';
 
 let failed = false;

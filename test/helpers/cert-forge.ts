@@ -95,17 +95,7 @@ export async function forge(spec: CertSpec): Promise<Forged> {
   if (spec.issuer) extensions.push(await px509.AuthorityKeyIdentifierExtension.create(spec.issuer.keys.publicKey));
   extensions.push(...spec.extra);
   const { algorithm, key } = await signingKey(signer, spec.hash);
-  const created = await px509.X509CertificateGenerator.create({
-    serialNumber: serialNumber(),
-    subject: spec.subject,
-    issuer: spec.issuer ? spec.issuer.name : spec.subject,
-    notBefore: spec.notBefore,
-    notAfter: spec.notAfter,
-    signingAlgorithm: algorithm,
-    publicKey: keys.publicKey,
-    signingKey: key,
-    extensions,
-  });
+  const created = await px509.X509CertificateGenerator.create({ ...certificateFields(spec, keys), signingAlgorithm: algorithm, signingKey: key, extensions });
   const der = Buffer.from(created.rawData);
   return { der, cert: new X509Certificate(der), keys, key: spec.key, name: created.subjectName };
 }
@@ -136,13 +126,8 @@ export async function forgeRsaLeafWithNodeForge(id: string, issuer: Forged, dige
 export async function forgeWithSignatureAlgorithm(spec: CertSpec, algorithmOid: string): Promise<Buffer> {
   const keys = await generateKeys(spec.key);
   const created = await px509.X509CertificateGenerator.create({
-    serialNumber: serialNumber(),
-    subject: spec.subject,
-    issuer: spec.issuer ? spec.issuer.name : spec.subject,
-    notBefore: spec.notBefore,
-    notAfter: spec.notAfter,
+    ...certificateFields(spec, keys),
     signingAlgorithm: { name: algorithmOid },
-    publicKey: keys.publicKey,
     signature: randomBytes(64),
     extensions: [
       new px509.BasicConstraintsExtension(false, undefined, true),
@@ -233,6 +218,18 @@ async function signingKey(signer: { keys: CryptoKeyPair; key: ForgeKey }, hashOv
       return { algorithm, key };
     }
   }
+}
+
+/** The fields every forged certificate takes from its spec: serial, names, validity, key. */
+function certificateFields(spec: CertSpec, keys: CryptoKeyPair) {
+  return {
+    serialNumber: serialNumber(),
+    subject: spec.subject,
+    issuer: spec.issuer ? spec.issuer.name : spec.subject,
+    notBefore: spec.notBefore,
+    notAfter: spec.notAfter,
+    publicKey: keys.publicKey,
+  };
 }
 
 function serialNumber(): string {

@@ -6,16 +6,18 @@
 //
 // Workload wNX has 10.N.X.2/24 and fd00:N:X::2/64 (X: a=1, b=2), default routes via .1 / ::1
 // on the host side; the nodes route each other's 10.N.0.0/16 and fd00:N::/32 over nlink.
-// Namespace names carry a random tag, so tests can run side by side; addresses live only
-// inside those namespaces. cleanup() (registered with t.teardown by create) kills the probes,
-// removes every namespace and any pin directory the test used, also after a failure.
+// Built by the namespace builder (src/netns): names carry a random tag, so tests can run side by
+// side; addresses live only inside those namespaces. cleanup() (registered with t.teardown by
+// create) kills the probes, removes every namespace and any pin directory the test used, also
+// after a failure.
 import { existsSync } from 'node:fs';
 import { rm } from 'node:fs/promises';
 import { randomBytes } from 'node:crypto';
 import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
 import { execa, type ResultPromise } from 'execa';
-import { waitForLinksUp } from '../../src/demo/topology.js';
+import { inNetns, nsenterArgs } from '../../src/netns/exec.js';
+import { FORWARDING, NetnsTopology, QUIET_IPV6, namespaceName, randomTag, type TopologySpec, type VethEnd } from '../../src/netns/topology.js';
 
 export type Protocol = 'tcp' | 'udp' | 'icmp' | 'raw';
 export type Family = 4 | 6;
@@ -43,59 +45,85 @@ export interface TestNode {
 // finds the script too.
 const PROBE_SCRIPT = fileURLToPath(new URL(import.meta.url.includes('/dist/test/') ? '../../../test/helpers/netns-probe.py' : './netns-probe.py', import.meta.url));
 
-async function ipBatch(netns: string, lines: string[]): Promise<void> {
-  await execa('ip', ['-n', netns, '-batch', '-'], { input: `${lines.join('\n')}\n` });
+const PREFIX = 'ma';
+/** Each workload: its node, its letter, and its subnet on that node. */
+const WORKLOADS = [1, 2].flatMap((node) => (['a', 'b'] as const).map((x, i) => ({ node: node as 1 | 2, name: `w${node}${x}`, subnet: i + 1 })));
+
+function nodeLinkEnd(id: 1 | 2): VethEnd {
+  return { netns: `n${id}`, name: 'nlink', index: 100 * id, addresses: [`10.200.0.${id}/24`, `fd00:200::${id}/64`] };
 }
 
-/** Runs a command inside a network namespace (nsenter: keeps the host's /sys and bpffs). */
-export function inNetns(netns: string, command: string, args: string[]) {
-  return execa('nsenter', [`--net=/run/netns/${netns}`, command, ...args]);
-}
-
-/**
- * Sysctls for fresh test namespaces, before any interface exists: no DAD delay on link-local
- * addresses, no router solicitations, and the unsolicited MLD reports sent at once (they go to
- * ff02::16, an address the gate does not know) so that they are over before a test attaches the
- * gate and counts packets. `routers` also forward IPv4 and IPv6.
- */
-export async function prepareNamespaces(namespaces: readonly string[], routers: readonly string[]): Promise<void> {
-  await Promise.all(
-    namespaces.map((ns) =>
-      inNetns(ns, 'sysctl', [
-        '-q',
-        '-w',
-        'net.ipv6.conf.all.accept_dad=0',
-        'net.ipv6.conf.default.accept_dad=0',
-        'net.ipv6.conf.default.router_solicitations=0',
-        'net.ipv6.conf.default.mldv1_unsolicited_report_interval=1',
-        'net.ipv6.conf.default.mldv2_unsolicited_report_interval=1',
-        ...(routers.includes(ns) ? ['net.ipv4.ip_forward=1', 'net.ipv6.conf.all.forwarding=1'] : []),
-      ]),
-    ),
-  );
-}
+/** The cluster as a namespace topology. */
+const SPEC: TopologySpec = {
+  prefix: PREFIX,
+  namespaces: [
+    ...[1, 2].map((id) => {
+      const other = 3 - id;
+      return {
+        name: `n${id}`,
+        sysctls: { ...QUIET_IPV6, ...FORWARDING },
+        routes: [
+          { to: `10.${other}.0.0/16`, via: `10.200.0.${other}` },
+          { to: `fd00:${other}::/32`, via: `fd00:200::${other}` },
+        ],
+      };
+    }),
+    ...WORKLOADS.map((w) => ({
+      name: w.name,
+      sysctls: QUIET_IPV6,
+      routes: [
+        { to: 'default', via: `10.${w.node}.${w.subnet}.1` },
+        { to: 'default', via: `fd00:${w.node}:${w.subnet}::1` },
+      ],
+    })),
+  ],
+  veths: [
+    { ends: [nodeLinkEnd(1), nodeLinkEnd(2)] },
+    ...WORKLOADS.map((w) => ({
+      ends: [
+        // Explicit ifindexes, distinct from their peers' (see VethEnd.index).
+        { netns: `n${w.node}`, name: `h${w.name}`, index: 10 * w.node + w.subnet, addresses: [`10.${w.node}.${w.subnet}.1/24`, `fd00:${w.node}:${w.subnet}::1/64`] },
+        { netns: w.name, name: 'eth0', addresses: [`10.${w.node}.${w.subnet}.2/24`, `fd00:${w.node}:${w.subnet}::2/64`] },
+      ] as const,
+    })),
+  ],
+};
 
 export class Topology {
   readonly nodes: [TestNode, TestNode];
   readonly workloads: Workload[] = [];
-  private readonly namespaces: string[];
   private readonly extraPinDirs: string[] = [];
+  private destroyNamespaces: () => Promise<void> = async () => {};
 
   private constructor(readonly tag: string) {
     const node = (id: 1 | 2): TestNode => ({
       id,
-      netns: `ma-${tag}-n${id}`,
+      netns: namespaceName(PREFIX, tag, `n${id}`),
       pinDir: `/sys/fs/bpf/meshauth-test-${tag}-n${id}`,
     });
     this.nodes = [node(1), node(2)];
-    this.namespaces = this.nodes.map((n) => n.netns);
   }
 
   /** Builds the topology; `t.teardown` gets cleanup() before anything is created. */
   static async create(t: { teardown(fn: () => Promise<void>): void }): Promise<Topology> {
-    const topology = new Topology(randomBytes(4).toString('hex'));
+    const topology = new Topology(randomTag());
     t.teardown(() => topology.cleanup());
-    await topology.build();
+    const built = await NetnsTopology.create(SPEC, { tag: topology.tag, teardown: (destroy) => (topology.destroyNamespaces = destroy) });
+    await Promise.all(
+      WORKLOADS.map(async (w) => {
+        const netns = built.netns(w.name);
+        topology.workloads.push({
+          name: w.name,
+          node: w.node,
+          netns,
+          hostInterface: { name: `h${w.name}`, netns: built.netns(`n${w.node}`) },
+          ipv4: `10.${w.node}.${w.subnet}.2`,
+          ipv6: `fd00:${w.node}:${w.subnet}::2`,
+          probe: await Probe.start(netns),
+        });
+      }),
+    );
+    topology.workloads.sort((a, b) => a.name.localeCompare(b.name));
     return topology;
   }
 
@@ -116,67 +144,6 @@ export class Topology {
     return dir;
   }
 
-  private async build(): Promise<void> {
-    const workloadNs = (node: number, x: string) => `ma-${this.tag}-w${node}${x}`;
-    for (const node of [1, 2]) for (const x of ['a', 'b']) this.namespaces.push(workloadNs(node, x));
-    await execa('ip', ['-batch', '-'], { input: this.namespaces.map((ns) => `netns add ${ns}`).join('\n') + '\n' });
-    await prepareNamespaces(this.namespaces, this.nodes.map((n) => n.netns));
-    const n2 = this.nodes[1];
-    for (const node of this.nodes) {
-      const other = node.id === 1 ? 2 : 1;
-      const lines = ['link set lo up'];
-      // Explicit, distinct ifindexes: a veth whose ifindex equals its peer's gets its carrier
-      // change through the kernel's rate-limited (up to 1 s) linkwatch path, and IPv6 waits for it.
-      if (node.id === 1) lines.push(`link add name nlink index 100 type veth peer name nlink index 200 netns ${n2.netns}`);
-      lines.push(
-        `addr add 10.200.0.${node.id}/24 dev nlink`,
-        `addr add fd00:200::${node.id}/64 dev nlink nodad`,
-        'link set nlink up',
-        `route add 10.${other}.0.0/16 via 10.200.0.${other}`,
-        `route add fd00:${other}::/32 via fd00:200::${other}`,
-      );
-      for (const [x, subnet] of [['a', 1], ['b', 2]] as const) {
-        const host = `hw${node.id}${x}`;
-        lines.push(
-          `link add name ${host} index ${10 * node.id + subnet} type veth peer name eth0 netns ${workloadNs(node.id, x)}`,
-          `addr add 10.${node.id}.${subnet}.1/24 dev ${host}`,
-          `addr add fd00:${node.id}:${subnet}::1/64 dev ${host} nodad`,
-          `link set ${host} up`,
-        );
-      }
-      await ipBatch(node.netns, lines);
-    }
-    await Promise.all(
-      this.nodes.flatMap((node) =>
-        (['a', 'b'] as const).map(async (x) => {
-          const subnet = x === 'a' ? 1 : 2;
-          const netns = workloadNs(node.id, x);
-          const ipv4 = `10.${node.id}.${subnet}.2`;
-          const ipv6 = `fd00:${node.id}:${subnet}::2`;
-          await ipBatch(netns, [
-            'link set lo up',
-            `addr add ${ipv4}/24 dev eth0`,
-            `addr add ${ipv6}/64 dev eth0 nodad`,
-            'link set eth0 up',
-            `route add default via 10.${node.id}.${subnet}.1`,
-            `route add default via fd00:${node.id}:${subnet}::1`,
-          ]);
-          this.workloads.push({
-            name: `w${node.id}${x}`,
-            node: node.id,
-            netns,
-            hostInterface: { name: `hw${node.id}${x}`, netns: node.netns },
-            ipv4,
-            ipv6,
-            probe: await Probe.start(netns),
-          });
-        }),
-      ),
-    );
-    this.workloads.sort((a, b) => a.name.localeCompare(b.name));
-    await waitForLinksUp(this.namespaces);
-  }
-
   /**
    * Whether one packet (UDP, raw protocol 253), one echo (ICMP/ICMPv6) or one TCP handshake
    * gets from `from` to `to` within timeoutMs.
@@ -193,11 +160,7 @@ export class Topology {
       case 'tcp':
         return (await from.probe.request<{ ok: boolean }>({ op: 'tcp', dst, timeout_ms: timeoutMs })).ok;
       case 'icmp': {
-        const ping = await execa(
-          'nsenter',
-          [`--net=/run/netns/${from.netns}`, 'ping', '-n', '-q', '-c', '1', '-W', String(timeoutMs / 1000), dst],
-          { reject: false },
-        );
+        const ping = await inNetns(from.netns, 'ping', ['-n', '-q', '-c', '1', '-W', String(timeoutMs / 1000), dst], { reject: false });
         return ping.exitCode === 0;
       }
     }
@@ -210,9 +173,7 @@ export class Topology {
       // Pins outlive the namespaces; the filters go away with the namespaces' interfaces.
       if (existsSync(pinDir)) await rm(pinDir, { recursive: true, force: true });
     }
-    for (const ns of this.namespaces) {
-      if (existsSync(`/run/netns/${ns}`)) await execa('ip', ['netns', 'del', ns], { reject: false });
-    }
+    await this.destroyNamespaces();
   }
 }
 
@@ -226,7 +187,7 @@ export class Probe {
   private constructor(private readonly process: ResultPromise<typeof PROBE_OPTIONS>) {}
 
   static async start(netns: string): Promise<Probe> {
-    const child = execa('nsenter', [`--net=/run/netns/${netns}`, 'python3', '-u', PROBE_SCRIPT], PROBE_OPTIONS);
+    const child = execa('nsenter', nsenterArgs(netns, 'python3', ['-u', PROBE_SCRIPT]), PROBE_OPTIONS);
     const probe = new Probe(child);
     child.stdin.on('error', () => {}); // a dead probe fails its pending requests below instead
     const lines = createInterface({ input: child.stdout });

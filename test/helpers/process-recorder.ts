@@ -1,8 +1,7 @@
 // Records the command line and environment of every process that runs while a test does, for
 // secrets that are only known afterwards (keys an agent derived inside a handshake). Where the
-// secrets are known up front, CmdlineScanner (transport-topology.ts) is the lighter tool.
-import { Worker } from 'node:worker_threads';
-import { secretForms } from './transport-topology.js';
+// secrets are known up front, CmdlineScanner (secret-scanner.ts) is the lighter tool.
+import { ProcScan, secretForms } from './secret-scanner.js';
 
 export interface ProcessRecord {
   pid: string;
@@ -16,7 +15,7 @@ export interface Recording {
   processes: ProcessRecord[];
 }
 
-// Runs in a worker thread, so the test's event loop cannot starve it. A (pid, command line) is
+// A (pid, command line) is
 // recorded once: both only change with an exec. Kernel threads (an empty command line when
 // first seen: they never exec) are not read again, which keeps each scan cheap.
 const RECORDER_SOURCE = `
@@ -44,22 +43,9 @@ while (Atomics.load(flag, 0) === 0) {
 parentPort.postMessage({ scans, processes: [...seen.values()] });
 `;
 
-export class ProcessRecorder {
-  private readonly flag = new Int32Array(new SharedArrayBuffer(4));
-  private readonly result: Promise<Recording>;
-
+export class ProcessRecorder extends ProcScan<Recording> {
   constructor(intervalMs = 10) {
-    const worker = new Worker(RECORDER_SOURCE, { eval: true, workerData: { flag: this.flag.buffer, intervalMs } });
-    this.result = new Promise((resolve, reject) => {
-      worker.once('message', (recording: Recording) => resolve(recording));
-      worker.once('error', reject);
-    });
-  }
-
-  async stop(): Promise<Recording> {
-    Atomics.store(this.flag, 0, 1);
-    Atomics.notify(this.flag, 0);
-    return this.result;
+    super(RECORDER_SOURCE, { intervalMs });
   }
 }
 

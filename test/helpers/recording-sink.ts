@@ -1,7 +1,8 @@
 // A ProviderSink that records every call, so provider tests (and the shared conformance suite)
 // can wait for a state to arrive and count calls after stop().
 import { EventEmitter } from 'node:events';
-import type { ProviderError, ProviderSink, RawBundles, RawSvid } from '../../src/identity/types.js';
+import type { SpiffeId } from '../../src/identity/spiffe-id.js';
+import type { IdentityProvider, ProviderError, ProviderSink, RawBundles, RawSvid } from '../../src/identity/types.js';
 
 // Generous because two cores run several test files at once and RSA key generation is slow.
 const DELIVERY_TIMEOUT_MS = 15_000;
@@ -71,5 +72,33 @@ export class RecordingSink implements ProviderSink {
       this.events.on('call', check);
       check();
     });
+  }
+}
+
+/** For sink.until: the latest SVID state holds exactly these IDs, in this order. */
+export const idsAre = (sink: RecordingSink, ids: string[]) => () => (JSON.stringify(sink.latestIds()) === JSON.stringify(ids) ? true : undefined);
+
+/** For sink.until: the latest bundles are keyed by exactly these trust domains. */
+export const bundleDomainsAre = (sink: RecordingSink, domains: string[]) => () =>
+  JSON.stringify([...(sink.bundleStates.at(-1)?.keys() ?? [])].sort()) === JSON.stringify(domains) ? true : undefined;
+
+/**
+ * Starts a provider (wanting `wanted`, when given) on a fresh sink and runs `body`; whatever
+ * happens, stops the provider and then calls `close` (its server's).
+ */
+export async function withRunningProvider(
+  provider: IdentityProvider,
+  close: () => Promise<void>,
+  body: (sink: RecordingSink) => Promise<void>,
+  wanted?: readonly SpiffeId[],
+): Promise<void> {
+  const sink = new RecordingSink();
+  try {
+    if (wanted) provider.setWanted(wanted);
+    await provider.start(sink);
+    await body(sink);
+  } finally {
+    await provider.stop();
+    await close();
   }
 }

@@ -10,20 +10,18 @@
 // pod CIDRs across the underlay until a transport (or addUnderlayRoutes, the stand-in for a CNI)
 // does. The underlay runs through a bridge in its own "wire" namespace: a capture there sees
 // exactly what crosses the wire (on a node's own interface, tcpdump also sees the packets the
-// kernel decrypted, re-injected on the device they arrived on). Namespace names carry a random
-// tag; cleanup() removes all of them and stops captures.
+// kernel decrypted, re-injected on the device they arrived on). Built by the namespace builder
+// (src/netns): names carry a random tag; cleanup() stops captures and removes all of them.
 //
-// Also here: ping/UDP traffic with a marker payload, tcpdump captures, and a scanner that
-// watches every process's command line and environment for key material while a test runs.
+// Also here: ping/UDP traffic with a marker payload, and tcpdump captures.
 import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import { existsSync } from 'node:fs';
 import { randomBytes } from 'node:crypto';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { Worker } from 'node:worker_threads';
 import { execa, type ResultPromise } from 'execa';
-import { waitForLinksUp } from '../../src/demo/topology.js';
-import { prepareNamespaces } from './netns.js';
+import { inNetns, ipBatch, nsenterArgs } from '../../src/netns/exec.js';
+import { FORWARDING, NetnsTopology, QUIET_IPV6, namespaceName, randomTag, type NamespaceSpec, type TopologySpec, type VethSpec } from '../../src/netns/topology.js';
 
 export interface TopologyNode {
   id: 1 | 2;
@@ -44,15 +42,6 @@ export interface PingResult {
   received: number;
 }
 
-/** Runs a command inside a namespace (nsenter keeps the host's mounts). */
-export function inNetns(netns: string, command: string, args: string[], options: { input?: string; reject?: boolean } = {}) {
-  return execa('nsenter', [`--net=/run/netns/${netns}`, command, ...args], { input: options.input, reject: options.reject ?? true });
-}
-
-async function ipBatch(netns: string | undefined, lines: string[]): Promise<void> {
-  await execa('ip', [...(netns ? ['-n', netns] : []), '-batch', '-'], { input: `${lines.join('\n')}\n` });
-}
-
 /** The 16-byte marker ping carries in every echo payload (ping -p takes up to 16 bytes). */
 export const PING_MARKER = Buffer.from('meshauth-marker!');
 
@@ -62,6 +51,41 @@ function parsePing(stdout: string): PingResult {
   return { transmitted: Number(match[1]), received: Number(match[2]) };
 }
 
+const PREFIX = 'mt';
+const IDS = [1, 2] as const;
+
+/** The underlay and the two nodes as a namespace topology. */
+const SPEC: TopologySpec = {
+  prefix: PREFIX,
+  namespaces: [
+    ...IDS.map((id): NamespaceSpec => ({ name: `n${id}`, sysctls: { ...QUIET_IPV6, ...FORWARDING } })),
+    ...IDS.map((id): NamespaceSpec => ({
+      name: `w${id}`,
+      sysctls: QUIET_IPV6,
+      routes: [
+        { to: 'default', via: `10.${id}.1.1` },
+        { to: 'default', via: `fd00:${id}:1::1` },
+      ],
+    })),
+    { name: 'ul', sysctls: QUIET_IPV6, bridges: [{ name: 'br0' }] },
+  ],
+  veths: IDS.flatMap((id): VethSpec[] => [
+    // Explicit ifindexes, distinct from their peers' (see VethEnd.index).
+    {
+      ends: [
+        { netns: 'ul', name: `ul${id}`, index: 100 + id, master: 'br0' },
+        { netns: `n${id}`, name: 'ul', index: 200 + id, addresses: [`192.168.250.${id}/24`, `fd00:250::${id}/64`] },
+      ],
+    },
+    {
+      ends: [
+        { netns: `n${id}`, name: 'pod0', index: 10 + id, addresses: [`10.${id}.1.1/24`, `fd00:${id}:1::1/64`] },
+        { netns: `w${id}`, name: 'eth0', addresses: [`10.${id}.1.2/24`, `fd00:${id}:1::2/64`] },
+      ],
+    },
+  ]),
+};
+
 export class TransportTopology {
   readonly nodes: [TopologyNode, TopologyNode];
   readonly workloads: [TopologyWorkload, TopologyWorkload];
@@ -69,26 +93,28 @@ export class TransportTopology {
   readonly wire: string;
   private readonly captures = new Set<Capture>();
   private workDir: string | undefined;
+  private destroyNamespaces: () => Promise<void> = async () => {};
 
   private constructor(readonly tag: string) {
     const node = (id: 1 | 2): TopologyNode => ({
       id,
-      netns: `mt-${tag}-n${id}`,
+      netns: namespaceName(PREFIX, tag, `n${id}`),
       underlay: { ipv4: `192.168.250.${id}`, ipv6: `fd00:250::${id}` },
       podCidrs: [`10.${id}.0.0/16`, `fd00:${id}::/32`],
     });
-    const workload = (id: 1 | 2): TopologyWorkload => ({ id, netns: `mt-${tag}-w${id}`, ipv4: `10.${id}.1.2`, ipv6: `fd00:${id}:1::2` });
+    const workload = (id: 1 | 2): TopologyWorkload => ({ id, netns: namespaceName(PREFIX, tag, `w${id}`), ipv4: `10.${id}.1.2`, ipv6: `fd00:${id}:1::2` });
     this.nodes = [node(1), node(2)];
     this.workloads = [workload(1), workload(2)];
-    this.wire = `mt-${tag}-ul`;
+    this.wire = namespaceName(PREFIX, tag, 'ul');
   }
 
   /** Builds the namespaces; pass `t` to have cleanup() registered with t.teardown first. */
   static async create(t?: { teardown(fn: () => Promise<void>): void }): Promise<TransportTopology> {
-    const topology = new TransportTopology(randomBytes(3).toString('hex'));
+    const topology = new TransportTopology(randomTag());
     t?.teardown(() => topology.cleanup());
     try {
-      await topology.build();
+      await NetnsTopology.create(SPEC, { tag: topology.tag, teardown: (destroy) => (topology.destroyNamespaces = destroy) });
+      topology.workDir = await mkdtemp(join(tmpdir(), `meshauth-transport-${topology.tag}-`));
     } catch (err) {
       if (!t) await topology.cleanup();
       throw err;
@@ -102,49 +128,6 @@ export class TransportTopology {
 
   workload(id: 1 | 2): TopologyWorkload {
     return this.workloads[id - 1]!;
-  }
-
-  private get namespaces(): string[] {
-    return [...[...this.nodes, ...this.workloads].map((n) => n.netns), this.wire];
-  }
-
-  private async build(): Promise<void> {
-    await ipBatch(undefined, this.namespaces.map((ns) => `netns add ${ns}`));
-    this.workDir = await mkdtemp(join(tmpdir(), `meshauth-transport-${this.tag}-`));
-    await prepareNamespaces(this.namespaces, this.nodes.map((n) => n.netns));
-    await ipBatch(this.wire, [
-      'link set lo up',
-      'link add name br0 type bridge',
-      'link set br0 up',
-      ...this.nodes.flatMap((node) => [
-        `link add name ul${node.id} index ${100 + node.id} type veth peer name ul index ${200 + node.id} netns ${node.netns}`,
-        `link set ul${node.id} master br0`,
-        `link set ul${node.id} up`,
-      ]),
-    ]);
-    for (const node of this.nodes) {
-      const workload = this.workload(node.id);
-      const lines = ['link set lo up'];
-      lines.push(
-        `addr add ${node.underlay.ipv4}/24 dev ul`,
-        `addr add ${node.underlay.ipv6}/64 dev ul nodad`,
-        'link set ul up',
-        `link add name pod0 index ${10 + node.id} type veth peer name eth0 netns ${workload.netns}`,
-        `addr add 10.${node.id}.1.1/24 dev pod0`,
-        `addr add fd00:${node.id}:1::1/64 dev pod0 nodad`,
-        'link set pod0 up',
-      );
-      await ipBatch(node.netns, lines);
-      await ipBatch(workload.netns, [
-        'link set lo up',
-        `addr add ${workload.ipv4}/24 dev eth0`,
-        `addr add ${workload.ipv6}/64 dev eth0 nodad`,
-        'link set eth0 up',
-        `route add default via 10.${node.id}.1.1`,
-        `route add default via fd00:${node.id}:1::1`,
-      ]);
-    }
-    await waitForLinksUp(this.namespaces);
   }
 
   /** What a CNI would do: route the other node's pod CIDRs to it over the underlay. */
@@ -180,7 +163,7 @@ export class TransportTopology {
   /** TCP throughput (Mbit/s) from workload `from` to workload `to`, measured by iperf3. */
   async iperf(from: 1 | 2, to: 1 | 2, seconds: number): Promise<number> {
     // --forceflush: without a terminal, iperf3 would hold back "Server listening" in its buffer.
-    const serverArgs = [`--net=/run/netns/${this.workload(to).netns}`, 'iperf3', '--server', '--one-off', '--forceflush'];
+    const serverArgs = nsenterArgs(this.workload(to).netns, 'iperf3', ['--server', '--one-off', '--forceflush']);
     const server = execa('nsenter', serverArgs, { reject: false, buffer: false, stdout: 'pipe' });
     try {
       await new Promise<void>((resolve, reject) => {
@@ -196,7 +179,7 @@ export class TransportTopology {
           reject(new Error(`iperf3 server exited: ${String(result.exitCode)}`));
         });
       });
-      const client = await inNetns(this.workload(from).netns, 'iperf3', ['--client', this.workload(to).ipv4, '--time', String(seconds), '--json']);
+      const client = await inNetns(this.workload(from).netns, 'iperf3', ['--client', this.workload(to).ipv4, '--time', String(seconds), '--json'], { timeout: (seconds + 30) * 1000 });
       const report = JSON.parse(client.stdout) as { end: { sum_received: { bits_per_second: number } } };
       return Math.round(report.end.sum_received.bits_per_second / 1e6);
     } finally {
@@ -215,9 +198,7 @@ export class TransportTopology {
 
   async cleanup(): Promise<void> {
     await Promise.all([...this.captures].map((c) => c.stop().catch(() => undefined)));
-    for (const ns of this.namespaces) {
-      if (existsSync(`/run/netns/${ns}`)) await execa('ip', ['netns', 'del', ns], { reject: false });
-    }
+    await this.destroyNamespaces();
     if (this.workDir) await rm(this.workDir, { recursive: true, force: true });
   }
 }
@@ -236,7 +217,7 @@ export class Capture {
   static async start(netns: string, iface: string, file: string, filter: string[]): Promise<Capture> {
     // --immediate-mode: packets reach tcpdump at once, not when a ring block fills or its 1 s
     // timeout ends; -Z root: Debian's tcpdump would drop to its own user before opening the file.
-    const args = [`--net=/run/netns/${netns}`, 'tcpdump', '-i', iface, '-n', '-U', '--immediate-mode', '-s', '0', '-Z', 'root', '-w', file, ...filter];
+    const args = nsenterArgs(netns, 'tcpdump', ['-i', iface, '-n', '-U', '--immediate-mode', '-s', '0', '-Z', 'root', '-w', file, ...filter]);
     const process = execa('nsenter', args, CAPTURE_OPTIONS);
     let stderr = '';
     await new Promise<void>((resolve, reject) => {
@@ -268,72 +249,5 @@ export class Capture {
     await this.stop();
     const { stdout } = await execa('tcpdump', ['-n', '-r', this.file, ...filter], { reject: false, stderr: 'ignore' });
     return stdout.split('\n').filter(Boolean).length;
-  }
-}
-
-/** Every representation a key could take on a command line or in an environment. */
-export function secretForms(key: Buffer | string): string[] {
-  const bytes = typeof key === 'string' ? Buffer.from(key, 'base64') : key;
-  return [bytes.toString('base64'), bytes.toString('base64url'), bytes.toString('hex'), bytes.toString('hex').toUpperCase()];
-}
-
-export interface ScanReport {
-  scans: number;
-  /** Distinct processes whose command line was read; proves the scanner saw the tools run. */
-  commandsSeen: string[];
-  hits: { pid: string; where: 'cmdline' | 'environ'; command: string }[];
-}
-
-// Runs in a worker thread: a tight loop over /proc that the test's event loop cannot starve.
-// Kernel threads (empty command line, they never exec) are skipped after the first look, and an
-// environment is read once per (pid, command line): both only change with an exec.
-const SCANNER_SOURCE = `
-const { workerData, parentPort } = require('node:worker_threads');
-const fs = require('node:fs');
-const flag = new Int32Array(workerData.flag);
-const needles = workerData.needles.map((s) => Buffer.from(s));
-const kernelThreads = new Set([String(process.pid)]);
-const seen = new Map();
-const hits = [];
-let scans = 0;
-const read = (path) => { try { return fs.readFileSync(path); } catch { return undefined; } };
-while (Atomics.load(flag, 0) === 0) {
-  for (const pid of fs.readdirSync('/proc')) {
-    if (!/^[0-9]+$/.test(pid) || kernelThreads.has(pid)) continue;
-    const cmdline = read('/proc/' + pid + '/cmdline');
-    if (cmdline === undefined) continue;
-    if (cmdline.length === 0 && scans === 0) { kernelThreads.add(pid); continue; }
-    const command = cmdline.toString().split('\\0').filter(Boolean).join(' ').slice(0, 200);
-    for (const needle of needles) if (cmdline.includes(needle)) hits.push({ pid, where: 'cmdline', command });
-    if (seen.has(pid + ' ' + command)) continue;
-    seen.set(pid + ' ' + command, command);
-    const environ = read('/proc/' + pid + '/environ') ?? Buffer.alloc(0);
-    for (const needle of needles) if (environ.includes(needle)) hits.push({ pid, where: 'environ', command });
-  }
-  scans++;
-  Atomics.wait(flag, 0, 0, 2);
-}
-parentPort.postMessage({ scans, commandsSeen: [...new Set(seen.values())], hits });
-`;
-
-/** Watches /proc/<pid>/cmdline and environ of every process for the given secrets until stop(). */
-export class CmdlineScanner {
-  private readonly flag = new Int32Array(new SharedArrayBuffer(4));
-  private readonly result: Promise<ScanReport>;
-
-  /** Secrets as Buffers (raw key bytes) or strings (base64 keys). */
-  constructor(secrets: (Buffer | string)[]) {
-    const needles = [...new Set(secrets.flatMap(secretForms))];
-    const worker = new Worker(SCANNER_SOURCE, { eval: true, workerData: { flag: this.flag.buffer, needles } });
-    this.result = new Promise((resolve, reject) => {
-      worker.once('message', (report: ScanReport) => resolve(report));
-      worker.once('error', reject);
-    });
-  }
-
-  async stop(): Promise<ScanReport> {
-    Atomics.store(this.flag, 0, 1);
-    Atomics.notify(this.flag, 0);
-    return this.result;
   }
 }

@@ -19,17 +19,21 @@ const BACKDATE_MS = 30_000;
 export type VaultEndpoint = 'login' | 'renew' | 'issue' | 'ca';
 export type VaultFailure = 'forbidden' | 'rate-limited' | 'sealed' | 'internal' | 'bad-gateway';
 
+export interface VaultTestRole {
+  name?: string;
+  /** Glob patterns, as Vault's allowed_uri_sans (e.g. spiffe://example.org/*). */
+  allowedUriSans?: string[];
+  maxTtlS?: number;
+  requireCn?: boolean;
+}
+
 export interface VaultTestServerOptions {
   /** The trust domain of the root CA's SPIFFE ID. */
   trustDomain: string;
   mount?: string;
-  role?: {
-    name?: string;
-    /** Glob patterns, as Vault's allowed_uri_sans (e.g. spiffe://example.org/*). */
-    allowedUriSans?: string[];
-    maxTtlS?: number;
-    requireCn?: boolean;
-  };
+  role?: VaultTestRole;
+  /** More PKI roles, each by its name (e.g. one for node identities only). */
+  extraRoles?: (VaultTestRole & { name: string })[];
   kubernetes?: { mount?: string; role: string; jwt: string; tokenTtlS: number; renewable?: boolean };
   /** Serve HTTPS with a self-signed certificate for 127.0.0.1 (see `tlsCaPem`). */
   tls?: boolean;
@@ -41,6 +45,8 @@ export interface VaultTestServerOptions {
 }
 
 export interface IssueRecord {
+  /** The PKI role the request named. */
+  role: string;
   commonName?: string;
   uriSans: string[];
   ttl?: string;
@@ -268,8 +274,8 @@ export class VaultTestServer {
   private async issue(path: string, body: Record<string, unknown>, token: string | undefined): Promise<object> {
     this.validToken(token);
     const role = path.slice(`${this.mount}/issue/`.length);
-    if (role !== this.roleName) throw new VaultHttpError(400, [`unknown role: ${role}`]);
-    const roleOptions = this.options.role ?? {};
+    const roleOptions = role === this.roleName ? (this.options.role ?? {}) : this.options.extraRoles?.find((extra) => extra.name === role);
+    if (!roleOptions) throw new VaultHttpError(400, [`unknown role: ${role}`]);
     const commonName = typeof body.common_name === 'string' && body.common_name !== '' ? body.common_name : undefined;
     if (commonName === undefined && (roleOptions.requireCn ?? true)) {
       throw new VaultHttpError(400, ['the common_name field is required, or must be provided in a CSR with "use_csr_common_name" set to true, unless "require_cn" is set to false']);
@@ -321,7 +327,7 @@ export class VaultTestServer {
     });
     const key = KeyObject.from(leafKeys.privateKey);
     const serial = serialHex.match(/../g)?.join(':') ?? serialHex;
-    this.issued.push({ commonName, uriSans, ttl: typeof body.ttl === 'string' ? body.ttl : undefined, format, privateKeyFormat, excludeCnFromSans, serial, token: token as string });
+    this.issued.push({ role, commonName, uriSans, ttl: typeof body.ttl === 'string' ? body.ttl : undefined, format, privateKeyFormat, excludeCnFromSans, serial, token: token as string });
 
     const encodeCert = (cert: px509.X509Certificate): string => (format === 'der' ? Buffer.from(cert.rawData).toString('base64') : cert.toString('pem'));
     const keyType = privateKeyFormat === 'pkcs8' ? 'pkcs8' : 'sec1';

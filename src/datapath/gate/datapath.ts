@@ -381,6 +381,55 @@ export class Datapath {
     return entries;
   }
 
+  // ---- after a restart: what the previous run left behind ----
+  // The agent writes changes as differences between its plans, and a restarted agent has no
+  // previous plan: whatever was removed while it was down (an exemption, an endpoint, a binding)
+  // would stay pinned and keep deciding. These sweep a map down to the complete desired state.
+
+  /** Deletes every ipcache entry (host hashes and LPM trie) whose prefix is not in `keep`; returns how many. */
+  retainIpcache(keep: Iterable<string | IpPrefix>): number {
+    this.checkOpen();
+    const kept = new Map<RawMap, Set<string>>([this.ipcache, this.ipcacheHosts4, this.ipcacheHosts6].map((map) => [map, new Set()]));
+    for (const prefix of keep) {
+      const [map, key] = this.ipcacheSlot(toPrefix(prefix));
+      kept.get(map)!.add(key.toString('hex'));
+    }
+    let deleted = 0;
+    for (const [map, keys] of kept) deleted += deleteKeysExcept(map, keys);
+    if (deleted > 0) this.invalidateIpcacheMemo();
+    return deleted;
+  }
+
+  /** Deletes every policy entry whose key is not in `keep`; returns how many. */
+  retainPolicy(keep: Iterable<PolicyKey>): number {
+    this.checkOpen();
+    return deleteKeysExcept(this.policy, new Set([...keep].map((key) => encodePolicyKey(key).toString('hex'))));
+  }
+
+  /**
+   * Unbinds every interface slot but those of `keep` (interfaces this handle attached the gate
+   * to): a slot left bound by a workload that went while the agent was down would otherwise
+   * name whoever is behind that ifindex next. Returns how many slots were cleared.
+   */
+  retainBindings(keep: Iterable<WorkloadInterface>): number {
+    this.checkOpen();
+    const kept = new Set<number>();
+    for (const iface of keep) {
+      const ifindex = this.ifindexes.get(describeInterface(iface));
+      if (ifindex !== undefined) kept.add(ifindex);
+    }
+    const stale: number[] = [];
+    let index = 0;
+    for (const batch of this.interfaces.getBatch(4096)) {
+      for (const value of batch) {
+        if (!kept.has(index) && !value.equals(UNBOUND)) stale.push(index);
+        index++;
+      }
+    }
+    for (const ifindex of stale) this.writeBinding(ifindex, undefined);
+    return stale.length;
+  }
+
   // ---- counters and signals ----
 
   /** Counters summed over CPUs, by verdict (see enum meshauth_counter). */
@@ -430,6 +479,15 @@ export class Datapath {
   private checkOpen(): void {
     if (this.closed) throw new DatapathError('the datapath handle is closed');
   }
+}
+
+/** Deletes the keys of `map` whose hex form is not in `keep` (collected first: deleting while
+ *  walking with get_next_key could skip entries). */
+function deleteKeysExcept(map: RawMap, keep: ReadonlySet<string>): number {
+  const stale = [...map.keys()].filter((key) => !keep.has(key.toString('hex')));
+  let deleted = 0;
+  for (const key of stale) if (map.delete(key)) deleted++;
+  return deleted;
 }
 
 function toPrefix(prefix: string | IpPrefix): IpPrefix {

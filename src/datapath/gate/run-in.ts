@@ -2,12 +2,10 @@
 // (never a shell), optionally inside a network namespace, failing with the tool's own stderr.
 import { isAbsolute } from 'node:path';
 import { execa } from 'execa';
+import { COMMAND_TIMEOUT_MS } from '../../util/command-timeout.js';
 import { DatapathError } from '../errors.js';
 
 const NETNS_NAME = /^[A-Za-z0-9_.-]{1,255}$/;
-/** Every tool run ends within this (killed past it, and the run fails): a stuck tool must not
- *  hold up the agent's plans. Loading and attaching the gate takes well under a second. */
-export const COMMAND_TIMEOUT_MS = 30_000;
 
 /** /run/netns/NAME for a name, the path itself for an absolute path; throws on anything else. */
 export function netnsPath(netns: string): string {

@@ -7,13 +7,10 @@ import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { execa } from 'execa';
+import { COMMAND_TIMEOUT_MS } from '../../util/command-timeout.js';
 import { DatapathError } from '../errors.js';
 
 const NETNS_NAME = /^[A-Za-z0-9_.-]{1,64}$/;
-/** Every tool run ends within this (killed past it, and the run fails): one stuck `wg` or `ip`
- *  must not hold the queue that programs every peer. A 100-peer IPsec batch takes < 1 s, even
- *  emulated. */
-export const COMMAND_TIMEOUT_MS = 30_000;
 
 /** Throws unless `name` is a plain network namespace name (it becomes a /run/netns path). */
 export function checkNetnsName(name: string): string {

@@ -1,15 +1,9 @@
 import { IpsecTransport } from './ipsec.js';
 import type { IpsecOptions } from './ipsec-options.js';
+import { SpiPool } from './ipsec-spi-pool.js';
 import type { NodeFrame } from '../../handshake/frames.js';
 import type { Logger } from '../../util/logger.js';
 import type { Transport, TransportPeer } from './transport.js';
-
-// SPIs are allocated against the kernel's state table (asynchronous), but a node frame is built
-// inside the handshake (synchronous): a small pool of reserved SPIs bridges the two.
-const SPI_POOL = 16;
-// An SPI sent in a frame whose handshake never led to a peer is given back after this long
-// (far beyond any handshake's timeout).
-const UNUSED_SPI_MS = 60_000;
 
 /**
  * IPsec (kernel XFRM) as the agent's transport: per node pair, ESP tunnel-mode states keyed from
@@ -19,10 +13,7 @@ const UNUSED_SPI_MS = 60_000;
 export class IpsecAdapter implements Transport {
   readonly kind = 'ipsec';
   private ipsec?: IpsecTransport;
-  private pool: number[] = [];
-  /** SPIs sent in node frames and not yet installed, with when they were sent. */
-  private readonly handedOut = new Map<number, number>();
-  private refilling?: Promise<void>;
+  private spis?: SpiPool;
 
   constructor(
     private readonly options: IpsecOptions,
@@ -33,17 +24,14 @@ export class IpsecAdapter implements Transport {
 
   async start(): Promise<void> {
     this.ipsec = await IpsecTransport.open(this.options);
-    this.pool = await this.ipsec.allocateSpis(SPI_POOL);
+    this.spis = new SpiPool(this.ipsec, this.logger, (reason) => this.options.metrics?.spiRefusals.inc({ reason }));
+    await this.spis.fill();
   }
 
   /** One fresh inbound SPI for this peer and handshake; a handshake without one fails and is retried. */
   localFrame(peer: string): Omit<NodeFrame, 'nodeName' | 'podCidrs'> {
-    this.releaseUnused();
-    const spi = this.pool.shift();
-    if (spi !== undefined) this.handedOut.set(spi, Date.now());
-    this.refill();
-    if (spi === undefined) throw new Error(`no IPsec SPI reserved for a handshake with ${peer} yet`);
-    return { ipsecSpis: [spi] };
+    if (!this.spis) throw new Error('the IPsec transport is not started');
+    return { ipsecSpis: [this.spis.take(peer)] };
   }
 
   async upsert(peer: TransportPeer): Promise<void> {
@@ -62,7 +50,7 @@ export class IpsecAdapter implements Transport {
       inKey: peer.keys.espInbound,
       outKey: peer.keys.espOutbound,
     });
-    this.handedOut.delete(peer.localSpi);
+    this.spis?.installed(peer.localSpi);
   }
 
   async remove(node: string): Promise<void> {
@@ -70,27 +58,8 @@ export class IpsecAdapter implements Transport {
   }
 
   async close(): Promise<void> {
-    await this.refilling;
-    if (this.ipsec) this.ipsec.releaseSpis(this.pool);
+    await this.spis?.close();
     await this.ipsec?.close();
-  }
-
-  /** Gives back the SPIs of handshakes that failed after this node sent its frame. */
-  private releaseUnused(): void {
-    const cutoff = Date.now() - UNUSED_SPI_MS;
-    const unused = [...this.handedOut].filter(([, sentAt]) => sentAt < cutoff).map(([spi]) => spi);
-    for (const spi of unused) this.handedOut.delete(spi);
-    if (unused.length > 0) this.ipsec?.releaseSpis(unused);
-  }
-
-  private refill(): void {
-    if (this.refilling || this.pool.length >= SPI_POOL / 2 || !this.ipsec) return;
-    const ipsec = this.ipsec;
-    this.refilling = ipsec
-      .allocateSpis(SPI_POOL - this.pool.length)
-      .then((spis) => void this.pool.push(...spis))
-      .catch((err: unknown) => this.logger.warn({ err: (err as Error).message }, 'reserving IPsec SPIs failed'))
-      .finally(() => (this.refilling = undefined));
   }
 
   private opened(): IpsecTransport {

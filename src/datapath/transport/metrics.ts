@@ -10,6 +10,7 @@ export class TransportMetrics {
   readonly peers: Gauge<'transport'>;
   readonly operations: Counter<'transport' | 'operation' | 'result'>;
   readonly duration: Histogram<'transport' | 'operation'>;
+  readonly spiRefusals: Counter<'reason'>;
 
   constructor(registry: Registry) {
     const registers = [registry];
@@ -32,6 +33,13 @@ export class TransportMetrics {
       buckets: [0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5],
       registers,
     });
+    this.spiRefusals = new Counter({
+      name: 'meshauth_transport_ipsec_spi_refusals_total',
+      help: 'Node handshakes that got no IPsec SPI for their frame (and failed, to be retried): peer_share, the peer already holds its share of SPIs of handshakes not completed; pool_empty, the reserve was not refilled yet',
+      labelNames: ['reason'],
+      registers,
+    });
+    for (const reason of ['peer_share', 'pool_empty']) this.spiRefusals.inc({ reason }, 0);
   }
 
   /** Times `operation`, counts its result and sets the peer gauge afterwards. */

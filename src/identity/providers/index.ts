@@ -8,8 +8,8 @@ import { SpireDelegatedProvider } from './spire-delegated.js';
 import { VaultProvider } from './vault.js';
 
 /** The provider that `identity.provider` names, built from its config section; the dev CA also
- *  needs the node's trust domain and state directory. */
-export function createProvider(identity: IdentityOptions, node: { trustDomain: string; stateDir: string }, logger: Logger): IdentityProvider {
+ *  needs the node's trust domain and state directory, Vault the node's own identity. */
+export function createProvider(identity: IdentityOptions, node: { trustDomain: string; stateDir: string; nodeId: string }, logger: Logger): IdentityProvider {
   switch (identity.provider) {
     case 'dev':
       return new DevProvider(devProviderOptions(identity.dev, { trustDomain: node.trustDomain, stateDir: node.stateDir, logger }));
@@ -20,7 +20,7 @@ export function createProvider(identity: IdentityOptions, node: { trustDomain: s
     case 'spire-delegated':
       return new SpireDelegatedProvider(requireSection(identity.spireDelegated, 'spireDelegated'), { logger });
     case 'vault':
-      return new VaultProvider(requireSection(identity.vault, 'vault'), { logger });
+      return new VaultProvider(requireSection(identity.vault, 'vault'), { logger, nodeId: node.nodeId });
   }
 }
 

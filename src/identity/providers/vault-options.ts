@@ -22,6 +22,12 @@ export const vaultOptionsSchema = z.strictObject({
   mount: z.string().min(1).default('pki'),
   /** PKI role allowed to issue the SPIFFE URI SANs (allowed_uri_sans). */
   role: z.string().min(1),
+  /**
+   * PKI role for this node's own identity, when it is not `role`: a role whose allowed_uri_sans
+   * is templated on the login's node name can then issue each node its own node identity only,
+   * while `role` is narrowed to workload identities (docs/kubernetes.md, key custody).
+   */
+  nodeRole: z.string().min(1).optional(),
   /** Requested SVID lifetime (Vault caps it at the role's max_ttl); renewed at 2/3 of it. */
   ttl: durationMs.prefault('1h'),
   /** The certificate's common name: the SPIFFE ID's last path segment (roles usually demand a

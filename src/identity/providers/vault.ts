@@ -57,12 +57,16 @@ export class VaultProvider implements IdentityProvider {
   private tokens?: TokenSource;
   private stopped = false;
 
+  private readonly nodeId?: string;
+
   constructor(
     private readonly options: VaultOptions,
-    deps: { logger?: Logger; timing?: Partial<VaultTiming> } = {},
+    /** nodeId: this node's own identity, issued through options.nodeRole when that is set. */
+    deps: { logger?: Logger; timing?: Partial<VaultTiming>; nodeId?: string } = {},
   ) {
     this.logger = (deps.logger ?? silentLogger()).child({ provider: 'vault' });
     this.timing = { ...DEFAULT_TIMING, ...deps.timing };
+    if (deps.nodeId !== undefined) this.nodeId = deps.nodeId;
   }
 
   async start(sink: ProviderSink): Promise<void> {
@@ -91,7 +95,10 @@ export class VaultProvider implements IdentityProvider {
       onRenewed: (event) => this.logger.info(event, event.via === 'login' ? 'vault login succeeded' : 'vault token renewed'),
     });
     this.sink = sink;
-    this.logger.info({ address: this.options.address, mount: this.options.mount, role: this.options.role, auth: this.options.auth.method }, 'vault provider started');
+    this.logger.info(
+      { address: this.options.address, mount: this.options.mount, role: this.options.role, nodeRole: this.options.nodeRole, auth: this.options.auth.method },
+      'vault provider started',
+    );
     for (const slot of this.slots.values()) this.scheduleIssue(slot, 0);
   }
 
@@ -182,9 +189,10 @@ export class VaultProvider implements IdentityProvider {
   private async issueOnce(id: SpiffeId, token: string): Promise<IssuedSvid> {
     const client = this.client as VaultClient;
     const { signal } = this.abort;
+    const role = this.options.nodeRole !== undefined && id.toString() === this.nodeId ? this.options.nodeRole : this.options.role;
     const data = await client.issue(
       this.options.mount,
-      this.options.role,
+      role,
       { commonName: this.commonName(id), uriSans: [id.toString()], ttlS: Math.max(1, Math.ceil(this.options.ttl / 1000)) },
       token,
       signal,
