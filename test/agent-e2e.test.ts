@@ -129,8 +129,8 @@ privileged('an agent killed during traffic leaves enforcement in place, and rest
 
 privileged('endpoints that name no interface (as Kubernetes gives them) are found through the kernel and gated', async (t) => {
   // startCluster waits for the gate on every local workload's interface and for web <-> db.
-  // Plus an endpoint on node-a that no interface leads to: counted as ungated until one does.
-  const ghost = { ip: '10.77.0.9', spiffeId: `spiffe://${TRUST_DOMAIN}/ns/demo/sa/ghost`, node: 'node-a' };
+  // Plus an endpoint on node-a (in its pod CIDR) that no interface leads to: counted as ungated until one does.
+  const ghost = { ip: '10.77.1.99', spiffeId: `spiffe://${TRUST_DOMAIN}/ns/demo/sa/ghost`, node: 'node-a' };
   const cluster = await startCluster(t, {
     configure: (_node, config) => ({
       ...config,

@@ -3,7 +3,7 @@ import { AuthCache, type AuthMap } from '../src/auth/cache.js';
 import { AuthManager, type PairAuthentication } from '../src/auth/manager.js';
 import { MemoryAuthMap } from '../src/auth/memory-map.js';
 import { NumericIds } from '../src/auth/numeric-ids.js';
-import type { PairKey } from '../src/auth/types.js';
+import { keyed, type PairKey } from '../src/auth/types.js';
 import { silentLogger } from '../src/util/logger.js';
 
 // setDesired removes what left the desired set without scanning the whole cache; these pin down
@@ -84,5 +84,42 @@ test('pairs restored from the pinned map that nobody desires any more are remove
   t.false(mapHolds(map, ids, WEB_CACHE));
   t.false(mapHolds(map, ids, API_DB));
   t.is(cache.size, 1);
+  auth.stop();
+});
+
+test('changeDesired (the incremental plan) adds and revokes like setDesired, restored pairs included', async (t) => {
+  const map = new MemoryAuthMap();
+  const ids = await NumericIds.load();
+  const expiryNs = process.hrtime.bigint() + 3_600_000_000_000n;
+  map.setAuth({ localIdentity: ids.identity(API_DB.localId), remoteIdentity: ids.identity(API_DB.remoteId), remoteNode: ids.node(API_DB.remoteNode) }, expiryNs);
+  const cache = new AuthCache({ map, ids, capacity: 64, logger: silentLogger() });
+  const auth = manager(cache);
+  auth.adoptRestored(cache.restore());
+  auth.setDesired([]);
+  t.false(mapHolds(map, ids, API_DB), 'the restored pair nobody desires is swept');
+  auth.changeDesired([keyed(WEB_DB), keyed(WEB_CACHE)], []);
+  for (const pair of [WEB_DB, WEB_CACHE]) t.true(auth.record(authenticated(pair), 'proactive'));
+  t.true(auth.isDesired(WEB_CACHE));
+  auth.changeDesired([], [keyed(WEB_CACHE)]);
+  t.false(mapHolds(map, ids, WEB_CACHE), 'revoked at once');
+  t.false(auth.isDesired(WEB_CACHE));
+  t.false(auth.record(authenticated(WEB_CACHE), 'responder'), 'a late result is not recorded');
+  t.true(mapHolds(map, ids, WEB_DB));
+  auth.stop();
+});
+
+test('the first changeDesired sweeps restored pairs nobody desires, as the first setDesired does', async (t) => {
+  const map = new MemoryAuthMap();
+  const ids = await NumericIds.load();
+  const expiryNs = process.hrtime.bigint() + 3_600_000_000_000n;
+  for (const pair of [WEB_DB, API_DB]) {
+    map.setAuth({ localIdentity: ids.identity(pair.localId), remoteIdentity: ids.identity(pair.remoteId), remoteNode: ids.node(pair.remoteNode) }, expiryNs);
+  }
+  const cache = new AuthCache({ map, ids, capacity: 64, logger: silentLogger() });
+  const auth = manager(cache);
+  auth.adoptRestored(cache.restore());
+  auth.changeDesired([keyed(WEB_DB)], []);
+  t.true(mapHolds(map, ids, WEB_DB));
+  t.false(mapHolds(map, ids, API_DB));
   auth.stop();
 });

@@ -8,7 +8,7 @@ import { policyRule } from '../src/cluster/kubernetes/convert.js';
 import { DEFAULT_EXEMPT_PEERS, type ReservedPeer } from '../src/cluster/reserved.js';
 import { ClusterState } from '../src/cluster/state.js';
 import type { EndpointInfo, PolicyMode, PolicyRule } from '../src/cluster/types.js';
-import { planNode } from '../src/agent/plan.js';
+import { fullPlan } from './helpers/full-plan.js';
 import { addReservedPeers, RESERVED_NUMBER, type ReservedAddresses } from '../src/agent/reserved-plan.js';
 import { AUTH_TYPE, NO_IDENTITY, RESERVED_IDENTITY, encodeIpcacheKey, encodeIpcacheValue, encodePolicyKey } from '../src/datapath/gate/layout.js';
 import { parseIpPrefix } from '../src/datapath/ip-prefix.js';
@@ -35,7 +35,7 @@ async function plan(rules: PolicyRule[], defaultMode: PolicyMode, exempt: readon
     policies: rules,
   });
   const ids = await NumericIds.load();
-  const result = planNode(state, ids, defaultMode);
+  const result = fullPlan(state, ids, defaultMode);
   addReservedPeers(result, state, ids, defaultMode, exempt, ADDRESSES);
   /** What the gate applies to (endpoint, reserved peer, direction): its policy entry, or the default. */
   const entry = (endpoint: EndpointInfo, peer: ReservedPeer, direction: 'egress' | 'ingress'): PolicyMode => {
@@ -123,14 +123,14 @@ test('DNS under require-all-inbound: the pair with CoreDNS is authenticated proa
     policies: rules,
   });
   const ids = await NumericIds.load();
-  const answers = (result: ReturnType<typeof planNode>) =>
+  const answers = (result: ReturnType<typeof fullPlan>) =>
     result.policy.get(`${ids.identity(shopWeb.spiffeId)}:${ids.identity(coredns.spiffeId)}:ingress`)?.authType;
-  const required = planNode(state, ids, 'disabled');
+  const required = fullPlan(state, ids, 'disabled');
   t.is(answers(required), AUTH_TYPE.mtls, 'the answers to shop need the pair');
   t.true([...required.pairs.values()].some((pair) => pair.localId === shopWeb.spiffeId && pair.remoteId === coredns.spiffeId), 'which is desired: authenticated proactively');
 
   state.replaceAll({ nodes: [...state.nodes.values()], endpoints: [shopWeb, coredns], policies: [...rules, await load('exempt-dns-answers.yaml')] });
-  const exempt = planNode(state, ids, 'disabled');
+  const exempt = fullPlan(state, ids, 'disabled');
   t.is(answers(exempt), undefined, 'exempt: the default (disabled) applies');
   t.false([...exempt.pairs.values()].some((pair) => pair.remoteId === coredns.spiffeId), 'and no pair is needed');
 });

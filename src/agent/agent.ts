@@ -35,9 +35,12 @@ import { GateInterfaces } from './gate-interfaces.js';
 import { CniService } from './cni-service.js';
 import { PodBindings, type PodBinding } from './pod-bindings.js';
 import { PeerManager } from './peers.js';
-import { planNode, type NodePlan } from './plan.js';
+import { NodePlanner } from './node-planner.js';
+import type { NodePlan } from './plan.js';
+import { PlanWriter } from './plan-writer.js';
 import { removeStaleGateEntries } from './pinned-state.js';
 import { addReservedPeers, type ReservedAddresses } from './reserved-plan.js';
+import { emptyPlan, ReservedEntries } from './reserved-delta.js';
 import type { AgentStatus } from '../control/status.js';
 import { assembleNodeFrame, type Transport } from '../datapath/transport/transport.js';
 import { createTransport } from '../datapath/transport/factory.js';
@@ -60,7 +63,13 @@ export class Agent {
   private readonly families: AgentMetricFamilies;
   private readonly metrics: AgentMetrics;
   private readonly state: ClusterState;
-  private plan?: NodePlan;
+  private planner!: NodePlanner;
+  private planWriter?: PlanWriter;
+  /** Whether a plan has been applied since the start (the first one is the complete state). */
+  private planned = false;
+  /** The gate config last written, as JSON: written again only when it changes. */
+  private appliedGateConfig?: string;
+  private readonly reservedEntries = new ReservedEntries();
   private replanQueued = false;
   /** How the gate checks other nodes' packets arrived (set once the transport is up). */
   private gateArrival: GateArrival = { transport: 'unset', wireguardIfindex: 0 };
@@ -150,6 +159,7 @@ export class Agent {
     const logger = deps.logger;
     await mkdir(config.stateDir, { recursive: true, mode: 0o700 });
     this.ids = await NumericIds.load(join(config.stateDir, 'numeric-ids.json'));
+    this.planner = new NodePlanner({ localNode: config.nodeName, ids: this.ids, defaultMode: config.cluster.policy.default });
 
     // Datapath first: enforcement continues from the pinned maps while everything else starts.
     let map: AuthMap = new MemoryAuthMap();
@@ -162,6 +172,7 @@ export class Agent {
       });
       this.closers.push(() => this.datapath?.close());
       map = this.datapath;
+      this.planWriter = new PlanWriter(this.datapath, this.families.plan, logger);
       const gateInterfaces = new GateInterfaces({
         datapath: this.datapath,
         ...(config.datapath.netns !== undefined && { netns: config.datapath.netns }),
@@ -280,7 +291,14 @@ export class Agent {
 
     // Cluster state. Nothing is applied (and so nothing garbage-collected) before the source's
     // initial sync: until then the pinned maps keep enforcing what they held.
-    this.state.on('changed', () => this.queueReplan());
+    this.state.on('changed', (event) => {
+      this.planner.apply(event);
+      this.queueReplan();
+    });
+    this.state.on('rejected', (rejection) => {
+      this.families.plan.rejected.inc({ reason: rejection.reason });
+      logger.warn(rejection, rejection.reason === 'node_address_conflict' ? 'two nodes claim one address: handshakes from it are refused' : 'endpoint refused: its IP is not in its node\'s pod CIDRs');
+    });
     await this.startClusterSource();
 
     const reconcile = setInterval(() => this.reconcile(), config.auth.reconcileInterval);
@@ -339,6 +357,7 @@ export class Agent {
     if (restartOnly.length > 0) this.deps.logger.warn({ keys: restartOnly }, 'these config changes take effect only after a restart');
     // The cluster section and the proactive switch apply at once; the rest waits for a restart.
     this.config = { ...this.config, cluster: config.cluster, auth: { ...this.config.auth, proactive: config.auth.proactive } };
+    this.planner.setDefaultMode(config.cluster.policy.default);
     if (!this.config.kubernetes.enabled) this.state.replaceAll(staticSnapshot(config.cluster));
     // Also when the state is unchanged: the default, the exemptions and the reserved ranges are config.
     this.queueReplan();
@@ -411,40 +430,66 @@ export class Agent {
     });
   }
 
+  /**
+   * Applies what changed in the plan since the last time; the first time, the complete plan. Only
+   * changed entries reach the datapath, and the numeric-id file is written only when a number was
+   * allocated or released.
+   */
   private applyPlan(): void {
-    const previous = this.plan;
-    const locals = this.state.localEndpoints();
+    const first = !this.planned;
+    this.planned = true;
+    const locals = this.planner.localEndpoints();
     const found = this.gateInterfaces?.interfacesOf(locals, (ip) => this.pods.interfaceOf(ip));
-    const plan = planNode(this.state, this.ids, this.config.cluster.policy.default, (endpoint) => found?.get(endpoint.ip) ?? this.pods.interfaceOf(endpoint.ip) ?? endpoint.interface);
-    addReservedPeers(plan, this.state, this.ids, this.config.cluster.policy.default, this.config.cluster.policy.exempt, this.reservedAddresses());
+    const interfaceOf = (endpoint: EndpointInfo) => found?.get(endpoint.ip) ?? this.pods.interfaceOf(endpoint.ip) ?? endpoint.interface;
+    const delta = this.planner.delta(interfaceOf);
+    // The reserved peers' part is small: computed whole, and only its differences written.
+    const reserved = emptyPlan();
+    addReservedPeers(reserved, this.state, this.ids, this.config.cluster.policy.default, this.config.cluster.policy.exempt, this.reservedAddresses());
+    const reservedDelta = this.reservedEntries.delta(reserved, (prefix) => this.planner.holds(prefix));
     if (found) this.metrics.setUngatedEndpoints(locals.filter((endpoint) => !found.has(endpoint.ip)).length);
     // A registered pod whose identity is not known yet (its informer has not seen it run) is gated
     // from the start, with no identity bound: its traffic meets the default mode until it is.
-    for (const name of this.pods.interfaceNames()) if (!plan.interfaces.has(name)) plan.interfaces.set(name, []);
-    this.plan = plan;
-    const remoteNodes = [...this.state.nodes.values()].filter((node) => node.name !== this.config.nodeName);
-    this.peers.setNodes(remoteNodes);
+    for (const name of this.pods.interfaceNames()) if (!delta.interfaces.has(name)) delta.interfaces.set(name, []);
+    if (first || delta.nodesChanged) this.peers.setNodes([...this.state.nodes.values()].filter((node) => node.name !== this.config.nodeName));
     // Pairs first: entries of removed endpoints, identities, nodes or policy leave the map before
     // any address is re-mapped to a new identity.
-    this.auth.setDesired(plan.pairs);
+    this.auth.changeDesired(delta.pairs.added, delta.pairs.removed);
     if (this.datapath) {
-      this.datapath.setConfig({
-        defaultMode: this.config.cluster.policy.default === 'required' ? 'require' : 'allow',
+      // The gate's config is written whole (the datapath needs the node and arrival settings with
+      // every update), and only when it changed.
+      const gateConfig = {
+        defaultMode: this.config.cluster.policy.default === 'required' ? ('require' as const) : ('allow' as const),
         localNode: this.ids.node(this.config.nodeName),
         ...this.gateArrival,
-      });
-      for (const prefix of previous?.ipcache.keys() ?? []) if (!plan.ipcache.has(prefix)) this.datapath.deleteIpcache(prefix);
-      for (const [prefix, entry] of plan.ipcache) {
-        const old = previous?.ipcache.get(prefix);
-        if (!old || old.identity !== entry.identity || old.node !== entry.node) this.datapath.setIpcache(prefix, entry);
+      };
+      const gateConfigKey = JSON.stringify(gateConfig);
+      if (gateConfigKey !== this.appliedGateConfig) {
+        this.datapath.setConfig(gateConfig);
+        this.appliedGateConfig = gateConfigKey;
       }
-      for (const [id, policy] of previous?.policy ?? []) if (!plan.policy.has(id)) this.datapath.deletePolicy(policy.key);
-      for (const [id, policy] of plan.policy) if (previous?.policy.get(id)?.authType !== policy.authType) this.datapath.setPolicy(policy.key, policy.authType);
-      if (!previous) this.removeStaleGateEntries(this.datapath, plan);
-      this.gateInterfaces?.apply(plan.interfaces);
+      // The planner's writes first: a reserved entry for an address an endpoint left follows its deletion.
+      this.planWriter?.write({
+        ipcache: { set: [...delta.ipcache.set, ...reservedDelta.ipcache.set], deleted: [...delta.ipcache.deleted, ...reservedDelta.ipcache.deleted] },
+        policy: { set: [...delta.policy.set, ...reservedDelta.policy.set], deleted: [...delta.policy.deleted, ...reservedDelta.policy.deleted] },
+      });
+      // The first delta is the complete plan: what the pinned maps hold beyond it, and beyond the
+      // reserved entries, is stale.
+      if (first) this.removeStaleGateEntries(this.datapath, this.completePlan(interfaceOf, reserved));
+      this.gateInterfaces?.apply(delta.interfaces);
     }
-    this.store.setWanted(plan.localIdentities.map((id) => SpiffeId.parse(id)));
+    this.store.setWanted(delta.localIdentities.map((id) => SpiffeId.parse(id)));
+    // Numbers are freed only now that no entry in any map uses them; at the first plan also those a
+    // previous run left that the restored entries no longer need.
+    this.planner.releaseUnused(first);
     void this.ids.save().catch((err: unknown) => this.deps.logger.error({ err: (err as Error).message }, 'saving the identity numbering failed'));
+  }
+
+  /** The planner's complete plan with the reserved entries it does not shadow (an endpoint's own address wins). */
+  private completePlan(interfaceOf: (endpoint: EndpointInfo) => string | undefined, reserved: NodePlan): NodePlan {
+    const plan = this.planner.plan(interfaceOf);
+    for (const [prefix, entry] of reserved.ipcache) if (!plan.ipcache.has(prefix)) plan.ipcache.set(prefix, entry);
+    for (const [id, entry] of reserved.policy) plan.policy.set(id, entry);
+    return plan;
   }
 
   /** The first complete plan of this process: what the pinned maps hold beyond it is stale. */
@@ -551,8 +596,8 @@ export class Agent {
       const endpoint = this.state.endpointByIp(ip);
       if (endpoint?.node === this.config.nodeName) identities.add(endpoint.spiffeId);
     }
-    if (identities.size === 0 || !this.plan) return [];
-    return [...this.plan.pairs.values()].filter(
+    if (identities.size === 0 || !this.planned) return [];
+    return this.planner.desiredPairs().filter(
       (pair) => identities.has(pair.localId) || (pair.remoteNode === this.config.nodeName && identities.has(pair.remoteId)),
     );
   }

@@ -6,6 +6,7 @@ import { IdentityMetrics } from '../identity/identity-metrics.js';
 import { TransportMetrics } from '../datapath/transport/metrics.js';
 import { AgentMetrics, type AgentMetricsOptions } from './agent-metrics.js';
 import { CniMetrics } from './cni-metrics.js';
+import { PlanMetrics } from './plan-metrics.js';
 
 export interface AgentMetricFamilies {
   agent: AgentMetrics;
@@ -13,6 +14,7 @@ export interface AgentMetricFamilies {
   handshake: HandshakeMetrics;
   transport: TransportMetrics;
   cni: CniMetrics;
+  plan: PlanMetrics;
 }
 
 export function registerAgentMetrics(registry: Registry, options?: AgentMetricsOptions): AgentMetricFamilies {
@@ -22,5 +24,6 @@ export function registerAgentMetrics(registry: Registry, options?: AgentMetricsO
     handshake: new HandshakeMetrics(registry),
     transport: new TransportMetrics(registry),
     cni: new CniMetrics(registry),
+    plan: new PlanMetrics(registry),
   };
 }

@@ -61,6 +61,8 @@ interface PairProgress {
  */
 export class AuthManager {
   private desired: ReadonlyMap<string, KeyedPair> = new Map();
+  /** Whether `desired` is this manager's own map (changeDesired edits it) or the caller's (setDesired). */
+  private ownsDesired = false;
   private readonly progress = new Map<string, PairProgress>();
   private readonly inFlight = new Map<string, Promise<void>>();
   /** Why a scheduled pair is due, for the trigger label when it fires; only where that is not
@@ -99,25 +101,53 @@ export class AuthManager {
     const next: ReadonlyMap<string, KeyedPair> = pairs instanceof Map ? pairs : keyedMap(pairs as readonly PairKey[]);
     const previous = this.desired;
     this.desired = next;
+    this.ownsDesired = false;
     // Revocation first. The previous set names what left; scanning the whole cache instead (a key
     // string built per cached pair) doubled the cost of every change with 100,000 pairs held.
-    let removed = 0;
+    const gone: KeyedPair[] = [];
     // forEach: no [key, value] array per entry, which at 100,000 pairs is garbage worth avoiding.
     previous.forEach((pair, key) => {
-      if (next.has(key)) return;
-      if (this.options.cache.delete(pair)) removed++;
-      this.scheduler.cancel(key);
-      this.dueTrigger.delete(key);
-      this.progress.delete(key);
+      if (!next.has(key)) gone.push(pair);
     });
-    if (this.sweepCache) {
-      this.sweepCache = false;
-      removed += this.options.cache.deleteWhere((pair) => !next.has(pairKeyString(pair)));
-    }
-    if (removed > 0) this.options.logger.info({ removed }, 'pairs no longer desired removed from the datapath');
+    this.revoke(gone);
     next.forEach((pair, key) => {
       if (!previous.has(key) && !this.options.cache.get(pair)) this.want(pair);
     });
+  }
+
+  /**
+   * Changes the desired set by what was added and removed (the agent's incremental plan): the
+   * same as setDesired with the whole set, at a cost proportional to the change. A pair is in at
+   * most one of the two lists.
+   */
+  changeDesired(added: readonly KeyedPair[], removed: readonly KeyedPair[]): void {
+    if (!this.ownsDesired) {
+      this.desired = new Map(this.desired);
+      this.ownsDesired = true;
+    }
+    const desired = this.desired as Map<string, KeyedPair>;
+    for (const pair of removed) desired.delete(pair.key);
+    const fresh = added.filter((pair) => !desired.has(pair.key));
+    for (const pair of fresh) desired.set(pair.key, pair);
+    // Revocation (and the sweep of restored pairs) once the set is complete, then the new pairs.
+    this.revoke(removed);
+    for (const pair of fresh) if (!this.options.cache.get(pair)) this.want(pair);
+  }
+
+  /** Pairs that left the desired set: their entries leave the datapath at once. */
+  private revoke(gone: readonly KeyedPair[]): void {
+    let removed = 0;
+    for (const pair of gone) {
+      if (this.options.cache.delete(pair)) removed++;
+      this.scheduler.cancel(pair.key);
+      this.dueTrigger.delete(pair.key);
+      this.progress.delete(pair.key);
+    }
+    if (this.sweepCache) {
+      this.sweepCache = false;
+      removed += this.options.cache.deleteWhere((pair) => !this.desired.has(pairKeyString(pair)));
+    }
+    if (removed > 0) this.options.logger.info({ removed }, 'pairs no longer desired removed from the datapath');
   }
 
   /** A datapath signal: traffic of this pair was dropped for want of an entry. */

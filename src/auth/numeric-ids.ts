@@ -21,6 +21,8 @@ class Allocator {
   private readonly byNumber = new Map<number, string>();
   private readonly released: number[] = [];
   private highest = FIRST - 1;
+  /** Whether the allocation changed since it was last saved. */
+  changed = false;
 
   constructor(
     private readonly max: number,
@@ -40,6 +42,7 @@ class Allocator {
     if (num > this.max) throw new Error(`no free number left (max ${this.max})`);
     this.byName.set(name, num);
     this.byNumber.set(num, name);
+    this.changed = true;
     return num;
   }
 
@@ -53,6 +56,11 @@ class Allocator {
     this.byName.delete(name);
     this.byNumber.delete(num);
     this.released.push(num);
+    this.changed = true;
+  }
+
+  names(): string[] {
+    return [...this.byName.keys()];
   }
 
   toJSON(): Record<string, number> {
@@ -61,6 +69,8 @@ class Allocator {
 }
 
 export class NumericIds {
+  private saving: Promise<void> = Promise.resolve();
+
   private constructor(
     private readonly path: string | undefined,
     private readonly identities: Allocator,
@@ -106,12 +116,39 @@ export class NumericIds {
     this.nodes.release(name);
   }
 
-  /** Writes the allocation atomically (write + rename), so a crash leaves the old or the new one. */
+  /** Every SPIFFE ID that holds a number. */
+  identityNames(): string[] {
+    return this.identities.names();
+  }
+
+  nodeNames(): string[] {
+    return this.nodes.names();
+  }
+
+  /**
+   * Writes the allocation atomically (write + rename), so a crash leaves the old or the new one;
+   * only when a number was allocated or released since the last save (at 150,000 endpoints the
+   * file is megabytes, and most cluster events allocate nothing).
+   */
   async save(): Promise<void> {
-    if (!this.path) return;
+    // One write at a time: two overlapping saves would share the temporary file.
+    const next = this.saving.then(() => this.write());
+    this.saving = next.catch(() => {});
+    return next;
+  }
+
+  private async write(): Promise<void> {
+    if (!this.path || !(this.identities.changed || this.nodes.changed)) return;
+    this.identities.changed = false;
+    this.nodes.changed = false;
     const data: Persisted = { identities: this.identities.toJSON(), nodes: this.nodes.toJSON() };
     const temporary = `${this.path}.${process.pid}.tmp`;
-    await writeFile(temporary, JSON.stringify(data), { mode: 0o600 });
-    await rename(temporary, this.path);
+    try {
+      await writeFile(temporary, JSON.stringify(data), { mode: 0o600 });
+      await rename(temporary, this.path);
+    } catch (err) {
+      this.identities.changed = true; // the next save tries again
+      throw err;
+    }
   }
 }

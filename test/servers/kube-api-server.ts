@@ -11,6 +11,8 @@
 //   ends; timeoutSeconds ends the stream cleanly;
 // - resourceVersions are one global counter, as in etcd, and history is one bounded log, so
 //   changes to one kind can make another kind's watch position too old;
+// - field selectors (`fieldSelector=spec.nodeName=n1`, `=`, `==`, `!=`, terms joined by commas) on
+//   the fields the real server supports for each kind (a subset); label selectors are refused;
 // - authentication: every request must carry `Authorization: Bearer <token>` (the server's
 //   token); without it the answer is 401 Unauthorized, as from an API server that does not allow
 //   anonymous requests;
@@ -90,7 +92,8 @@ interface HistoryEntry {
 
 interface OpenWatch {
   resource: KubeResource;
-  namespace?: string;
+  namespace?: string | undefined;
+  fields: readonly FieldRequirement[];
   bookmarks: boolean;
   response: ServerResponse;
   timer?: NodeJS.Timeout;
@@ -114,6 +117,8 @@ export class KubeApiServer {
   readonly nonResourceRequests: NonResourceRequestRecord[] = [];
   /** Requests refused with 401 for a missing or wrong token. */
   unauthenticated = 0;
+  /** Response body bytes sent (lists, watch events, errors): what clients cost the server. */
+  bytesSent = 0;
   private readonly objects = new Map<KubeResource, Map<string, KubeObject>>(
     (Object.keys(TYPES) as KubeResource[]).map((resource) => [resource, new Map()]),
   );
@@ -289,8 +294,12 @@ export class KubeApiServer {
       failure.remaining -= 1;
       return this.status(res, failure.status, reasonFor(failure.status), `injected failure ${failure.status}`);
     }
-    if (query.labelSelector || query.fieldSelector) {
-      return this.status(res, 400, 'BadRequest', 'label and field selectors are not implemented by the test server');
+    if (query.labelSelector) return this.status(res, 400, 'BadRequest', 'label selectors are not implemented by the test server');
+    let fields: FieldRequirement[] = [];
+    try {
+      fields = parseFieldSelector(route.resource, query.fieldSelector ?? '');
+    } catch (err) {
+      return this.status(res, 400, 'BadRequest', (err as Error).message);
     }
     const empty = this.emptyWatches.get(route.resource) ?? 0;
     if (watching && empty > 0) {
@@ -299,8 +308,8 @@ export class KubeApiServer {
       res.end();
       return;
     }
-    if (watching) this.watch(res, route.resource, route.namespace, query);
-    else this.list(res, route.resource, route.namespace, query);
+    if (watching) this.watch(res, route.resource, route.namespace, fields, query);
+    else this.list(res, route.resource, route.namespace, fields, query);
   }
 
   private route(path: string): { resource: KubeResource; namespace?: string } | undefined {
@@ -315,7 +324,7 @@ export class KubeApiServer {
     return undefined;
   }
 
-  private list(res: ServerResponse, resource: KubeResource, namespace: string | undefined, query: Record<string, string>): void {
+  private list(res: ServerResponse, resource: KubeResource, namespace: string | undefined, fields: readonly FieldRequirement[], query: Record<string, string>): void {
     const type = TYPES[resource];
     let snapshot: Snapshot;
     let offset = 0;
@@ -329,7 +338,7 @@ export class KubeApiServer {
       offset = Number(query.continue.split(':')[1]);
     } else {
       const items = [...this.store(resource).entries()]
-        .filter(([, object]) => !namespace || object.metadata.namespace === namespace)
+        .filter(([, object]) => (!namespace || object.metadata.namespace === namespace) && selects(fields, object))
         .sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0))
         .map(([, object]) => structuredClone(object));
       snapshot = { rv: this.rv, items };
@@ -351,7 +360,13 @@ export class KubeApiServer {
     this.json(res, 200, { kind: `${type.kind}List`, apiVersion: type.apiVersion, metadata, items });
   }
 
-  private watch(res: ServerResponse, resource: KubeResource, namespace: string | undefined, query: Record<string, string>): void {
+  private watch(
+    res: ServerResponse,
+    resource: KubeResource,
+    namespace: string | undefined,
+    fields: readonly FieldRequirement[],
+    query: Record<string, string>,
+  ): void {
     const requested = query.resourceVersion ?? '';
     const from = requested === '' || requested === '0' ? undefined : Number(requested);
     if (from !== undefined && (!Number.isInteger(from) || from < 0)) {
@@ -359,7 +374,7 @@ export class KubeApiServer {
     }
     res.writeHead(200, { 'Content-Type': 'application/json', 'Cache-Control': 'no-cache, private' });
     res.flushHeaders();
-    const watch: OpenWatch = { resource, namespace, bookmarks: query.allowWatchBookmarks === 'true', response: res };
+    const watch: OpenWatch = { resource, namespace, fields, bookmarks: query.allowWatchBookmarks === 'true', response: res };
     if (from !== undefined && from < this.horizon) {
       this.send(watch, { type: 'ERROR', object: expiredStatus(`too old resource version: ${from} (${this.horizon})`) });
       res.end();
@@ -367,7 +382,7 @@ export class KubeApiServer {
     }
     if (from === undefined) {
       for (const object of this.store(resource).values()) {
-        if (!namespace || object.metadata.namespace === namespace) this.send(watch, { type: 'ADDED', object: structuredClone(object) });
+        if ((!namespace || object.metadata.namespace === namespace) && selects(fields, object)) this.send(watch, { type: 'ADDED', object: structuredClone(object) });
       }
     } else {
       for (const entry of this.history) {
@@ -394,7 +409,10 @@ export class KubeApiServer {
   }
 
   private matches(watch: OpenWatch, entry: HistoryEntry): boolean {
-    return entry.resource === watch.resource && (!watch.namespace || entry.object.metadata.namespace === watch.namespace);
+    // As the API server's watch cache: an object that stops matching the field selector is sent as
+    // DELETED, one that starts matching as ADDED; here every event is judged by its new state
+    // alone, which is the same for objects whose selected fields never change (a pod's node).
+    return entry.resource === watch.resource && (!watch.namespace || entry.object.metadata.namespace === watch.namespace) && selects(watch.fields, entry.object);
   }
 
   /** Sets kind, apiVersion and a fresh resourceVersion. */
@@ -420,7 +438,10 @@ export class KubeApiServer {
   }
 
   private send(watch: OpenWatch, event: { type: string; object: unknown }): void {
-    if (!watch.response.writableEnded && !watch.response.destroyed) watch.response.write(`${JSON.stringify(event)}\n`);
+    if (watch.response.writableEnded || watch.response.destroyed) return;
+    const line = `${JSON.stringify(event)}\n`;
+    this.bytesSent += Buffer.byteLength(line);
+    watch.response.write(line);
   }
 
   private finish(watch: OpenWatch): void {
@@ -434,8 +455,10 @@ export class KubeApiServer {
   }
 
   private json(res: ServerResponse, code: number, body: unknown): void {
+    const text = JSON.stringify(body);
+    this.bytesSent += Buffer.byteLength(text);
     res.writeHead(code, { 'Content-Type': 'application/json' });
-    res.end(JSON.stringify(body));
+    res.end(text);
   }
 }
 
@@ -491,4 +514,38 @@ function reasonFor(status: number): string {
     503: 'ServiceUnavailable',
   };
   return reasons[status] ?? 'Unknown';
+}
+
+/** One term of a field selector: `path=value`, `path==value` or `path!=value`. */
+interface FieldRequirement {
+  path: string[];
+  value: string;
+  equal: boolean;
+}
+
+/** The fields the API server lets each resource be selected by (a subset of the real server's, enough for the agent). */
+const SELECTABLE_FIELDS: Record<KubeResource, readonly string[]> = {
+  pods: ['metadata.name', 'metadata.namespace', 'spec.nodeName', 'status.phase'],
+  nodes: ['metadata.name'],
+  mutualauthpolicies: ['metadata.name', 'metadata.namespace'],
+};
+
+function parseFieldSelector(resource: KubeResource, selector: string): FieldRequirement[] {
+  if (selector === '') return [];
+  return selector.split(',').map((term) => {
+    const match = /^([^=!]+)(==|=|!=)(.*)$/.exec(term);
+    if (!match) throw new Error(`invalid field selector term "${term}"`);
+    const [, field = '', operator, value = ''] = match;
+    if (!SELECTABLE_FIELDS[resource].includes(field)) throw new Error(`field label not supported: ${field}`);
+    return { path: field.split('.'), value, equal: operator !== '!=' };
+  });
+}
+
+function selects(fields: readonly FieldRequirement[], object: KubeObject): boolean {
+  return fields.every(({ path, value, equal }) => {
+    let current: unknown = object;
+    for (const part of path) current = typeof current === 'object' && current !== null ? (current as Record<string, unknown>)[part] : undefined;
+    const text = typeof current === 'string' || typeof current === 'number' || typeof current === 'boolean' ? String(current) : '';
+    return (text === value) === equal;
+  });
 }

@@ -10,6 +10,8 @@
 //   endpoint is deleted *before* the new one is upserted, so there is never a moment in which the
 //   new pod runs under the old pod's identity. The most recent claim wins; when it goes away and an
 //   older claimant still reports the IP, that one owns it again.
+//   Whether a claim takes effect is then the ClusterState's to decide: only a claim whose node's
+//   pod CIDRs contain the IP does (a node vouches only for its own addresses).
 // - An unchanged object emits nothing, so a relist that finds the same state is silent.
 import { isDeepStrictEqual } from 'node:util';
 import type { ClusterEvent, EndpointInfo, NodeInfo, PolicyRule } from '../types.js';
@@ -19,7 +21,8 @@ export class ClusterStateTracker {
   /** Pod key ("ns/name") → the endpoints it reports. */
   private readonly podEndpoints = new Map<string, EndpointInfo[]>();
   /** IP → claiming pods (key → endpoint), oldest claim first. */
-  private readonly claims = new Map<string, Map<string, EndpointInfo>>();
+  // Arrays, not Maps: almost every IP has one claimant, and a Map per IP costs far more at 150,000 pods.
+  private readonly claims = new Map<string, { pod: string; endpoint: EndpointInfo }[]>();
   /** IP → the endpoint the agent holds (or will hold once synced). */
   private readonly endpoints = new Map<string, EndpointInfo>();
   private readonly nodes = new Map<string, NodeInfo>();
@@ -38,14 +41,18 @@ export class ClusterStateTracker {
     for (const old of previous) {
       if (nextIps.has(old.ip)) continue;
       const claimants = this.claims.get(old.ip);
-      claimants?.delete(podKey);
-      if (claimants?.size === 0) this.claims.delete(old.ip);
+      const index = claimants?.findIndex((claim) => claim.pod === podKey) ?? -1;
+      if (index !== -1) claimants!.splice(index, 1);
+      if (claimants?.length === 0) this.claims.delete(old.ip);
       events.push(...this.resolve(old.ip));
     }
     for (const endpoint of endpoints) {
       let claimants = this.claims.get(endpoint.ip);
-      if (!claimants) this.claims.set(endpoint.ip, (claimants = new Map<string, EndpointInfo>()));
-      claimants.set(podKey, endpoint); // an existing claim keeps its place; a new one is the latest
+      if (!claimants) this.claims.set(endpoint.ip, (claimants = []));
+      // An existing claim keeps its place; a new one is the latest.
+      const existing = claimants.find((claim) => claim.pod === podKey);
+      if (existing) existing.endpoint = endpoint;
+      else claimants.push({ pod: podKey, endpoint });
       events.push(...this.resolve(endpoint.ip));
     }
     if (endpoints.length > 0) this.podEndpoints.set(podKey, [...endpoints]);
@@ -94,7 +101,7 @@ export class ClusterStateTracker {
   /** Brings the endpoint of one IP in line with its latest claim; returns the events that takes. */
   private resolve(ip: string): ClusterEvent[] {
     const claimants = this.claims.get(ip);
-    const wanted = claimants ? [...claimants.values()].at(-1) : undefined;
+    const wanted = claimants?.at(-1)?.endpoint;
     const current = this.endpoints.get(ip);
     if (isDeepStrictEqual(wanted, current)) return [];
     const events: ClusterEvent[] = [];

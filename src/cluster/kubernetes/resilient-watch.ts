@@ -18,7 +18,12 @@ type DoneCallback = (err: unknown) => void;
 export interface ResilientWatchHooks {
   /** ListWatch is about to watch: every object of the preceding list (if any) has been delivered. */
   beforeWatch(): void;
+  /** What the informer keeps of an object of an ADDED, MODIFIED or DELETED event (strip.ts). */
+  strip?(object: unknown): unknown;
 }
+
+/** Events that carry an object of the watched kind (BOOKMARK carries only a resourceVersion). */
+const OBJECT_EVENTS = new Set(['ADDED', 'MODIFIED', 'DELETED']);
 
 export class ResilientWatch extends Watch {
   /** Set when the last watch ended cleanly without a single event: the next one waits first. */
@@ -59,7 +64,7 @@ export class ResilientWatch extends Watch {
           progressed = true;
           this.backoff.reset();
         }
-        callback(phase, apiObj, watchObj);
+        callback(phase, this.hooks.strip && OBJECT_EVENTS.has(phase) ? this.hooks.strip(apiObj) : apiObj, watchObj);
       },
       (err) => {
         if (stopOnAbort) this.signal.removeEventListener('abort', stopOnAbort);

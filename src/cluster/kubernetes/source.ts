@@ -30,6 +30,7 @@ import type { ClusterEvent, ClusterSource, EndpointInfo } from '../types.js';
 import { ClusterStateTracker } from './cluster-state.js';
 import { nodeInfo, objectKey, podEndpoints, policyRule, wiredPodEndpoints } from './convert.js';
 import { ResilientWatch } from './resilient-watch.js';
+import { stripperFor } from './strip.js';
 import { POLICY_GROUP, POLICY_PLURAL, POLICY_VERSION, RESOURCE_PATHS, type WatchedResource } from './resources.js';
 
 export interface KubernetesSourceOptions {
@@ -123,10 +124,13 @@ export class KubernetesSource implements ClusterSource {
     handlers: Handlers<T>,
   ): ListWatch<T> {
     const backoff = new Backoff({ initialMs: this.options.backoff?.initialMs ?? 500, maxMs: this.options.backoff?.maxMs ?? 30_000 });
+    // The informer caches every object it lists or watches: only the fields the agent reads.
+    const strip = stripperFor<T>(resource);
     const watch = new ResilientWatch(this.options.kubeConfig, backoff, this.abort.signal, {
       beforeWatch: () => this.listCompleted(resource),
+      strip: (object) => strip(object as T),
     });
-    const informer = new ListWatch<T>(RESOURCE_PATHS[resource], watch, () => listAllPages(listPage), false);
+    const informer = new ListWatch<T>(RESOURCE_PATHS[resource], watch, () => listAllPages(listPage, strip), false);
     // ListWatch calls these from inside its stream handler, which swallows exceptions: never throw.
     const guard =
       (action: (object: T) => void) =>
@@ -245,13 +249,14 @@ export class KubernetesSource implements ClusterSource {
 /** Follows continue tokens; every page of one list shares the first page's resourceVersion. */
 async function listAllPages<T extends KubernetesObject>(
   listPage: (continueToken: string | undefined) => Promise<KubernetesListObject<T>>,
+  strip: (object: T) => T,
 ): Promise<KubernetesListObject<T>> {
   const first = await listPage(undefined);
-  const items = [...first.items];
+  const items = first.items.map(strip);
   let next = continueToken(first);
   while (next) {
     const page = await listPage(next);
-    items.push(...page.items);
+    for (const item of page.items) items.push(strip(item));
     next = continueToken(page);
   }
   return { ...first, items };
