@@ -52,7 +52,8 @@ test('a late delete for the previous owner of an IP does not remove the new owne
 });
 
 test('a revoked address (CNI DEL) leaves at once and stays out until its source deletes it or a pod gets it again', (t) => {
-  const state = stateWith([{ type: 'endpoint', action: 'upsert', endpoint: web }]);
+  const state = stateWith([nodes[0]!, { type: 'endpoint', action: 'upsert', endpoint: web }]);
+  t.is(state.endpointByIp(web.ip)?.owner, 'shop/web-1');
   state.revoke(web.ip, 'shop/web-1');
   t.is(state.endpointByIp(web.ip), undefined);
   state.apply({ type: 'endpoint', action: 'upsert', endpoint: web });
@@ -107,17 +108,21 @@ test('the plan: ipcache for every endpoint, desired pairs for local endpoints, p
   t.deepEqual(
     [...plan.interfaces].sort(),
     [
-      ['veth-api', { identity: ids.identity(api.spiffeId), node: ids.node('a') }],
-      ['veth-web', { identity: ids.identity(web.spiffeId), node: ids.node('a') }],
+      ['veth-api', [{ address: api.ip, identity: ids.identity(api.spiffeId), node: ids.node('a') }]],
+      ['veth-web', [{ address: web.ip, identity: ids.identity(web.spiffeId), node: ids.node('a') }]],
     ],
-    'each interface bound to its endpoint identity',
+    'each interface bound to its endpoint address and identity',
   );
-  // A second address of web's on its interface keeps the binding; another identity there voids it.
-  const shared = (spiffeId: string) =>
-    planNode([...nodes, { type: 'endpoint', action: 'upsert', endpoint: web }, { type: 'endpoint', action: 'upsert', endpoint: { ...web, ip: '10.0.1.9', spiffeId } }], ids, 'disabled');
-  t.deepEqual(shared(web.spiffeId).interfaces.get('veth-web'), { identity: ids.identity(web.spiffeId), node: ids.node('a') });
-  t.true(shared('spiffe://td/ns/shop/sa/other').interfaces.has('veth-web'));
-  t.is(shared('spiffe://td/ns/shop/sa/other').interfaces.get('veth-web'), undefined);
+  // Two addresses on one interface are each bound to their own identity: the gate tells them apart by address.
+  const other = 'spiffe://td/ns/shop/sa/other';
+  const shared = planNode([...nodes, { type: 'endpoint', action: 'upsert', endpoint: web }, { type: 'endpoint', action: 'upsert', endpoint: { ...web, ip: '10.0.1.9', spiffeId: other } }], ids, 'disabled');
+  t.deepEqual(
+    new Set(shared.interfaces.get('veth-web')),
+    new Set([
+      { address: web.ip, identity: ids.identity(web.spiffeId), node: ids.node('a') },
+      { address: '10.0.1.9', identity: ids.identity(other), node: ids.node('a') },
+    ]),
+  );
   // Default disabled: only web→db (egress on this node) is an exception.
   t.deepEqual([...plan.policy.values()], [{ key: { localIdentity: ids.identity(web.spiffeId), remoteIdentity: ids.identity(db.spiffeId), direction: 'egress' }, authType: 1 }]);
 
