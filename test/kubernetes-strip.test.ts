@@ -2,7 +2,7 @@
 // pods and nodes cost the agent a few hundred bytes each, and the conversions see no difference.
 import test from 'ava';
 import type { V1Node, V1Pod } from '@kubernetes/client-node';
-import { nodeInfo, podEndpoints } from '../src/cluster/kubernetes/convert.js';
+import { nodeInfo, podEndpoints, wiredPodEndpoints } from '../src/cluster/kubernetes/convert.js';
 import { stripNode, stripPod } from '../src/cluster/kubernetes/strip.js';
 import { node, pod } from './helpers/cluster-events.js';
 
@@ -46,6 +46,12 @@ test('a stripped pod converts to the same endpoints as the full pod, at a fracti
     t.true(JSON.stringify(stripped).length * 5 < JSON.stringify(full).length, 'far smaller');
   }
   t.throws(() => podEndpoints(stripPod({ ...cases[0]!, status: { ...cases[0]!.status, podIPs: [{ ip: 'bogus' }] } }), 'td'), { message: /invalid IP/ });
+  // The CNI's lookup of a scheduled pod reads its uid (the same pod, not one of the same name) and deletion.
+  const pending = cases[1]!;
+  t.is(stripPod(pending).metadata?.uid, pending.metadata?.uid);
+  t.deepEqual(wiredPodEndpoints(stripPod(pending), 'td', 'node-a', ['10.0.0.7']), wiredPodEndpoints(pending, 'td', 'node-a', ['10.0.0.7']));
+  const deleting = { ...pending, metadata: { ...pending.metadata, deletionTimestamp: new Date() } };
+  t.throws(() => wiredPodEndpoints(stripPod(deleting), 'td', 'node-a', ['10.0.0.7']), { message: /being deleted/ });
 });
 
 test('a stripped node converts to the same node', (t) => {

@@ -11,15 +11,20 @@ interface Metadata {
   namespace?: string;
   resourceVersion?: string;
   labels?: Record<string, string>;
+  uid?: string;
+  deletionTimestamp?: Date;
 }
 
-function metadata(object: KubernetesObject, labels: boolean): Metadata {
-  const { name, namespace, resourceVersion } = object.metadata ?? {};
+function metadata(object: KubernetesObject, pod: boolean): Metadata {
+  const { name, namespace, resourceVersion, labels, uid, deletionTimestamp } = object.metadata ?? {};
   return {
     ...(name !== undefined && { name }),
     ...(namespace !== undefined && { namespace }),
     ...(resourceVersion !== undefined && { resourceVersion }),
-    ...(labels && object.metadata?.labels !== undefined && { labels: object.metadata.labels }),
+    // A pod's labels are read by policy; its uid and deletion by the CNI's lookup (wiredPodEndpoints).
+    ...(pod && labels !== undefined && { labels }),
+    ...(pod && uid !== undefined && { uid }),
+    ...(pod && deletionTimestamp !== undefined && { deletionTimestamp }),
   };
 }
 
