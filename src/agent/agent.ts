@@ -181,7 +181,12 @@ export class Agent {
         onStaleBindings: (count) => this.metrics.staleEntries('interfaces', count),
       });
       this.gateInterfaces = gateInterfaces;
-      this.closers.push(() => gateInterfaces.stop());
+      // Waits for attaches in flight: one finishing after stop would pin a program into a pin
+      // directory that an uninstall right after the stop is removing.
+      this.closers.push(() => {
+        gateInterfaces.stop();
+        return gateInterfaces.settled();
+      });
     } else {
       logger.warn('datapath disabled: pairs are authenticated and tracked, but no traffic is gated');
     }
