@@ -7,10 +7,8 @@ import { randomBytes } from 'node:crypto';
 import { existsSync } from 'node:fs';
 import { mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
-import { writeFile } from 'node:fs/promises';
 import { execa } from 'execa';
 import { pino } from 'pino';
-import { stringify } from 'yaml';
 import { Agent } from '../src/agent/agent.js';
 import { parseConfig, type ConfigInput } from '../src/config/config.js';
 import { Datapath } from '../src/datapath/gate/datapath.js';
@@ -25,6 +23,7 @@ import { FORWARDING, NetnsTopology, QUIET_IPV6 } from '../src/netns/topology.js'
 import { privileged } from './helpers/privileged.js';
 import { node, pod, policy } from './helpers/cluster-events.js';
 import { KubeApiServer } from './servers/kube-api-server.js';
+import { writeKubeConfig } from './helpers/kube-config.js';
 import { DEFAULT_PORT } from '../src/handshake/protocol.js';
 
 const A = 'spiffe://example.org/ns/shop/sa/web';
@@ -238,19 +237,7 @@ privileged('Kubernetes: ADD gives a pod the informer has seen only scheduled its
   // Scheduled to node-a, no address, not running: what the informer holds when the CNI runs.
   const web = server.create('pods', pod({ namespace: 'shop', name: 'web-0', serviceAccount: 'web', node: 'node-a', phase: 'Pending' }));
   server.create('mutualauthpolicies', policy('shop', 'db-auth', { mode: 'required', source: { namespace: 'shop' }, destination: { serviceAccount: 'db' } }));
-  const kubeconfig = join(dir, 'kubeconfig.yaml');
-  await writeFile(
-    kubeconfig,
-    stringify({
-      apiVersion: 'v1',
-      kind: 'Config',
-      clusters: [{ name: 'test', cluster: { server: server.url, 'insecure-skip-tls-verify': true } }],
-      users: [{ name: 'meshauth', user: { token: server.token } }],
-      contexts: [{ name: 'test', context: { cluster: 'test', user: 'meshauth' } }],
-      'current-context': 'test',
-    }),
-    { mode: 0o600 },
-  );
+  const kubeconfig = await writeKubeConfig(dir, server);
   const spoolDir = join(dir, 'spool');
   const configOf = (name: string, address: string): ConfigInput =>
     agentConfig(dir, { name, address, overrides: { kubernetes: { enabled: true, kubeconfig } } }, { policy: { default: 'disabled' } }, DEFAULT_PORT);

@@ -5,9 +5,6 @@
 // listens on the default port 4250 on a loopback address of its own (127.0.30.x, used by no
 // other test file); the handshakes run for real, the datapath and transport are off.
 import anyTest, { type ExecutionContext, type TestFn } from 'ava';
-import { writeFile } from 'node:fs/promises';
-import { join } from 'node:path';
-import { stringify } from 'yaml';
 import type { Agent } from '../src/agent/agent.js';
 import type { AuthCache, AuthMap } from '../src/auth/cache.js';
 import type { ClusterState } from '../src/cluster/state.js';
@@ -17,6 +14,7 @@ import { agentConfig, eventually, startAgent, tempDir } from './helpers/agents.j
 import { node, pod, policy } from './helpers/cluster-events.js';
 import { KubeApiServer, type KubeResource } from './servers/kube-api-server.js';
 import { assertRequestsAuthorized } from './helpers/rbac.js';
+import { writeKubeConfig } from './helpers/kube-config.js';
 
 // Each test's API server, for the RBAC check after it.
 const test = anyTest as TestFn<{ servers: KubeApiServer[] }>;
@@ -64,21 +62,6 @@ function seed(server: KubeApiServer, addresses: { a: string; b: string }): void 
 }
 
 const dbPolicy = policy('shop', 'db-auth', { mode: 'required', source: { namespace: 'shop' }, destination: { serviceAccount: 'db' } });
-
-async function writeKubeConfig(dir: string, server: KubeApiServer): Promise<string> {
-  const path = join(dir, 'kubeconfig.yaml');
-  const kubeConfig = {
-    apiVersion: 'v1',
-    kind: 'Config',
-    // client-node refuses plain http unless TLS verification is "skipped"; there is no TLS to verify.
-    clusters: [{ name: 'test', cluster: { server: server.url, 'insecure-skip-tls-verify': true } }],
-    users: [{ name: 'meshauth', user: { token: server.token } }],
-    contexts: [{ name: 'test', context: { cluster: 'test', user: 'meshauth' } }],
-    'current-context': 'test',
-  };
-  await writeFile(path, stringify(kubeConfig), { mode: 0o600 });
-  return path;
-}
 
 async function startCluster(
   t: ExecutionContext<{ servers: KubeApiServer[] }>,
